@@ -1,0 +1,3 @@
+from posterkg.cli import main
+
+main()

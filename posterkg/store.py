@@ -1,0 +1,192 @@
+"""The embedded DuckDB store every stage reads and writes.
+
+* One file (default ``./posterkg.duckdb``); one writer at a time. DuckDB itself refuses a second
+  writing process; :func:`open_store` turns that refusal into :class:`DatabaseLockedError` with
+  the holder's PID when DuckDB reports it.
+* Schema versioning: each component (``core``, ``tag``, ``vocab``, ``graph``, ``gnn`` ...) owns an
+  ordered list of migrations; :meth:`Store.migrate` applies the ones not yet applied, in one
+  transaction, and records the version in ``schema_version``. Migrations are append-only: never
+  edit a released step, add a new one.
+* Typed helpers: :meth:`insert_df` (bulk insert of a pandas DataFrame by column name),
+  :meth:`df`, :meth:`scalar`, :meth:`count`, :meth:`transaction`.
+* ``stage_state`` records, per pipeline stage, the fingerprint of the inputs it last ran on, so
+  ``posterkg run`` can skip stages whose inputs did not change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import duckdb
+
+from posterkg.errors import DatabaseLockedError, PosterkgError
+
+Migration = Union[str, Callable[[duckdb.DuckDBPyConnection], None]]
+
+_BOOTSTRAP = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    component VARCHAR PRIMARY KEY,
+    version INTEGER NOT NULL,
+    applied_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS stage_state (
+    stage VARCHAR PRIMARY KEY,
+    fingerprint VARCHAR NOT NULL,
+    finished_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
+
+class Store:
+    """A DuckDB connection plus the project's conventions. Use :func:`open_store`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool):
+        self.con = con
+        self.path = path
+        self.read_only = read_only
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- schema ----------------------------------------------------------------------------
+    def version(self, component: str) -> int:
+        row = self.con.execute(
+            "SELECT version FROM schema_version WHERE component = ?", [component]
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self, component: str, steps: Sequence[Migration]) -> int:
+        """Apply ``steps[current:]`` for ``component``; return the new version."""
+        current = self.version(component)
+        if current > len(steps):
+            raise PosterkgError(
+                f"database {self.path} has {component} schema v{current}, newer than this "
+                f"posterkg knows (v{len(steps)}); upgrade posterkg"
+            )
+        if current == len(steps):
+            return current
+        if self.read_only:
+            raise PosterkgError(
+                f"database {self.path} needs a {component} schema upgrade; open it for writing"
+            )
+        with self.transaction():
+            for step in steps[current:]:
+                if callable(step):
+                    step(self.con)
+                else:
+                    self.con.execute(step)
+            self.con.execute(
+                "INSERT OR REPLACE INTO schema_version (component, version) VALUES (?, ?)",
+                [component, len(steps)],
+            )
+        return len(steps)
+
+    # -- helpers ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyConnection:
+        return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        row = self.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    def df(self, sql: str, params: Sequence[Any] | None = None):
+        """Run a query and return a pandas DataFrame."""
+        return self.execute(sql, params).df()
+
+    def table_exists(self, name: str) -> bool:
+        return bool(
+            self.scalar(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+            )
+        )
+
+    def count(self, table: str, where: str = "") -> int:
+        _check_ident(table)
+        if not self.table_exists(table):
+            return 0
+        return int(self.scalar(f"SELECT count(*) FROM {table} {where}"))
+
+    def insert_df(self, table: str, frame, *, mode: str = "append") -> int:
+        """Insert a pandas DataFrame into ``table`` by column name.
+
+        ``mode``: ``append`` (plain insert), ``replace`` (INSERT OR REPLACE on the primary key) or
+        ``ignore`` (INSERT OR IGNORE: keep existing rows).
+        """
+        _check_ident(table)
+        if len(frame) == 0:
+            return 0
+        verb = {"append": "INSERT", "replace": "INSERT OR REPLACE", "ignore": "INSERT OR IGNORE"}[mode]
+        cols = ", ".join(f'"{c}"' for c in frame.columns)
+        self.con.register("_posterkg_insert", frame)
+        try:
+            self.con.execute(f"{verb} INTO {table} ({cols}) SELECT {cols} FROM _posterkg_insert")
+        finally:
+            self.con.unregister("_posterkg_insert")
+        return len(frame)
+
+    # -- stage fingerprints ----------------------------------------------------------------
+    def stage_fingerprint(self, stage: str) -> str | None:
+        return self.scalar("SELECT fingerprint FROM stage_state WHERE stage = ?", [stage])
+
+    def mark_stage(self, stage: str, fingerprint: str) -> None:
+        self.execute(
+            "INSERT OR REPLACE INTO stage_state (stage, fingerprint, finished_at) "
+            "VALUES (?, ?, current_timestamp)",
+            [stage, fingerprint],
+        )
+
+
+def _check_ident(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+
+
+_LOCK_PID = re.compile(r"PID (\d+)")
+
+
+def open_store(path: str | Path, *, read_only: bool = False) -> Store:
+    """Open (creating if needed) the database at ``path``.
+
+    Raises :class:`DatabaseLockedError` when another process holds the file.
+    """
+    p = Path(path)
+    if read_only and not p.exists():
+        raise PosterkgError(f"database {p} does not exist; run `posterkg ingest` first")
+    if not read_only:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(p), read_only=read_only)
+    except duckdb.IOException as exc:
+        msg = str(exc)
+        if "lock" in msg.lower():
+            m = _LOCK_PID.search(msg)
+            holder = f" (held by PID {m.group(1)})" if m else ""
+            raise DatabaseLockedError(
+                f"database {p} is locked by another posterkg or DuckDB process{holder}; "
+                "wait for it to finish or close it, then retry"
+            ) from exc
+        raise PosterkgError(f"cannot open database {p}: {msg}") from exc
+    if not read_only:
+        con.execute(_BOOTSTRAP)
+    return Store(con, p, read_only)

@@ -1,0 +1,1 @@
+"""Poster tagging: knowledge schema, constrained-JSON prompts and the tagging backends."""
