@@ -27,6 +27,12 @@ class TagSpec:
     max_tokens: int                  # a budget that always fits a complete object
     schema_hash: str
     mode: str = "open"               # "open" | "closed"
+    # closed mode: the allowed values per type (None in open mode); the runner validates with it
+    vocab: dict[str, list[str]] | None = None
+    # JSON separators the token budget assumes: xgrammar's default with any_whitespace=False
+    # (what vLLM's disable_any_whitespace gives). A backend compiling its own grammar (hf) should
+    # pass them: xgr.Grammar.from_json_schema(s, any_whitespace=False, separators=spec.separators)
+    separators: tuple[str, str] = (", ", ": ")
 
 
 @dataclasses.dataclass
