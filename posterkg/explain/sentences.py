@@ -1,0 +1,96 @@
+"""Plain sentences from an :class:`~posterkg.explain.paths.Explanation`.
+
+"Recommended because you recently liked posters with a cool blue palette (The Matrix, Blade
+Runner) and this one shares it and its low-key lighting."
+
+"Ranked down because you disliked posters with a harsh red palette (Red Planet), and this one has
+it."
+"""
+
+from __future__ import annotations
+
+import re
+
+from posterkg.explain import ExplainConfig
+
+# knowledge type -> (noun appended to the concept name, countable: takes "a"/"an")
+_NOUNS: dict[str, tuple[str, bool]] = {
+    "Color_Palette": ("palette", True),
+    "Visual_Mood": ("mood", True),
+    "Composition": ("composition", True),
+    "Lighting": ("lighting", False),
+    "Texture": ("texture", True),
+    "Character_Presentation": ("", False),
+    "Era_Style": ("style", True),
+    "Genre_Visual": ("imagery", False),
+    "Typography": ("typography", False),
+    "Others": ("", False),
+}
+
+
+def _article(word: str) -> str:
+    return "an" if re.match(r"[aeiou]", word, re.I) and not re.match(r"(uni|use|one)", word, re.I) else "a"
+
+
+def concept_phrase(ctype: str, name: str, *, article: bool = True) -> str:
+    """'Color_Palette', 'cool blue' -> 'a cool blue palette' (or 'cool blue palette')."""
+    name = " ".join(str(name).replace("_", " ").split()).strip().lower()
+    noun, countable = _NOUNS.get(ctype, ("", False))
+    if noun and not re.search(rf"\b{noun}\b", name):
+        phrase = f"{name} {noun}"
+    else:
+        phrase = name
+        countable = countable and bool(noun)
+    if article and countable:
+        return f"{_article(phrase)} {phrase}"
+    return phrase
+
+
+def _titles(examples, n: int) -> str:
+    names = [t for _, t, _ in examples[:n]]
+    return f" ({', '.join(names)})" if names else ""
+
+
+def positive_sentence(ex, cfg: ExplainConfig) -> str:
+    if not ex.cited:
+        if ex.method == "graph":
+            return ("Recommended for reasons outside its poster: it shares no visual concept with "
+                    "the posters you liked.")
+        return ("Recommended mainly for reasons outside its poster (what people with your ratings "
+                "liked), not for a visual concept you are known to like.")
+    first, rest = ex.cited[0], ex.cited[1:]
+    ph = concept_phrase(first.ctype, first.concept)
+    if first.liked:
+        recently = any(r for _, _, r in first.liked[: cfg.examples]) or first.pref_short > 0
+        s = (f"Recommended because you {'recently ' if recently else ''}liked posters with {ph}"
+             f"{_titles(first.liked, cfg.examples)} and this one shares it")
+    else:
+        when = "recent" if first.pref_short > 0 else "long-term"
+        s = f"Recommended because your {when} taste leans to posters with {ph} and this one has it"
+    if rest:
+        s += "".join(f" and its {concept_phrase(e.ctype, e.concept, article=False)}" for e in rest)
+    return s + "."
+
+
+def negative_sentence(ex, cfg: ExplainConfig) -> str | None:
+    if not ex.against:
+        return None
+    first, rest = ex.against[0], ex.against[1:]
+    ph = concept_phrase(first.ctype, first.concept)
+    if first.disliked:
+        s = f"Ranked down because you disliked posters with {ph}{_titles(first.disliked, cfg.examples)}, and this one has it"
+    else:
+        s = f"Ranked down because you tend to dislike posters with {ph}, and this one has it"
+    if rest:
+        s += ", as well as " + " and ".join(concept_phrase(e.ctype, e.concept) for e in rest)
+    return s + "."
+
+
+def explain_sentences(ex, cfg: ExplainConfig | None = None) -> list[str]:
+    """The positive sentence, then the negative one when a disliked concept counts against."""
+    cfg = cfg or ExplainConfig()
+    out = [positive_sentence(ex, cfg)]
+    neg = negative_sentence(ex, cfg)
+    if neg:
+        out.append(neg)
+    return out

@@ -1,0 +1,136 @@
+"""Explanations on a hand-made graph where the right answer is known (tests/_explain_world.py),
+then on the ../shared data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _explain_world import TinyModel, build_bundle, make_db
+from posterkg.explain import ExplainConfig
+from posterkg.explain.paths import Explainer, Knowledge
+from posterkg.explain.sentences import concept_phrase
+
+BLUE, LOWKEY, RED, TYPO = 1, 2, 3, 4
+
+
+@pytest.fixture
+def world(tmp_path):
+    store = make_db(tmp_path / "w.duckdb")
+    bundle = build_bundle(store)
+    yield store, bundle, Knowledge(store)
+    store.close()
+
+
+def test_top_path_cites_the_liked_concept_and_movies(world):
+    store, bundle, k = world
+    ex = Explainer(k, TinyModel(bundle)).explain(1, 10)  # Gattaca: cool blue + low-key + typography
+    assert ex.method == "gradient", ex.note
+    assert ex.paths[0].concept_id == BLUE
+    assert ex.cited[0].concept_id == BLUE
+    assert {t for _, t, _ in ex.cited[0].liked} == {"The Matrix", "Blade Runner"}
+    # the movie's own blue edge counts for the score, and the attribution of the movie edge agrees
+    # with the model: deleting it lowers the score by about its gradient x input (linear in w)
+    assert ex.cited[0].movie_edge > 0
+    s = ex.sentences[0]
+    assert s.startswith("Recommended because you recently liked posters with a cool blue palette")
+    assert "(The Matrix, Blade Runner)" in s and "low-key lighting" in s
+    assert ex.against == []  # nothing disliked on Gattaca
+    assert len(ex.sentences) == 1
+
+
+def test_negative_explanation_cites_the_disliked_concept(world):
+    store, bundle, k = world
+    ex = Explainer(k, TinyModel(bundle)).explain(1, 12)  # Mixed Signals: blue + harsh red
+    assert ex.cited[0].concept_id == BLUE
+    assert ex.against[0].concept_id == RED
+    assert ex.against[0].relevance < 0
+    assert {t for _, t, _ in ex.against[0].disliked} == {"Red Planet", "Crimson Tide"}
+    neg = ex.sentences[1]
+    assert neg.startswith("Ranked down because you disliked posters with a harsh red palette")
+    assert "Red Planet" in neg and "Crimson Tide" in neg
+    # Kill Bill is mostly red: ranked down, and below Gattaca for this user
+    kb = Explainer(k, TinyModel(bundle)).explain(1, 11)
+    assert kb.against and kb.against[0].concept_id == RED
+    assert kb.score < ex.score < Explainer(k, TinyModel(bundle)).explain(1, 10).score
+
+
+def test_model_weighting_is_used_not_just_the_graph(world):
+    store, bundle, k = world
+    # a model that values lighting 10x: the graph still says "blue", the model says "low-key"
+    ex_model = Explainer(k, TinyModel(bundle, scale={LOWKEY: 10.0})).explain(1, 10)
+    ex_graph = Explainer(k, None).explain(1, 10)
+    assert ex_graph.method == "graph" and ex_graph.cited[0].concept_id == BLUE
+    assert ex_model.method == "gradient" and ex_model.cited[0].concept_id == LOWKEY
+    assert "low-key lighting" in ex_model.sentences[0].split("(")[0]
+
+
+def test_gradient_x_input_matches_edge_deletion_for_a_linear_model(world):
+    from posterkg.explain.attribution import delete_movie_concepts, score_one
+
+    store, bundle, k = world
+    model = TinyModel(bundle)
+    ex = Explainer(k, model).explain(1, 10)
+    for e in ex.concepts:
+        drop = score_one(model, 1, 10) - score_one(model, 1, 10, delete_movie_concepts(bundle, 10, [e.concept_id]))
+        assert drop == pytest.approx(e.movie_edge, rel=1e-4, abs=1e-6)
+
+
+def test_occlusion_fallback_when_the_model_hides_its_gradient(world):
+    store, bundle, k = world
+    ex = Explainer(k, TinyModel(bundle, no_grad=True)).explain(1, 10)
+    assert ex.method == "occlusion" and "gradient" in ex.note
+    assert ex.cited[0].concept_id == BLUE
+    occ = Explainer(k, TinyModel(bundle), ExplainConfig(method="occlusion")).explain(1, 12)
+    assert occ.method == "occlusion" and occ.against[0].concept_id == RED
+
+
+def test_no_shared_concept_says_so(world):
+    store, bundle, k = world
+    ex = Explainer(k, TinyModel(bundle)).explain(1, 13)  # Sunny Side: cheerful, high-key
+    # high-key lighting is a long-term like of user 1: a pref path exists
+    assert ex.cited and ex.cited[0].concept_id == 7
+    assert "long-term taste leans to posters with high-key lighting" in ex.sentences[0]
+    ex3 = Explainer(k, None).explain(3, 11)  # user 3 liked only blue movies; Kill Bill shares typography
+    assert all(e.concept_id != RED for e in ex3.cited)
+
+
+def test_concept_phrases():
+    assert concept_phrase("Color_Palette", "cool blue") == "a cool blue palette"
+    assert concept_phrase("Lighting", "low-key lighting") == "low-key lighting"
+    assert concept_phrase("Lighting", "Low_key") == "low key lighting"
+    assert concept_phrase("Visual_Mood", "eerie") == "an eerie mood"
+    assert concept_phrase("Color_Palette", "cool blue", article=False) == "cool blue palette"
+    assert concept_phrase("Others", "explosions") == "explosions"
+
+
+def test_profile_long_vs_short(world):
+    from posterkg.explain.profile import user_profile
+
+    store, bundle, k = world
+    p = user_profile(k, 1)
+    assert p.source == "user_prefs"
+    sh = p.shares.set_index("concept_id")
+    assert sh.loc[LOWKEY, "long_share"] == pytest.approx(0.25)   # 0.2 / (0.2 + 0.6)
+    assert sh.loc[LOWKEY, "short_share"] == pytest.approx(1.0)
+    assert sh.loc[7, "long_share"] == pytest.approx(0.75)
+    for _, g in p.shares.groupby("ctype"):
+        for col in ("long_share", "short_share"):
+            assert g[col].sum() == pytest.approx(1.0) or g[col].sum() == 0
+    assert [c.concept_id for c in p.rising][:1] == [LOWKEY]
+    assert {c.concept_id for c in p.dropped} == {7, 6}   # high-key lighting and retro: long only
+    assert p.dislikes[0][0] == RED
+    text = " ".join(p.summary())
+    assert "low-key lighting" in text and "harsh red" in text
+
+
+def test_profile_from_interactions_when_prefs_are_missing(world):
+    from posterkg.explain.profile import user_profile
+
+    store, bundle, _ = world
+    store.execute("DROP TABLE user_prefs")
+    p = user_profile(Knowledge(store), 1, ExplainConfig(recent=1))
+    assert p.source == "interactions"
+    sh = p.shares.set_index("concept_id")
+    assert sh.loc[BLUE, "long_share"] == pytest.approx(1.0)   # the only palette liked
+    assert p.dislikes and p.dislikes[0][0] == RED
