@@ -319,3 +319,80 @@ def test_build_on_ml1m_with_genre_concepts(ml1m_split_db):
             assert store.scalar("SELECT sign FROM user_movie_edges WHERE user_id=? AND movie_id=?",
                                 [int(uu), int(mm)]) == 1
         assert np.all(np.diff(b.movie_ids) > 0)
+
+
+def test_cli_build_stats_export(hand_db, tmp_path):
+    import csv
+    import json
+
+    import networkx as nx
+    from click.testing import CliRunner
+
+    from posterkg.cli import cli
+
+    db = str(hand_db.path)
+    hand_db.close()
+    r = CliRunner()
+    res = r.invoke(cli, ["graph", "build", "--db", db, "--half-life-days", "20", "--short-n", "3",
+                         "--top-k", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "user_movie_edges" in res.output and "user_prefs" in res.output
+    res = r.invoke(cli, ["graph", "stats", "--db", db, "--json"], catch_exceptions=False)
+    s = json.loads(res.output)
+    assert s["edges"]["user-movie"] == 8 and s["edges"]["user-neg-movie"] == 2
+    assert s["nodes"]["concepts"] == 3 and s["concepts_by_type"]["Lighting"] == 1
+    assert r.invoke(cli, ["graph", "stats", "--db", db]).exit_code == 0
+
+    gml = tmp_path / "g.graphml"
+    res = r.invoke(cli, ["graph", "export", "--db", db, "--format", "graphml", "--out", str(gml)],
+                   catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    g = nx.read_graphml(gml)
+    assert g.nodes["movie:12"]["kind"] == "movie" and g.nodes["concept:101"]["label"] == "low-key"
+    rel = {(u, v): d["relation"] for u, v, d in g.edges(data=True) if d["relation"] in ("pos", "neg", "neu")}
+    assert rel[("user:1", "movie:14")] == "neg" and rel[("user:1", "movie:12")] == "neu"
+    assert not g.has_edge("user:1", "movie:16")
+    with open_store(db, read_only=True) as store:
+        n_prefs = store.count("user_prefs")
+    assert sum(1 for *_, d in g.edges(data=True) if d["relation"] in ("likes", "dislikes")) == n_prefs
+
+    neo = tmp_path / "neo"
+    res = r.invoke(cli, ["graph", "export", "--db", db, "--format", "neo4j", "--out", str(neo),
+                         "--horizon", "long"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+
+    def read(name):
+        with open(neo / name, newline="", encoding="utf-8") as f:
+            return list(csv.reader(f))
+
+    movies = read("movies.csv")
+    assert movies[0] == ["movieId:ID(Movie)", "title", "year:int", "genres:string[]", ":LABEL"]
+    assert ["12", "Movie 12", "1999", "Drama", "Movie"] in movies
+    rated = read("rated.csv")
+    assert rated[0][:3] == [":START_ID(User)", ":END_ID(Movie)", ":TYPE"]
+    assert ["1", "14", "DISLIKED"] == rated[[r[:2] for r in rated].index(["1", "14"])][:3]
+    concepts = read("concepts.csv")
+    assert concepts[0][0] == "conceptId:ID(Concept)"
+    assert ["101", "low-key", "Lighting", "Concept;Lighting"] in concepts
+    prefs = read("preferences.csv")
+    assert {row[3] for row in prefs[1:]} == {"long"}
+    assert {row[2] for row in prefs[1:]} == {"PREFERS", "AVOIDS"}
+    node_ids = {("User", r[0]) for r in read("users.csv")[1:]} | {("Movie", r[0]) for r in movies[1:]} \
+        | {("Concept", r[0]) for r in concepts[1:]}
+    for name, (a, b) in (("rated.csv", ("User", "Movie")), ("has_concept.csv", ("Movie", "Concept")),
+                         ("preferences.csv", ("User", "Concept"))):
+        for row in read(name)[1:]:      # every relationship end exists as a node
+            assert (a, row[0]) in node_ids and (b, row[1]) in node_ids
+    assert "neo4j-admin\" database import full" in (neo / "import.sh").read_text()
+
+
+def test_stage_fingerprint_and_run(hand_db):
+    from posterkg.config import Config
+    from posterkg.graphs.stage import STAGE
+
+    cfg = Config(data={"graph": {"short_n": 3}})
+    fp = STAGE.inputs(hand_db, cfg)
+    assert fp == STAGE.inputs(hand_db, cfg)
+    assert fp != STAGE.inputs(hand_db, Config(data={"graph": {"short_n": 4}}))
+    counts = STAGE.run(hand_db, cfg)
+    assert counts["user_movie_edges"] == 8 and hand_db.count("user_prefs") == counts["user_prefs"]
