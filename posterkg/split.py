@@ -1,0 +1,143 @@
+"""Split each user's ratings into train / valid / test: the project's fixed evaluation protocol.
+
+For a user with ``n`` ratings (users with fewer than ``min_ratings`` = 10 are dropped):
+
+* ``n_test  = max(1, floor(n * test))``  and ``n_valid = max(1, floor(n * valid))``
+  (a fraction of exactly 0 gives 0);
+* ``temporal``: ratings sorted by ``(ts, movie_id)``; the last ``n_test`` go to test, the
+  ``n_valid`` before them to valid, the rest to train. No rating of the future leaks into train;
+* ``random``: the same counts, but the order is a seeded shuffle, ``md5(seed:user:movie)``, which
+  is stable across machines and DuckDB versions.
+
+The floors are computed in exact decimal arithmetic (``0.1`` is not a float there), so
+``n = 30, test = 0.1`` gives exactly 3. The result is the ``split`` table (replaced on every
+run) and one row in ``split_info``; the same inputs always give the same split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import click
+
+from posterkg.config import Config
+from posterkg.errors import ConfigError, InputError
+from posterkg.pipeline import Stage
+from posterkg.store import Store
+
+COMPONENT = "split"
+MIGRATIONS = [
+    """CREATE TABLE IF NOT EXISTS split (
+        user_id INTEGER, movie_id INTEGER, part VARCHAR, PRIMARY KEY (user_id, movie_id));
+    CREATE TABLE IF NOT EXISTS split_info (
+        scheme VARCHAR, valid DOUBLE, test DOUBLE, seed INTEGER, min_ratings INTEGER,
+        users BIGINT, dropped_users BIGINT, created_at TIMESTAMP DEFAULT current_timestamp);""",
+]
+
+SCHEMES = ("temporal", "random")
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    """``[split]`` section."""
+
+    scheme: str = "temporal"   # temporal | random
+    valid: float = 0.1         # fraction of each user's ratings for validation (at least 1)
+    test: float = 0.1          # fraction for test (at least 1), taken from the end
+    seed: int = 0              # only used by the random scheme
+    min_ratings: int = 10      # users with fewer ratings are left out of the split
+
+
+def ensure_schema(store: Store) -> None:
+    store.migrate(COMPONENT, MIGRATIONS)
+
+
+def _check(scheme: str, valid: float, test: float, min_ratings: int) -> None:
+    if scheme not in SCHEMES:
+        raise ConfigError(f"split scheme must be one of {', '.join(SCHEMES)}, not {scheme!r}")
+    for name, v in (("valid", valid), ("test", test)):
+        if not 0 <= v < 1:
+            raise ConfigError(f"split {name} must be a fraction in [0, 1), not {v}")
+    if valid + test >= 1:
+        raise ConfigError(f"split valid + test must be below 1 (got {valid} + {test})")
+    if min_ratings < 1:
+        raise ConfigError("split min_ratings must be at least 1")
+
+
+def make_split(store: Store, scheme: str = "temporal", valid: float = 0.1, test: float = 0.1,
+               seed: int = 0, *, min_ratings: int = 10) -> dict:
+    """Write the ``split`` table; return a summary dict (parts with counts, users, dropped users)."""
+    _check(scheme, valid, test, min_ratings)
+    if not store.table_exists("ratings") or store.count("ratings") == 0:
+        raise InputError("no ratings in the database; run `posterkg ingest movielens` first")
+    ensure_schema(store)
+    t0 = time.perf_counter()
+    if scheme == "temporal":
+        order = "ts, movie_id"
+    else:
+        order = f"md5(concat({int(seed)}, ':', user_id, ':', movie_id)), movie_id"
+
+    def n_part(frac: float) -> str:
+        # exact decimal arithmetic: the literal is a DECIMAL, not a float
+        return "0" if frac == 0 else f"greatest(1, floor(n * {float(frac)!r}::DECIMAL(12,9)))::BIGINT"
+
+    with store.transaction() as con:
+        con.execute("DELETE FROM split")
+        con.execute(f"""
+            INSERT INTO split
+            WITH r AS (
+                SELECT user_id, movie_id,
+                       row_number() OVER (PARTITION BY user_id ORDER BY {order}) AS pos,
+                       count(*) OVER (PARTITION BY user_id) AS n
+                FROM ratings),
+            c AS (SELECT *, {n_part(test)} AS n_test, {n_part(valid)} AS n_valid
+                  FROM r WHERE n >= {int(min_ratings)})
+            SELECT user_id, movie_id,
+                   CASE WHEN pos > n - n_test THEN 'test'
+                        WHEN pos > n - n_test - n_valid THEN 'valid'
+                        ELSE 'train' END AS part
+            FROM c ORDER BY user_id, movie_id""")
+        users = con.execute("SELECT count(DISTINCT user_id) FROM split").fetchone()[0]
+        all_users = con.execute("SELECT count(DISTINCT user_id) FROM ratings").fetchone()[0]
+        con.execute("DELETE FROM split_info")
+        con.execute("INSERT INTO split_info (scheme, valid, test, seed, min_ratings, users, dropped_users) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [scheme, valid, test, seed, min_ratings, users, all_users - users])
+    parts = split_sizes(store)
+    return {"scheme": scheme, "valid": valid, "test": test, "seed": seed, "min_ratings": min_ratings,
+            "users": int(users), "dropped_users": int(all_users - users), "parts": parts,
+            "seconds": time.perf_counter() - t0}
+
+
+def split_sizes(store: Store) -> dict[str, int]:
+    """{'train': n, 'valid': n, 'test': n} (empty when there is no split)."""
+    if not store.table_exists("split"):
+        return {}
+    got = dict(store.execute("SELECT part, count(*) FROM split GROUP BY 1").fetchall())
+    return {p: int(got[p]) for p in ("train", "valid", "test") if p in got}
+
+
+def describe(summary: dict) -> str:
+    parts = ", ".join(f"{v:,} {k}" for k, v in summary["parts"].items())
+    return (f"split ({summary['scheme']}, valid={summary['valid']}, test={summary['test']}, "
+            f"seed={summary['seed']}): {parts}; {summary['users']:,} users, "
+            f"{summary['dropped_users']:,} dropped (< {summary['min_ratings']} ratings)")
+
+
+# -- pipeline stage ------------------------------------------------------------------------------
+
+def _inputs(store: Store, config: Config) -> str:
+    cfg = config.section("split", SplitConfig)
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def _run(store: Store, config: Config) -> dict:
+    cfg = config.section("split", SplitConfig)
+    summary = make_split(store, cfg.scheme, cfg.valid, cfg.test, cfg.seed, min_ratings=cfg.min_ratings)
+    click.echo(describe(summary))
+    return summary
+
+
+STAGE = Stage("split", _inputs, _run)
