@@ -13,6 +13,7 @@ slowed-down backend, and how a user can try a tagger of their own without editin
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
 from posterkg.errors import ConfigError, PosterkgError
@@ -37,10 +38,19 @@ def backend_names() -> list[str]:
 def get_backend(name: str, model: str | None = None, **options: Any) -> Backend:
     """Create backend ``name``; ``model`` None means the backend's default model."""
     module_name = BACKENDS.get(name) or EXTRA_BACKENDS.get(name)
-    if module_name is None and "." in name:
-        module_name = name          # a third-party backend given as a module path
+    unknown = ConfigError(f"unknown tagging backend {name!r}; choose one of {', '.join(backend_names())} "
+                          "or give the module path of your own backend")
     if module_name is None:
-        raise ConfigError(f"unknown tagging backend {name!r}; choose one of {', '.join(backend_names())}")
+        # a third-party backend given as a module path
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+            raise unknown
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                raise unknown from None
+            raise
+        module_name = name
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
