@@ -27,7 +27,7 @@ class ExplainConfig:
     method: str = "gradient"   # gradient | occlusion | graph: how paths are weighted
     cite: int = 2              # concepts a sentence cites (positive and negative)
     examples: int = 2          # liked / disliked movies named per cited concept
-    recent: int = 20           # a train positive among the user's last `recent` counts as recent
+    recent: int = 20           # the last `recent` train interactions are 'recent' (= [graph] short_n)
     top_paths: int = 8         # paths listed by `posterkg explain`
     report_k: int = 10         # recommendations shown in a user report
     similar_k: int = 8         # similar movies shown in a movie report

@@ -84,6 +84,13 @@ class Knowledge:
             "SELECT movie_id, rating, ts FROM user_movie_edges WHERE user_id = ? AND sign = ? "
             "ORDER BY ts DESC, movie_id", [int(user_id), int(sign)])
 
+    def recent_movies(self, user_id: int, n: int) -> list[int]:
+        """The user's last ``n`` train interactions of any sign (the short-term horizon of
+        ``user_prefs``, whose window is ``[graph] short_n``), newest first."""
+        return self.store.df(
+            "SELECT movie_id FROM user_movie_edges WHERE user_id = ? ORDER BY ts DESC, movie_id DESC LIMIT ?",
+            [int(user_id), int(n)]).movie_id.astype(int).tolist()
+
     def prefs(self, user_id: int):
         """The user's concept preferences (concept_id, horizon, score, support)."""
         if not self._has_prefs:
@@ -184,7 +191,7 @@ class Explainer:
             pos = self.k.interactions(user_id, +1)
             neg = self.k.interactions(user_id, -1)
             prefs = self.k.prefs(user_id)
-            recent = set(pos.movie_id.astype(int).tolist()[: self.cfg.recent])
+            recent = set(self.k.recent_movies(user_id, self.cfg.recent))
             pref = defaultdict(dict)
             for c, h, s in zip(prefs.concept_id, prefs.horizon, prefs.score):
                 pref[int(c)][str(h)] = float(s)
