@@ -39,12 +39,14 @@ PIPELINE: list[tuple[str, str]] = [
 ]
 
 
-def load_stages(names: list[str] | None = None) -> list[Stage]:
+def load_stages(names: list[str] | None = None, until: str | None = None) -> list[Stage]:
     stages = []
     for name, module in PIPELINE:
         if names and name not in names:
             continue
         stages.append(importlib.import_module(module).STAGE)
+        if until and name == until:   # later stages are not even imported
+            break
     return stages
 
 
@@ -53,7 +55,7 @@ def run_pipeline(store: Store, config: Config, *, only: list[str] | None = None,
     """Run the stages in order; return (stage, 'ran'|'skipped', seconds) rows."""
     report = []
     previous = ""
-    for stage in load_stages():
+    for stage in load_stages(until=until):
         own = stage.inputs(store, config)
         fp = hashlib.sha256(f"{previous}|{stage.name}|{own}".encode()).hexdigest()[:16]
         previous = fp
