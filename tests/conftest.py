@@ -50,3 +50,14 @@ def ml1m_db_copy(ml1m_db, tmp_path) -> Path:
     dst = tmp_path / "ml1m.duckdb"
     shutil.copy(ml1m_db, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2-VL model folder (tests/tiny_vlm.py), built once per session, offline."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_vlm import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))

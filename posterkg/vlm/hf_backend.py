@@ -1,0 +1,255 @@
+"""``hf`` backend: transformers ``generate()``, batched, constrained by an xgrammar logits processor.
+
+Runs on CPU or GPU (``device = "auto"`` picks CUDA when torch sees one). Each batch of posters is
+loaded and resized to the pixel budget (:func:`posterkg.vlm.images.load_poster`), put in the
+model family's prompt (:mod:`posterkg.vlm.chat`), left-padded (decoder-only models must be padded
+on the left for batched generation) and decoded greedily with the answer's JSON schema enforced
+token by token:
+
+* the grammar is compiled once per JSON schema with ``any_whitespace=False`` and the separators
+  the token budget assumes (``TagSpec.separators``), so ``TagSpec.max_tokens`` always fits a
+  complete answer (``../shared/notes/platform.md``: with free whitespace a weak model pads with
+  spaces until it runs out of tokens);
+* a fresh ``xgrammar.contrib.hf.LogitsProcessor`` is built per ``generate()`` call (it keeps
+  per-call matcher state);
+* the processor never sees the final end-of-sequence token, so whether an answer is complete is
+  decided from the EOS in the output or ``matcher.is_completed()``, not ``is_terminated()``.
+
+Each result carries the raw text and ``finish_reason`` (``stop`` or ``length``); the runner
+validates it. A poster that cannot be decoded gives reason ``corrupt_image``. CUDA out of memory
+(``torch.OutOfMemoryError``) frees the cache and retries the batch in halves; a single poster that
+still does not fit is recorded as ``out_of_memory`` and the run goes on.
+
+Options (``[tag.hf]`` in the configuration; ``posterkg tag --backend hf --model M``):
+
+=====================  =============  ==========================================================
+key                    default        meaning
+=====================  =============  ==========================================================
+``device``             ``"auto"``     ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+``dtype``              ``"auto"``     ``bfloat16`` on CUDA, ``float32`` on CPU; or a torch dtype name
+``family``             ``"auto"``     prompt family (:mod:`posterkg.vlm.chat`); auto = detect
+``min_pixels``         ``3136``       pixel budget per poster (Qwen2-VL: 28x28 pixels per token)
+``max_pixels``         ``401408``     (at most 512 visual tokens with Qwen2-VL)
+``max_tokens``         ``0``          0 = the schema's guaranteed budget; >0 forces a (smaller) cap
+``attn_implementation`` ``""``        ``""`` = transformers' default (sdpa); ``"flash_attention_2"``
+``trust_remote_code``  ``false``      passed to ``from_pretrained``
+=====================  =============  ==========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from posterkg.errors import ConfigError
+from posterkg.vlm import chat
+from posterkg.vlm.base import PosterJob, TagResult, TagSpec
+from posterkg.vlm.images import CorruptImage, load_poster
+
+DEFAULT_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
+QWEN_BLOCK = 28   # pixels per merged visual token side (patch 14 x spatial merge 2)
+
+
+@dataclasses.dataclass
+class HFOptions:
+    device: str = "auto"
+    dtype: str = "auto"
+    family: str = "auto"
+    min_pixels: int = 3136
+    max_pixels: int = 401408
+    max_tokens: int = 0
+    attn_implementation: str = ""
+    trust_remote_code: bool = False
+
+
+def parse_options(cls: type, options: dict[str, Any], section: str):
+    """Build an options dataclass; unknown keys are a :class:`ConfigError` naming the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
+    opts = cls(**options)
+    if getattr(opts, "min_pixels", 0) and getattr(opts, "max_pixels", 0) and opts.min_pixels > opts.max_pixels:
+        raise ConfigError(f"[{section}]: min_pixels {opts.min_pixels} > max_pixels {opts.max_pixels}")
+    return opts
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
+    return isinstance(exc, oom_types) or "out of memory" in str(exc).lower()
+
+
+def free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class HFBackend:
+    """Tag posters with a transformers vision-language model (see the module docstring)."""
+
+    name = "hf"
+
+    def __init__(self, model: str | None = None, **options: Any):
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        self.model = model or DEFAULT_MODEL
+        self.opts: HFOptions = parse_options(HFOptions, options, "tag.hf")
+        self.family = chat.detect_family(self.model, self.opts.family)
+        dev = self.opts.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(dev)
+        if self.opts.dtype == "auto":
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            dtype = getattr(torch, self.opts.dtype, None)
+            if not isinstance(dtype, torch.dtype):
+                raise ConfigError(f"[tag.hf] dtype {self.opts.dtype!r} is not a torch dtype")
+        self.processor = self._load_processor()
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": self.opts.trust_remote_code}
+        if self.opts.attn_implementation:
+            kwargs["attn_implementation"] = self.opts.attn_implementation
+        self.lm = AutoModelForImageTextToText.from_pretrained(self.model, **kwargs).to(self.device).eval()
+        self.stop_ids = self._stop_ids()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token_id = self.stop_ids[0]
+        self._tokenizer_info = None
+        self._grammars: dict[str, Any] = {}
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _load_processor(self):
+        px = {"min_pixels": self.opts.min_pixels, "max_pixels": self.opts.max_pixels}
+        if self.family in ("qwen2_vl", "qwen2_5_vl"):
+            from posterkg.vlm.qwen_processor import load_processor
+
+            return load_processor(self.model, **px)
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(self.model, trust_remote_code=self.opts.trust_remote_code)
+
+    def _stop_ids(self) -> list[int]:
+        ids: list[int] = []
+        gen_eos = getattr(self.lm.generation_config, "eos_token_id", None)
+        for x in ([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])):
+            ids.append(int(x))
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(int(self.tokenizer.eos_token_id))
+        vocab = self.tokenizer.get_vocab()
+        ids += [vocab[t] for t in chat.stop_tokens(self.family) if t in vocab]
+        return list(dict.fromkeys(ids))
+
+    def _grammar(self, spec: TagSpec):
+        import xgrammar as xgr
+
+        key = json.dumps([spec.json_schema, list(spec.separators)], sort_keys=True)
+        if key not in self._grammars:
+            if self._tokenizer_info is None:
+                vocab_size = self.lm.get_output_embeddings().weight.shape[0]
+                self._tokenizer_info = xgr.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=vocab_size, stop_token_ids=self.stop_ids)
+                self._compiler = xgr.GrammarCompiler(self._tokenizer_info)
+            self._grammars[key] = self._compiler.compile_json_schema(
+                json.dumps(spec.json_schema), any_whitespace=False,
+                separators=tuple(spec.separators))
+        return self._grammars[key]
+
+    # -- tagging ---------------------------------------------------------------------------------
+    def _image(self, job: PosterJob):
+        multiple = QWEN_BLOCK if self.family in ("qwen2_vl", "qwen2_5_vl") else None
+        return load_poster(job.path, min_pixels=self.opts.min_pixels,
+                           max_pixels=self.opts.max_pixels, multiple=multiple)
+
+    def tag_batch(self, jobs: list[PosterJob], spec: TagSpec) -> list[TagResult]:
+        results: dict[int, TagResult] = {}
+        ready: list[tuple[PosterJob, Any]] = []
+        for job in jobs:
+            try:
+                ready.append((job, self._image(job)))
+            except CorruptImage as exc:
+                results[job.movie_id] = TagResult(job.movie_id, error=str(exc), reason="corrupt_image")
+        if ready:
+            for r in self._generate_safe(ready, spec):
+                results[r.movie_id] = r
+        return [results[j.movie_id] for j in jobs]
+
+    def _generate_safe(self, ready: list[tuple[PosterJob, Any]], spec: TagSpec) -> list[TagResult]:
+        """Generate; on out-of-memory free the cache and retry in halves, down to one poster."""
+        try:
+            return self._generate(ready, spec)
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled here
+            if not is_oom(exc):
+                raise
+            free_accelerator_memory()
+            if len(ready) == 1:
+                job = ready[0][0]
+                return [TagResult(job.movie_id, error=f"out of memory: {exc}"[:500], reason="out_of_memory")]
+            mid = len(ready) // 2
+            return self._generate_safe(ready[:mid], spec) + self._generate_safe(ready[mid:], spec)
+
+    def _generate(self, ready: list[tuple[PosterJob, Any]], spec: TagSpec) -> list[TagResult]:
+        import torch
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        prompt = chat.prompt_text(spec.prompt, self.family)
+        inputs = self.processor(text=[prompt] * len(ready), images=[img for _, img in ready],
+                                padding=True, return_tensors="pt").to(self.device)
+        max_new = self.opts.max_tokens if self.opts.max_tokens > 0 else spec.max_tokens
+        lp = LogitsProcessor(self._grammar(spec))   # fresh per generate(): it holds matcher state
+        with torch.inference_mode():
+            out = self.lm.generate(
+                **inputs, max_new_tokens=max_new, do_sample=False, num_beams=1,
+                temperature=None, top_p=None, top_k=None, logits_processor=[lp],
+                eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        stops = set(self.stop_ids)
+        results = []
+        for i, (job, _) in enumerate(ready):
+            toks = new[i]
+            end = next((k for k, t in enumerate(toks) if t in stops), None)
+            if end is not None:
+                finish = "stop"
+                toks = toks[:end]
+            else:
+                toks = [t for t in toks if t != self.tokenizer.pad_token_id]
+                finish = "stop" if self._completed(lp, i, toks) else "length"
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            results.append(TagResult(job.movie_id, raw=text, finish_reason=finish))
+        return results
+
+    @staticmethod
+    def _completed(lp, row: int, toks: list[int]) -> bool:
+        """Did the grammar accept a complete answer? The processor has seen every token but the
+        last one (it is called before each step), so feed that one and ask ``is_completed()``."""
+        if not lp.matchers or not toks:
+            return False
+        m = lp.matchers[row]
+        if m.is_terminated():
+            return True
+        try:
+            m.accept_token(toks[-1])
+        except Exception:  # noqa: BLE001 - a rejected token means not complete
+            return False
+        return m.is_completed()
+
+    def close(self) -> None:
+        self.lm = None
+        self._grammars.clear()
+        free_accelerator_memory()
+
+
+def create(model: str | None = None, **options: Any) -> HFBackend:
+    return HFBackend(model, **options)
