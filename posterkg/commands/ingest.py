@@ -115,6 +115,10 @@ def scan(env: Env, folder: str, full: bool) -> None:
 
     Each image is fully decoded with Pillow; corrupt or unreadable files get that status and the
     reason in posters.error, and the scan goes on. Rows of files that are gone are removed.
+
+    \b
+    Example:
+      posterkg posters scan ../shared/data/ml-1m/posters && posterkg info
     """
     from posterkg.ingest.posters import movies_with_bad_poster, scan_posters
 
@@ -149,6 +153,14 @@ def fetch(env: Env, folder: str | None, tmdb_key: str | None, retry_failed: bool
     From a URL template, or from TMDB via links.csv (ML-20M and later). Failures are recorded
     in table poster_fetch_failures (reason, HTTP status, attempts): later runs skip them, and
     --retry-failed tries them again. Settings: [fetch] section of --config; flags override.
+
+    \b
+    Examples:
+      export POSTERKG_TMDB_KEY=...        # TMDB v3 key or v4 token; needs links.csv (ML-20M+)
+      posterkg posters fetch --dir data/ml-25m/posters --concurrency 16
+      posterkg posters fetch --dir posters --url-template 'http://mirror/{movie_id}.jpg'
+      posterkg posters fetch --dir posters --retry-failed
+      posterkg posters scan posters       # then re-check the whole folder
     """
     from posterkg.errors import ConfigError
     from posterkg.ingest.fetch import FetchConfig, fetch_posters

@@ -38,6 +38,7 @@ MIGRATIONS = [
 ]
 
 EXTENSIONS = {".jpg": 0, ".jpeg": 1, ".png": 2, ".webp": 3}   # preference when an id has several
+_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF", b"BM")
 _NAME = re.compile(r"^(\d+)(\.[A-Za-z]+)$")
 
 
@@ -90,7 +91,10 @@ def check_image(path: str | Path) -> dict:
             im.load()
             row["width"], row["height"] = im.size
     except UnidentifiedImageError:
-        row.update(status="unreadable", error="not an image format Pillow recognises")
+        if data.startswith(_MAGIC):   # looks like an image, but the header is broken
+            row.update(status="corrupt", error="image header is broken (Pillow cannot identify it)")
+        else:
+            row.update(status="unreadable", error="not an image format Pillow recognises")
     except Exception as exc:  # noqa: BLE001 - any decoder failure means a corrupt file
         row.update(status="corrupt", error=f"{type(exc).__name__}: {exc}"[:500])
     return row
