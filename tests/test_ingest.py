@@ -139,6 +139,12 @@ def test_idempotent_on_fixture(tmp_path):
         ingest_movielens(s, src)
         assert {t: sorted(s.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
                 for t in ("movies", "users", "ratings", "links")} == snap
+        # same number of rows, one value changed: the table is replaced, not kept
+        data = (src / "u.data").read_text().replace("1\t1\t5\t", "1\t1\t2\t")
+        (src / "u.data").write_text(data)
+        ingest_movielens(s, src)
+        assert s.scalar("SELECT rating FROM ratings WHERE user_id = 1 AND movie_id = 1") == 2.0
+        assert s.count("ratings") == len(snap["ratings"])
 
 
 def test_malformed_lines_are_counted_reported_and_recorded(tmp_path):
