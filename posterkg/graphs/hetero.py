@@ -87,8 +87,13 @@ def _index(ids: np.ndarray) -> dict[int, int]:
     return {int(v): i for i, v in enumerate(ids.tolist())}
 
 
-def _lookup(index: dict[int, int], ids: np.ndarray) -> np.ndarray:
-    return np.fromiter((index[int(v)] for v in ids), dtype=np.int64, count=len(ids))
+def _lookup(sorted_ids: np.ndarray, ids) -> np.ndarray:
+    """Node indices of database ``ids`` (``sorted_ids`` ascending, as every node list is)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    pos = np.searchsorted(sorted_ids, ids)
+    if len(ids) and (pos.max() >= len(sorted_ids) or not np.array_equal(sorted_ids[pos], ids)):
+        raise InputError("an edge refers to a node id missing from its node table")
+    return pos
 
 
 def _ensure_built(store, gc) -> None:
@@ -151,8 +156,8 @@ def build_hetero(store, cfg: Any = None) -> GraphBundle:
     # interactions
     e = store.execute("SELECT user_id, movie_id, sign, rating, ts FROM user_movie_edges "
                       "ORDER BY user_id, ts, movie_id").fetchnumpy()
-    u = _lookup(user_index, e["user_id"])
-    m = _lookup(movie_index, e["movie_id"])
+    u = _lookup(user_ids, e["user_id"])
+    m = _lookup(movie_ids, e["movie_id"])
     sign = np.asarray(e["sign"], dtype=np.int64)
     rating = np.asarray(e["rating"], dtype=np.float64)
     ts = np.asarray(e["ts"], dtype=np.int64)
@@ -168,8 +173,8 @@ def build_hetero(store, cfg: Any = None) -> GraphBundle:
     # movie -> concept
     mc = store.execute("SELECT movie_id, concept_id, weight FROM movie_concept_edges "
                        "ORDER BY movie_id, concept_id").fetchnumpy()
-    _edge_store(data, ("movie", "has", "concept"), _lookup(movie_index, mc["movie_id"]),
-                _lookup(concept_index, mc["concept_id"]), mc["weight"])
+    _edge_store(data, ("movie", "has", "concept"), _lookup(movie_ids, mc["movie_id"]),
+                _lookup(concept_ids, mc["concept_id"]), mc["weight"])
 
     # user -> concept preferences
     if gc.pref_horizon == "mix":
@@ -180,8 +185,8 @@ def build_hetero(store, cfg: Any = None) -> GraphBundle:
                      f"WHERE horizon = '{gc.pref_horizon}'")
     p = store.execute(f"SELECT * FROM ({prefs_sql}) WHERE score <> 0 "
                       "ORDER BY user_id, concept_id").fetchnumpy()
-    pu = _lookup(user_index, p["user_id"])
-    pc = _lookup(concept_index, p["concept_id"])
+    pu = _lookup(user_ids, p["user_id"])
+    pc = _lookup(concept_ids, p["concept_id"])
     score = np.asarray(p["score"], dtype=np.float64)
     _edge_store(data, ("user", "likes", "concept"), pu[score > 0], pc[score > 0], score[score > 0])
     _edge_store(data, ("user", "dislikes", "concept"), pu[score < 0], pc[score < 0],
