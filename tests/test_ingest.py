@@ -179,3 +179,10 @@ def test_malformed_lines_are_counted_reported_and_recorded(tmp_path):
         write_dat(tmp_path / "ml")
         assert ingest_movielens(s, src).errors == 0
         assert s.count("ingest_errors") == 0
+
+
+def test_a_file_in_the_wrong_format_is_an_error_not_an_empty_table(tmp_path):
+    src = write_dat(tmp_path / "ml")
+    (src / "ratings.dat").write_text("".join(f"{u},{m},{r},{t}\n" for u, m, r, t in RATINGS))
+    with open_store(tmp_path / "db.duckdb") as s, pytest.raises(InputError, match="no valid ratings"):
+        ingest_movielens(s, src)

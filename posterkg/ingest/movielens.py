@@ -144,13 +144,27 @@ def ingest_movielens(store: Store, src_dir: str | Path, *, report: int = 10) -> 
 
     Returns an :class:`IngestSummary`; the first ``report`` errors are in ``first_errors``.
     """
+    layout = detect_layout(src_dir)
+    ensure_schema(store)
+    try:
+        return _ingest(store, layout, report)
+    finally:
+        for t in _TEMPS:
+            store.con.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+_TEMPS = ("_stg_movies", "_stg_users", "_stg_ratings", "_stg_links", "_stg_movies_ok", "_stg_users_ok",
+          "_stg_ratings_ok", "_stg_links_ok", "_stg_movies_raw", "_stg_users_raw", "_stg_movies_n",
+          "_stg_users_n", "_pk_errors", "_new_movies", "_new_users", "_new_ratings", "_new_links",
+          "_pk_rej", "_pk_rej_scan")
+
+
+def _ingest(store: Store, layout: Layout, report: int) -> IngestSummary:
     import time
 
     t0 = time.perf_counter()
-    layout = detect_layout(src_dir)
-    ensure_schema(store)
     con = store.con
-    errors: list[tuple] = []   # (file, line_no, line, reason)
+    errors = _ErrorSink(con)
 
     if layout.name == "ml-100k":
         has_users = _stage_100k(con, layout, errors)
@@ -160,11 +174,12 @@ def ingest_movielens(store: Store, src_dir: str | Path, *, report: int = 10) -> 
         has_users = _stage_csv(con, layout, errors)
 
     _validate(con, layout, has_users, errors)
-
-    con.execute("DROP TABLE IF EXISTS _pk_errors")
-    con.execute("CREATE TEMP TABLE _pk_errors (file VARCHAR, line_no BIGINT, line VARCHAR, reason VARCHAR)")
-    if errors:
-        con.executemany("INSERT INTO _pk_errors VALUES (?, ?, ?, ?)", errors)
+    n_errors = errors.count()
+    for t, f in (("_stg_movies_ok", "movies"), ("_stg_ratings_ok", "ratings")):
+        if con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0:
+            first = con.execute("SELECT file, line_no, reason FROM _pk_errors ORDER BY line_no LIMIT 3").fetchall()
+            raise InputError(f"no valid {f} in {layout.root} ({layout.name} layout); "
+                             f"{n_errors:,} bad line(s), first: {first}")
 
     # the final rows of each table, then in one transaction replace only the tables that differ
     # (a re-run on the same files rewrites nothing: deleting and re-inserting 1M keyed rows is
@@ -183,6 +198,7 @@ def ingest_movielens(store: Store, src_dir: str | Path, *, report: int = 10) -> 
                    NULL::VARCHAR AS occupation, NULL::VARCHAR AS zip FROM _stg_ratings_ok ORDER BY 1""")
     con.execute("CREATE OR REPLACE TEMP TABLE _new_ratings AS SELECT * FROM _stg_ratings_ok "
                 "ORDER BY user_id, ts, movie_id")
+    con.execute("DROP TABLE _stg_ratings_ok")
     if layout.name == "csv" and layout.path("links.csv").is_file():
         con.execute("CREATE OR REPLACE TEMP TABLE _new_links AS SELECT * FROM _stg_links_ok ORDER BY movie_id")
     else:
@@ -202,17 +218,13 @@ def ingest_movielens(store: Store, src_dir: str | Path, *, report: int = 10) -> 
         con.execute("INSERT INTO ingest_runs (source, layout, movies, users, ratings, links, errors, seconds) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [str(layout.root), layout.name, counts["movies"], counts["users"], counts["ratings"],
-                     counts["links"], len(errors), seconds])
+                     counts["links"], n_errors, seconds])
     first_errors = [
         {"file": f, "line_no": n, "line": ln, "reason": r}
         for f, n, ln, r in con.execute(
             f"SELECT * FROM ingest_errors ORDER BY file, line_no NULLS LAST LIMIT {int(report)}").fetchall()
     ]
-    for t in ("_stg_movies", "_stg_users", "_stg_ratings", "_stg_links", "_stg_movies_ok",
-              "_stg_users_ok", "_stg_ratings_ok", "_stg_links_ok", "_pk_errors", "_new_movies",
-              "_new_users", "_new_ratings", "_new_links"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
-    return IngestSummary(str(layout.root), layout.name, counts, len(errors), first_errors, seconds)
+    return IngestSummary(str(layout.root), layout.name, counts, n_errors, first_errors, seconds)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -230,7 +242,23 @@ def _encoding(path: Path) -> str:
         return "latin-1"
 
 
-def _scan(con, path: Path, table: str, columns: dict[str, str], errors: list, *, sep: str,
+class _ErrorSink:
+    """Bad lines collected in the temp table ``_pk_errors`` by SQL (no per-line Python)."""
+
+    def __init__(self, con):
+        self.con = con
+        con.execute("CREATE OR REPLACE TEMP TABLE _pk_errors "
+                    "(file VARCHAR, line_no BIGINT, line VARCHAR, reason VARCHAR)")
+
+    def add(self, file: str | Path, select: str) -> None:
+        """``select`` yields (line_no, line, reason)."""
+        self.con.execute(f"INSERT INTO _pk_errors SELECT {_lit(file)}, * FROM ({select})")
+
+    def count(self) -> int:
+        return int(self.con.execute("SELECT count(*) FROM _pk_errors").fetchone()[0])
+
+
+def _scan(con, path: Path, table: str, columns: dict[str, str], errors: _ErrorSink, *, sep: str,
           header: bool = False, quoted: bool = False, encoding: str = "utf-8") -> None:
     """read_csv ``path`` into temp table ``table``; unparseable lines go to ``errors``."""
     cols = ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in columns.items())
@@ -241,13 +269,12 @@ def _scan(con, path: Path, table: str, columns: dict[str, str], errors: list, *,
         SELECT * FROM read_csv({_lit(path)}, sep={_lit(sep)}, header={str(header).lower()},
             columns={{{cols}}}, auto_detect=false, {quote}, encoding={_lit(encoding)},
             store_rejects=true, rejects_table='_pk_rej', rejects_scan='_pk_rej_scan')""")
-    rows = con.execute("""
-        SELECT line, any_value(csv_line), string_agg(DISTINCT
+    errors.add(path, """
+        SELECT line::BIGINT, any_value(csv_line), string_agg(DISTINCT
                CASE WHEN error_type = 'CAST' THEN 'bad value in column ' || column_name
                     ELSE lower(CAST(error_type AS VARCHAR)) END, '; ' ORDER BY 1)
-        FROM _pk_rej GROUP BY line ORDER BY line""").fetchall()
+        FROM _pk_rej GROUP BY line ORDER BY line""")
     con.execute("DROP TABLE IF EXISTS _pk_rej; DROP TABLE IF EXISTS _pk_rej_scan")
-    errors.extend((str(path), int(line), text, reason) for line, text, reason in rows)
 
 
 def _check_header(path: Path, expected: list[str]) -> None:
@@ -261,7 +288,7 @@ def _check_header(path: Path, expected: list[str]) -> None:
 _RATING_COLS = {"user_id": "INTEGER", "movie_id": "INTEGER", "rating": "DOUBLE", "ts": "BIGINT"}
 
 
-def _stage_dat(con, layout: Layout, errors: list) -> bool:
+def _stage_dat(con, layout: Layout, errors: _ErrorSink) -> bool:
     movies = layout.path("movies.dat")
     _scan(con, movies, "_stg_movies_raw",
           {"movie_id": "INTEGER", "raw_title": "VARCHAR", "genres": "VARCHAR"}, errors,
@@ -289,7 +316,7 @@ def _stage_dat(con, layout: Layout, errors: list) -> bool:
     return True
 
 
-def _stage_100k(con, layout: Layout, errors: list) -> bool:
+def _stage_100k(con, layout: Layout, errors: _ErrorSink) -> bool:
     genre_file = layout.path("u.genre")
     genres = ML100K_GENRES
     if genre_file.is_file():
@@ -319,7 +346,7 @@ def _stage_100k(con, layout: Layout, errors: list) -> bool:
     return True
 
 
-def _stage_csv(con, layout: Layout, errors: list) -> bool:
+def _stage_csv(con, layout: Layout, errors: _ErrorSink) -> bool:
     movies = layout.path("movies.csv")
     _check_header(movies, ["movieId", "title", "genres"])
     _scan(con, movies, "_stg_movies_raw",
@@ -344,7 +371,7 @@ def _stage_csv(con, layout: Layout, errors: list) -> bool:
 
 # -- validation ----------------------------------------------------------------------------------
 
-def _validate(con, layout: Layout, has_users: bool, errors: list) -> None:
+def _validate(con, layout: Layout, has_users: bool, errors: _ErrorSink) -> None:
     """Split each staging table into ``*_ok`` rows and recorded errors (line number unknown)."""
     files = {
         "ml-100k": ("u.item", "u.user", "u.data", None),
@@ -355,7 +382,7 @@ def _validate(con, layout: Layout, has_users: bool, errors: list) -> None:
     sep = {"ml-100k": "\t", "dat": "::", "csv": ","}[layout.name]
 
     def bad(sql: str, file: str) -> None:
-        errors.extend((file, None, line, reason) for line, reason in con.execute(sql).fetchall())
+        errors.add(file, f"SELECT NULL::BIGINT, * FROM ({sql})")
 
     # movies: id present, first occurrence of an id kept
     con.execute("""CREATE OR REPLACE TEMP TABLE _stg_movies_n AS
@@ -399,6 +426,7 @@ def _validate(con, layout: Layout, has_users: bool, errors: list) -> None:
                         {user_reason} END
             FROM _stg_ratings r WHERE {invalid}""", ratings_f)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _stg_ratings_ok AS SELECT * FROM _stg_ratings r WHERE NOT {invalid}")
+    con.execute("DROP TABLE _stg_ratings")   # keep at most two copies of the ratings in memory
     dups = con.execute("""SELECT count(*) FROM (SELECT 1 FROM _stg_ratings_ok
                           GROUP BY user_id, movie_id HAVING count(*) > 1)""").fetchone()[0]
     if dups:
