@@ -38,7 +38,12 @@ def demo_config(root, seed: int = 0) -> dict:
         "ingest": {"source": str(data), "posters": str(data / "posters")},
         "split": {"scheme": "temporal", "valid": 0.1, "test": 0.1, "seed": seed},
         "tag": {"backend": "pixels", "batch_size": 32},
-        "schema": {"seed": seed},
+        "embed": {"model": "minilm"},        # shipped in a wheel: no hub, no network
+        # the pixels tagger answers from a small closed set of exact phrases, and opposite values
+        # ("warm palette" / "cool palette") embed close together: discover on every poster and
+        # merge only near-identical phrases, or planted opposites would share one concept
+        "schema": {"seed": seed, "sample": 1.0, "method": "agglomerative",
+                   "distance_threshold": 0.05, "min_concepts": 1, "max_concepts": 60},
         "graph": {"short_n": 10, "half_life_days": 60.0},
         "gnn": {"seed": seed, "dim": 32, "epochs": 20, "batch_size": 2048, "patience": 3},
     }
