@@ -77,6 +77,9 @@ def main() -> None:
             t0 = time.perf_counter()
             make_split(store, "temporal")
             rows.append(("split temporal", time.perf_counter() - t0, store.count("split")))
+            t0 = time.perf_counter()
+            make_split(store, "random", seed=0)
+            rows.append(("split random", time.perf_counter() - t0, store.count("split")))
 
     print(f"generated {args.ratings:,} ratings ({size_mb:.1f} MB ratings.dat) in {gen_s:.1f}s; "
           f"{os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}")

@@ -6,8 +6,8 @@ For a user with ``n`` ratings (users with fewer than ``min_ratings`` = 10 are dr
   (a fraction of exactly 0 gives 0);
 * ``temporal``: ratings sorted by ``(ts, movie_id)``; the last ``n_test`` go to test, the
   ``n_valid`` before them to valid, the rest to train. No rating of the future leaks into train;
-* ``random``: the same counts, but the order is a seeded shuffle, ``md5(seed:user:movie)``, which
-  is stable across machines and DuckDB versions.
+* ``random``: the same counts, but the order is a seeded shuffle: an integer hash of
+  (seed, user_id, movie_id) (:func:`shuffle_key`), stable across machines and DuckDB versions.
 
 The floors are computed in exact decimal arithmetic (``0.1`` is not a float there), so
 ``n = 30, test = 0.1`` gives exactly 3. The result is the ``split`` table (replaced on every
@@ -75,23 +75,23 @@ def make_split(store: Store, scheme: str = "temporal", valid: float = 0.1, test:
     ensure_schema(store)
     t0 = time.perf_counter()
     if scheme == "temporal":
-        order = "ts, movie_id"
+        source, order = "ratings", "ts, movie_id"
     else:
-        order = f"md5(concat({int(seed)}, ':', user_id, ':', movie_id)), movie_id"
+        source, order = f"({shuffle_key_sql(seed)})", "shuffle_key, movie_id"
 
     def n_part(frac: float) -> str:
         # exact decimal arithmetic: the literal is a DECIMAL, not a float
         return "0" if frac == 0 else f"greatest(1, floor(n * {float(frac)!r}::DECIMAL(12,9)))::BIGINT"
 
     with store.transaction() as con:
-        con.execute("DELETE FROM split")
+        store.clear("split")
         con.execute(f"""
             INSERT INTO split
             WITH r AS (
                 SELECT user_id, movie_id,
                        row_number() OVER (PARTITION BY user_id ORDER BY {order}) AS pos,
                        count(*) OVER (PARTITION BY user_id) AS n
-                FROM ratings),
+                FROM {source}),
             c AS (SELECT *, {n_part(test)} AS n_test, {n_part(valid)} AS n_valid
                   FROM r WHERE n >= {int(min_ratings)})
             SELECT user_id, movie_id,
@@ -109,6 +109,42 @@ def make_split(store: Store, scheme: str = "temporal", valid: float = 0.1, test:
     return {"scheme": scheme, "valid": valid, "test": test, "seed": seed, "min_ratings": min_ratings,
             "users": int(users), "dropped_users": int(all_users - users), "parts": parts,
             "seconds": time.perf_counter() - t0}
+
+
+_M32 = 0xFFFFFFFF
+
+
+def mix32(x: int) -> int:
+    """A 32-bit integer hash (the 'lowbias32' mixer); Python twin of the SQL in shuffle_key_sql."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    x ^= x >> 16
+    return x
+
+
+def shuffle_key(seed: int, user_id: int, movie_id: int) -> int:
+    return mix32(mix32(mix32(seed & _M32) ^ user_id) ^ movie_id)
+
+
+def shuffle_key_sql(seed: int) -> str:
+    """ratings plus ``shuffle_key`` = shuffle_key(seed, user_id, movie_id), computed in SQL.
+
+    Integer arithmetic only (UBIGINT, products below 2**64), so the order is the same on every
+    machine and DuckDB version, and about as fast as the temporal sort (md5 was 7x slower).
+    """
+    def mixed(q: str) -> str:
+        for step in ("xor(h, h >> 16)", f"(h * {0x7FEB352D}) % 4294967296", "xor(h, h >> 15)",
+                     f"(h * {0x846CA68B}) % 4294967296", "xor(h, h >> 16)"):
+            q = f"SELECT * REPLACE (({step})::UBIGINT AS h) FROM ({q})"
+        return q
+
+    q = f"SELECT user_id, movie_id, ts, xor({mix32(int(seed) & _M32)}::UBIGINT, user_id::UBIGINT) AS h FROM ratings"
+    q = mixed(q)
+    q = f"SELECT * REPLACE (xor(h, movie_id::UBIGINT) AS h) FROM ({q})"
+    q = mixed(q)
+    return f"SELECT user_id, movie_id, ts, h AS shuffle_key FROM ({q})"
 
 
 def split_sizes(store: Store) -> dict[str, int]:

@@ -127,6 +127,25 @@ class Store:
             return 0
         return int(self.scalar(f"SELECT count(*) FROM {table} {where}"))
 
+    def clear(self, table: str) -> None:
+        """Empty ``table`` by re-creating it from its own DDL (and its indexes).
+
+        Use it instead of ``DELETE FROM table`` before re-filling a big keyed table in the same
+        transaction: DuckDB's DELETE of 1M primary-keyed rows followed by their re-insert takes
+        about 9 s, against 1.6 s this way. Migration state is untouched (same DDL).
+        """
+        _check_ident(table)
+        ddl = self.scalar("SELECT sql FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [table])
+        if ddl is None:
+            raise PosterkgError(f"no table {table} to clear")
+        indexes = [r[0] for r in self.execute(
+            "SELECT sql FROM duckdb_indexes() WHERE table_name = ? AND schema_name = 'main'", [table]).fetchall()
+            if r[0]]
+        self.execute(f"DROP TABLE {table}")
+        self.execute(ddl)
+        for sql in indexes:
+            self.execute(sql)
+
     def insert_df(self, table: str, frame, *, mode: str = "append") -> int:
         """Insert a pandas DataFrame into ``table`` by column name.
 

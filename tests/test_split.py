@@ -81,6 +81,22 @@ def test_random_split_is_a_shuffle_not_the_time_order(tmp_path):
         assert [parts[(uid, m)] for m in ts_sorted[-10:]].count("test") < 10
 
 
+def test_random_order_is_the_documented_integer_hash(tmp_path):
+    """The SQL shuffle equals the pure-Python shuffle_key: the split is reproducible anywhere."""
+    from posterkg.split import shuffle_key
+
+    s, rows = _ratings_db(tmp_path / "db.duckdb")
+    with s:
+        make_split(s, "random", seed=5)
+        parts = _parts(s)
+        for uid, n in enumerate(SIZES, start=1):
+            if n < 10:
+                continue
+            order = [m for _, m in sorted((shuffle_key(5, uid, m), m) for u, m, _, _ in rows if u == uid)]
+            k = max(1, n // 10)
+            assert [parts[(uid, m)] for m in order] == ["train"] * (n - 2 * k) + ["valid"] * k + ["test"] * k
+
+
 def test_other_fractions_and_zero_valid(tmp_path):
     s, _ = _ratings_db(tmp_path / "db.duckdb")
     with s:

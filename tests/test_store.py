@@ -44,3 +44,17 @@ def test_locked_database_gives_clear_error(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_clear_recreates_table_with_its_keys_and_indexes(tmp_path):
+    with open_store(tmp_path / "t.duckdb") as s:
+        s.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b VARCHAR)")
+        s.execute("CREATE INDEX t_b ON t (b)")
+        s.execute("INSERT INTO t SELECT i, 'x' || i FROM range(1000) r(i)")
+        with s.transaction():
+            s.clear("t")
+            s.execute("INSERT INTO t SELECT i, 'y' FROM range(10) r(i)")
+        assert s.count("t") == 10
+        with pytest.raises(Exception, match="(?i)duplicate|constraint"):
+            s.execute("INSERT INTO t VALUES (1, 'dup')")
+        assert s.scalar("SELECT count(*) FROM duckdb_indexes() WHERE table_name = 't'") == 1

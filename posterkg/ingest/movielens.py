@@ -208,7 +208,7 @@ def _ingest(store: Store, layout: Layout, report: int) -> IngestSummary:
             same = con.execute(f"""SELECT (SELECT count(*) FROM {t}) = (SELECT count(*) FROM _new_{t})
                 AND NOT EXISTS (SELECT * FROM _new_{t} EXCEPT SELECT * FROM {t})""").fetchone()[0]
             if not same:
-                con.execute(f"DELETE FROM {t}")
+                store.clear(t)
                 con.execute(f"INSERT INTO {t} SELECT * FROM _new_{t}")
         con.execute("DELETE FROM ingest_errors")
         con.execute("INSERT INTO ingest_errors SELECT * FROM _pk_errors ORDER BY file, line_no NULLS LAST")
