@@ -282,7 +282,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
         ("run_id", summary["run_id"]),
         ("done", summary["done"]), ("skipped", summary["skipped"]), ("failed", summary["failed"]),
         ("points", summary["points"]),
-        ("posters/s", round(summary["posters_per_s"], 2)),
+        ("posters/s", f"{summary['posters_per_s']:.2f}"),
     ]
     rows += [(f"points: {t}", n) for t, n in summary["points_per_type"].items()]
     rows += [(f"failed: {r}", n) for r, n in summary["failures"].items()]

@@ -75,7 +75,7 @@ def load_vocab(store: Store, version: int | None) -> dict[str, list[str]]:
     try:
         vocab = load_frozen_vocab(store, version)
     except PosterkgError as exc:
-        raise PosterkgError(f"closed mode: {exc}. Run `posterkg schema freeze` first, or use --mode open") from exc
+        raise PosterkgError(f"closed mode: {exc} (or tag with --mode open)") from exc
     if not vocab or not any(vocab.values()):
         raise PosterkgError("closed mode: no frozen vocabulary yet; run `posterkg schema discover` and "
                             "`posterkg schema freeze` first, or use --mode open")
