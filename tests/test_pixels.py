@@ -175,3 +175,32 @@ def test_every_real_poster_gets_a_point_per_answerable_type(ml1m_db_copy):
                 "SELECT movie_id, list({'type': type, 'value': value, 'confidence': confidence}) "
                 "FROM raw_points GROUP BY movie_id").fetchall()[:500]:
             schema.validate({"points": pts})
+
+
+def test_image_loading_and_pixel_budget(tmp_path):
+    from posterkg.vlm.images import CorruptImage, fit_size, load_image, load_poster
+
+    for (w, h), kw in [((185, 278), {"max_pixels": 28 * 28 * 16, "multiple": 28}),
+                       ((185, 278), {"min_pixels": 256 * 28 * 28, "multiple": 28}),
+                       ((2000, 3000), {"max_pixels": 1003520, "multiple": 28}),
+                       ((2000, 3000), {"max_pixels": 10000}),
+                       ((185, 278), {"min_pixels": 4096, "max_pixels": 100000})]:
+        tw, th = fit_size(w, h, **kw)
+        if kw.get("max_pixels"):
+            assert tw * th <= kw["max_pixels"]
+        if kw.get("min_pixels"):
+            assert tw * th >= kw["min_pixels"]
+        if kw.get("multiple"):
+            assert tw % 28 == 0 and th % 28 == 0
+        assert abs(tw / th - w / h) < 0.12            # aspect kept (up to block rounding)
+    assert fit_size(185, 278) == (185, 278)
+    p = tmp_path / "a.png"
+    Image.new("LA", (300, 450)).save(p)
+    img = load_poster(p, max_pixels=28 * 28 * 30, multiple=28)
+    assert img.mode == "RGB" and img.width * img.height <= 28 * 28 * 30
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(open(p, "rb").read()[:100])
+    with pytest.raises(CorruptImage):
+        load_image(bad)
+    with pytest.raises(CorruptImage):
+        load_image(tmp_path / "missing.jpg")
