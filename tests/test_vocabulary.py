@@ -8,6 +8,7 @@ cores); each test still has its own database and embedding cache.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -276,3 +277,105 @@ def test_sample_is_seeded():
     assert a == sample_movies(ids, 0.05, 0) and len(a) == 50
     assert a != sample_movies(ids, 0.05, 1)
     assert len(sample_movies(ids, 0.01, 0, minimum=40)) == 40
+
+
+@pytest.mark.slow
+def test_pixels_points_over_ml1m(ml1m_db_copy, encoder):
+    """Real posters -> pixels backend -> discover -> freeze -> project, then more movies later."""
+    from posterkg.vlm import pixels
+    from posterkg.vlm.base import PosterJob
+    from posterkg.vlm.knowledge import load_schema
+    from posterkg.vlm.runner import tag_posters
+
+    schema = load_schema()
+    with open_store(ml1m_db_copy) as store:
+        movies = [r[0] for r in store.execute(
+            "SELECT movie_id FROM posters WHERE status = 'ok' ORDER BY movie_id LIMIT 400").fetchall()]
+        backend = pixels.create()
+        tag_posters(store, backend, schema.build_spec(), movies=movies[:300], batch_size=64)
+        cache = EmbeddingCache(store, encoder)
+        cfg = SchemaConfig(sample=0.5, seed=0, min_sample_movies=50)
+        concepts, reports, meta = discover(store, cfg, cache)
+        assert meta["backend"] == "pixels" and meta["movies"] == 150
+        assert {r.type for r in reports} >= set(pixels.ANSWERED_TYPES) - {"Visual_Mood"}
+        version, _ = V.freeze(store, concepts, cache, source="pixels")
+        first = project(store, cfg, cache)
+        assert first["new_movies"] == 300 and first["points"] == store.count("raw_points")
+        # pixels values are short canonical phrases: nearly all land on a concept.
+        assert first["assigned"] >= 0.9 * first["points"], first
+        before = _point_table(store)
+        before_mc = store.df("SELECT * FROM movie_concepts ORDER BY movie_id, concept_id")
+        assert before_mc["movie_id"].nunique() == 300
+        assert ((before_mc["weight"] > 0) & (before_mc["weight"] <= 1)).all()
+        # 100 more posters arrive: only they are projected, nothing earlier moves.
+        tag_posters(store, backend, schema.build_spec(), movies=movies[300:], batch_size=64)
+        second = project(store, cfg, cache)
+        assert second["new_movies"] == 100
+        pd.testing.assert_frame_equal(_point_table(store, "WHERE movie_id IN (SELECT movie_id FROM "
+                                                          "point_concepts WHERE run_id = '"
+                                                          + before["run_id"].iloc[0] + "')"), before)
+        pd.testing.assert_frame_equal(
+            store.df(f"SELECT * FROM movie_concepts WHERE movie_id <= {movies[299]} ORDER BY movie_id, concept_id"),
+            before_mc)
+        # The frozen vocabulary drives closed-mode tagging.
+        vocab = V.load_frozen_vocab(store)
+        closed = schema.build_spec({t: names for t, names in vocab.items() if t in schema.type_names})
+        assert closed.mode == "closed"
+        poster = Path(store.scalar("SELECT path FROM posters WHERE movie_id = ?", [movies[0]]))
+        (res,) = backend.tag_batch([PosterJob(movies[0], poster)], closed)
+        assert res.points and all(p["value"] in vocab[p["type"]] for p in res.points)
+
+
+def test_cli_discover_freeze_project_show_grow(tmp_path, monkeypatch, phrases):
+    from click.testing import CliRunner
+
+    from posterkg.cli import cli
+
+    rows, _, _ = phrases
+    disc, held = split_phrases([r for r in rows if r[0] in ("Lighting", "Typography")])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text('db = "t.duckdb"\n[embed]\nmodel = "minilm"\n'
+                                     '[schema]\nmin_sample_movies = 1\n')
+    with open_store(tmp_path / "t.duckdb") as store:
+        add_points(store, point_rows(disc, 1, run_id="r1"))
+    runner = CliRunner()
+
+    def run(*args):
+        res = runner.invoke(cli, ["schema", *args, "--config", "c.toml"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    out = run("discover", "--sample", "1.0")
+    assert "silhouette" in out and (tmp_path / "t.vocab.toml").is_file()
+    refused = runner.invoke(cli, ["schema", "discover", "--config", "c.toml"])
+    assert refused.exit_code != 0 and "exists" in str(refused.exception)
+    assert "v1" in run("freeze") and "unchanged" in run("freeze")
+    assert "new_movies" in run("project")
+    out = run("show", "--type", "Lighting", "--toml", "export.toml")
+    assert "Lighting" in out and "Typography" not in out.split("candidate pool")[0]
+    assert "id = 1" in (tmp_path / "export.toml").read_text()
+    with open_store(tmp_path / "t.duckdb") as store:
+        add_points(store, point_rows(held, HELD_FIRST_MOVIE, run_id="r2"))
+    out = run("project", "--threshold", "0.99")
+    assert "proposal" in run("grow", "--dry-run", "--min-pool", "3")
+
+    # The pipeline stage: an unchanged file freezes nothing; a hand rename makes one new version
+    # with the same ids.
+    from posterkg.config import Config
+    from posterkg.schema.stage import STAGE, run_schema
+
+    config = Config.load(tmp_path / "c.toml")
+    with open_store(tmp_path / "t.duckdb") as store:
+        fp = STAGE.inputs(store, config)
+        run_schema(store, config)
+        assert V.latest_version(store) == 1
+        ids_before = store.df("SELECT concept_id, type FROM concepts ORDER BY 1")
+        text = (tmp_path / "t.vocab.toml").read_text(encoding="utf-8")
+        first_name = V.read_toml(tmp_path / "t.vocab.toml")[1][0]["name"]
+        (tmp_path / "t.vocab.toml").write_text(
+            text.replace(f'name = "{first_name}"', 'name = "renamed by hand"', 1), encoding="utf-8")
+        assert STAGE.inputs(store, config) != fp
+        run_schema(store, config)
+        assert V.latest_version(store) == 2
+        pd.testing.assert_frame_equal(store.df("SELECT concept_id, type FROM concepts ORDER BY 1"), ids_before)
+        assert "renamed by hand" in sum(V.load_frozen_vocab(store).values(), [])

@@ -131,6 +131,13 @@ class Encoder:
             from FlagEmbedding import FlagModel
         except ImportError as exc:  # pragma: no cover
             raise EncoderUnavailable(f"FlagEmbedding is not importable: {exc}") from exc
+        if os.environ.get("POSTERKG_PROGRESS") == "0":
+            try:  # transformers' own "Loading weights" bar
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except Exception:  # pragma: no cover
+                pass
         try:
             self._model = FlagModel(
                 self.spec.path, pooling_method=self.spec.pooling, use_fp16=self.use_fp16,
