@@ -97,6 +97,10 @@ def demo(out_dir: str, seed: int, movies: int, users: int, until: str | None, fo
     else:
         click.echo(f"using the generated set in {data} (seed {seed})")
     config = Config(data=demo_config(root, seed))
+    if until is None:
+        until = _last_available_stage()
+        if until != PIPELINE[-1][0]:
+            click.echo(f"(stages after '{until}' are not installed: the demo stops there)")
     with open_store(config.db) as store:
         rows = run_pipeline(store, config, force=force, until=until)
         print_table([(n, s, f"{t:.1f}s") for n, s, t in rows], ["stage", "status", "time"])
@@ -122,6 +126,21 @@ def demo(out_dir: str, seed: int, movies: int, users: int, until: str | None, fo
         click.echo("SELF-CHECK FAILED: the planted tastes were not recovered well enough "
                    "(see the tables above).")
         raise SystemExit(1)
+
+
+def _last_available_stage() -> str:
+    """The last stage of the leading run of PIPELINE stages whose module can be imported."""
+    import importlib.util
+
+    last = PIPELINE[0][0]
+    for name, module in PIPELINE:
+        try:
+            if importlib.util.find_spec(module) is None:
+                break
+        except ModuleNotFoundError:
+            break
+        last = name
+    return last
 
 
 def _recommendation_check(store, truth) -> list[dict]:
