@@ -396,3 +396,17 @@ def test_stage_fingerprint_and_run(hand_db):
     assert fp != STAGE.inputs(hand_db, Config(data={"graph": {"short_n": 4}}))
     counts = STAGE.run(hand_db, cfg)
     assert counts["user_movie_edges"] == 8 and hand_db.count("user_prefs") == counts["user_prefs"]
+
+
+def test_hetero_without_cfg_follows_the_last_build(hand_db):
+    from posterkg.graphs.hetero import build_hetero
+
+    build_graphs(hand_db, GraphConfig(interaction_weight="unit", pref_horizon="short", short_n=3,
+                                      top_k=0))
+    b = build_hetero(hand_db)
+    assert b.config.interaction_weight == "unit" and b.config.short_n == 3
+    assert b.data["user", "pos", "movie"].edge_weight.tolist() == [1.0] * 5
+    short = {(u, c) for (u, c, h) in _prefs(hand_db) if h == "short"}
+    likes = b.data["user", "likes", "concept"].edge_index.t().tolist()
+    dislikes = b.data["user", "dislikes", "concept"].edge_index.t().tolist()
+    assert {(int(b.user_ids[u]), int(b.concept_ids[c])) for u, c in likes + dislikes} == short

@@ -107,6 +107,20 @@ def _ensure_built(store, gc) -> None:
     build_graphs(store, gc)
 
 
+def _stored_config(store):
+    """The [graph] settings of the last build (so ``build_hetero(store)`` matches it), else defaults."""
+    import json
+
+    from posterkg.graphs import GraphConfig
+
+    if store.table_exists("graph_info"):
+        row = store.execute("SELECT config FROM graph_info ORDER BY built_at DESC LIMIT 1").fetchone()
+        if row and row[0]:
+            known = {f.name for f in dataclasses.fields(GraphConfig)}
+            return GraphConfig(**{k: v for k, v in json.loads(row[0]).items() if k in known})
+    return GraphConfig()
+
+
 def _edge_store(data, et, src, dst, weight, **attrs) -> None:
     import torch
 
@@ -117,12 +131,16 @@ def _edge_store(data, et, src, dst, weight, **attrs) -> None:
 
 
 def build_hetero(store, cfg: Any = None) -> GraphBundle:
-    """Build the fused graph from the store (see the module docstring for its layout)."""
+    """Build the fused graph from the store (see the module docstring for its layout).
+
+    ``cfg``: a :class:`~posterkg.graphs.GraphConfig`, a ``Config`` or a dict of ``[graph]`` keys;
+    ``None`` uses the settings of the last ``graph build`` (defaults if there was none).
+    """
     import torch
     import torch_geometric.transforms as T
     from torch_geometric.data import HeteroData
 
-    gc = graph_config(cfg)
+    gc = _stored_config(store) if cfg is None else graph_config(cfg)
     _ensure_built(store, gc)
 
     users_sql = "SELECT user_id AS id FROM user_movie_edges"
