@@ -152,29 +152,37 @@ class TinyModel:
             self.scale[bundle.concept_index[c]] = f
         self.no_grad = no_grad
 
-    def _embed(self, b):
+    def _embed(self, b, user: int | None = None):
+        """(h_u for every user, or only row ``user`` when given; h_M for every movie)."""
         d = b.data
         nm, nu, nc = d["movie"].num_nodes, d["user"].num_nodes, d["concept"].num_nodes
         E = torch.diag(self.scale)
         st = d["concept", "rev_has", "movie"]
         hm = torch.zeros(nm, nc).index_add(0, st.edge_index[1], st.edge_weight[:, None] * E[st.edge_index[0]])
         hu = torch.zeros(nu, nc)
+
+        def edges(st):  # only the target user's edges when one is given (same result, faster)
+            src, dst = st.edge_index
+            w = st.edge_weight
+            if user is not None:
+                keep = dst == user
+                src, dst, w = src[keep], dst[keep], w[keep]
+            return src, dst, w
+
         for rel, sign in (("rev_pos", 1.0), ("rev_neg", -1.0)):
-            st = d["movie", rel, "user"]
-            src, dst = st.edge_index
+            src, dst, w = edges(d["movie", rel, "user"])
             deg = torch.zeros(nu).index_add(0, dst, torch.ones(dst.numel())).clamp(min=1)
-            hu = hu + sign * torch.zeros(nu, nc).index_add(0, dst, st.edge_weight[:, None] * hm[src] / deg[dst, None])
+            hu = hu + sign * torch.zeros(nu, nc).index_add(0, dst, w[:, None] * hm[src] / deg[dst, None])
         for rel, sign in (("rev_likes", 1.0), ("rev_dislikes", -1.0)):
-            st = d["concept", rel, "user"]
-            src, dst = st.edge_index
-            hu = hu + sign * torch.zeros(nu, nc).index_add(0, dst, st.edge_weight[:, None] * E[src])
+            src, dst, w = edges(d["concept", rel, "user"])
+            hu = hu + sign * torch.zeros(nu, nc).index_add(0, dst, w[:, None] * E[src])
         return hu, hm
 
     def rescore(self, bundle, user_id, movie_ids):
         ctx = torch.no_grad() if self.no_grad else torch.enable_grad()
         with ctx:
-            hu, hm = self._embed(bundle)
             u = bundle.user_index[int(user_id)]
+            hu, hm = self._embed(bundle, u)
             idx = torch.tensor([bundle.movie_index[int(m)] for m in movie_ids])
             s = hm[idx] @ hu[u]
         return s.detach() if self.no_grad else s
@@ -206,3 +214,22 @@ def jpeg_ok(data: bytes) -> bool:
     from PIL import Image
 
     return data[:3] == b"\xff\xd8\xff" and Image.open(io.BytesIO(data)).format == "JPEG"
+
+
+def concepts_from_points(store) -> int:
+    """Stand-in for the vocabulary stage on real data: every distinct (type, value) of
+    ``raw_points`` is a concept (the pixel tagger answers from a closed set of values), and a
+    movie's weight for it is the point's confidence. Writes the vocabulary's own tables."""
+    from posterkg.schema.project import ensure_tables
+
+    ensure_tables(store)
+    store.execute("""
+        INSERT INTO concepts (concept_id, type, name, version)
+        SELECT row_number() OVER (ORDER BY type, value), type, value, 1
+        FROM (SELECT DISTINCT type, value FROM raw_points)""")
+    store.execute("""
+        INSERT INTO movie_concepts (movie_id, concept_id, weight, n_points)
+        SELECT r.movie_id, c.concept_id, max(r.confidence), count(*)
+        FROM raw_points r JOIN concepts c ON c.type = r.type AND c.name = r.value
+        GROUP BY r.movie_id, c.concept_id""")
+    return store.count("concepts")

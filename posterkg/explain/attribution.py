@@ -112,6 +112,7 @@ class EdgeAttribution:
     user_concept: dict[int, float]                # concept_id -> a of the user's likes/dislikes edges
     user_movie: dict[int, float]                  # movie_id -> a of the user's interaction edges
     method: str
+    score: float | None = None                    # the score on the unmodified graph
 
 
 def explained_edge_types(data) -> list[EdgeType]:
@@ -149,7 +150,9 @@ def edge_attributions(scorer, user_id: int, movie_id: int,
     att = {et: (g.detach().cpu().numpy() if g is not None else None) for et, g in zip(masks, grads)}
     if all(g is None or not np.any(g) for g in att.values()):
         return None
-    return _collect(bundle, att, user_id, movie_id, movies_of_interest, "gradient")
+    out = _collect(bundle, att, user_id, movie_id, movies_of_interest, "gradient")
+    out.score = float(s.detach())  # mask = 1: the forward pass is the unmodified score
+    return out
 
 
 def _collect(bundle, att: dict[EdgeType, np.ndarray | None], user_id: int, movie_id: int,
@@ -194,7 +197,7 @@ def occlusion_attributions(scorer, user_id: int, movie_id: int, concept_ids: Seq
     for c in concept_ids:
         s = score_one(scorer, user_id, movie_id, delete_movie_concepts(scorer.bundle, movie_id, [c]))
         mc[(int(movie_id), int(c))] = base - s
-    return EdgeAttribution(mc, {}, {}, "occlusion")
+    return EdgeAttribution(mc, {}, {}, "occlusion", base)
 
 
 def has_concept_edges(bundle: Any) -> bool:

@@ -47,7 +47,7 @@ def deletion_case(scorer, explainer: Explainer, user_id: int, movie_id: int,
     concepts = [c for c in explainer.k.concepts_of(movie_id) if c in bundle.concept_index]
     if len(concepts) <= len(cited):
         return "movie has no concept edge besides the cited ones"
-    base = score_one(scorer, user_id, movie_id)
+    base = ex.score if ex.score is not None else score_one(scorer, user_id, movie_id)
     s_cited = score_one(scorer, user_id, movie_id, delete_movie_concepts(bundle, movie_id, cited))
     drops = []
     for _ in range(draws):

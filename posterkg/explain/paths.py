@@ -303,22 +303,22 @@ class Explainer:
         b = self.scorer.bundle
         if user_id not in b.user_index or movie_id not in b.movie_index:
             return "graph", "user or movie not in the model's graph: graph weights", None, None
-        score = A.score_one(self.scorer, user_id, movie_id)
         if method == "graph":
-            return "graph", "", None, score
+            return "graph", "", None, A.score_one(self.scorer, user_id, movie_id)
         if not A.has_concept_edges(b):
-            return "graph", "the model's graph has no concept edges: graph weights", None, score
+            return ("graph", "the model's graph has no concept edges: graph weights", None,
+                    A.score_one(self.scorer, user_id, movie_id))
         if method == "gradient":
             att = A.edge_attributions(self.scorer, user_id, movie_id, movies)
             if att is not None:
-                return "gradient", "", att, score
+                return "gradient", "", att, att.score
             note = "the model gives no gradient w.r.t. edge weights: occlusion used"
         else:
             note = ""
         att = A.occlusion_attributions(self.scorer, user_id, movie_id, list(mconc))
         if not any(abs(v) > 1e-12 for v in att.movie_concept.values()):
-            return "graph", "the model's score does not depend on concept edges: graph weights", None, score
-        return "occlusion", note, att, score
+            return "graph", "the model's score does not depend on concept edges: graph weights", None, att.score
+        return "occlusion", note, att, att.score
 
 
 def top_concepts(ex: Explanation, n: int) -> list[int]:

@@ -13,18 +13,20 @@ import re
 
 from posterkg.explain import ExplainConfig
 
-# knowledge type -> (noun appended to the concept name, countable: takes "a"/"an")
-_NOUNS: dict[str, tuple[str, bool]] = {
-    "Color_Palette": ("palette", True),
-    "Visual_Mood": ("mood", True),
-    "Composition": ("composition", True),
-    "Lighting": ("lighting", False),
-    "Texture": ("texture", True),
-    "Character_Presentation": ("", False),
-    "Era_Style": ("style", True),
-    "Genre_Visual": ("imagery", False),
-    "Typography": ("typography", False),
-    "Others": ("", False),
+# knowledge type -> (noun appended to a concept name, countable: takes "a"/"an",
+#                    words that make the noun redundant and keep the article,
+#                    words that make the noun redundant and drop it (mass nouns, plurals))
+_NOUNS: dict[str, tuple[str, bool, tuple[str, ...], tuple[str, ...]]] = {
+    "Color_Palette": ("palette", True, (), ("colours", "colors", "black and white", "tones", "hues")),
+    "Visual_Mood": ("mood", True, ("atmosphere", "feel"), ()),
+    "Composition": ("composition", True, ("layout", "subject", "framing", "frame", "shot"), ("space",)),
+    "Lighting": ("lighting", False, ("glow", "silhouette"), ("contrast", "light", "shadows")),
+    "Texture": ("texture", True, ("finish",), ("grain",)),
+    "Character_Presentation": ("", False, ("single", "group", "lone", "close-up"), ()),
+    "Era_Style": ("style", True, ("look", "aesthetic"), ()),
+    "Genre_Visual": ("imagery", False, (), ()),
+    "Typography": ("typography", False, (), ("text", "title", "font", "lettering", "letters", "type")),
+    "Others": ("", False, (), ()),
 }
 
 
@@ -32,15 +34,27 @@ def _article(word: str) -> str:
     return "an" if re.match(r"[aeiou]", word, re.I) and not re.match(r"(uni|use|one)", word, re.I) else "a"
 
 
+def _has(name: str, words) -> bool:
+    return any(re.search(rf"\b{re.escape(w)}\b", name) for w in words)
+
+
 def concept_phrase(ctype: str, name: str, *, article: bool = True) -> str:
-    """'Color_Palette', 'cool blue' -> 'a cool blue palette' (or 'cool blue palette')."""
+    """'Color_Palette', 'cool blue' -> 'a cool blue palette' (or 'cool blue palette');
+    'Typography', 'some text' -> 'some text'; 'Lighting', 'high contrast' -> 'high contrast'."""
     name = " ".join(str(name).replace("_", " ").split()).strip().lower()
-    noun, countable = _NOUNS.get(ctype, ("", False))
-    if noun and not re.search(rf"\b{noun}\b", name):
+    noun, countable, keep, mass = _NOUNS.get(ctype, ("", False, (), ()))
+    if _has(name, mass) or (noun and not countable and _has(name, keep)):
+        phrase, countable = name, False
+    elif noun and _has(name, (noun,)):
+        phrase = name
+    elif _has(name, keep):
+        phrase, countable = name, True
+    elif noun:
         phrase = f"{name} {noun}"
     else:
-        phrase = name
-        countable = countable and bool(noun)
+        phrase, countable = name, False
+    if re.match(r"(some|no|little|much|many|two|three|several)\b", phrase):
+        countable = False
     if article and countable:
         return f"{_article(phrase)} {phrase}"
     return phrase
