@@ -106,7 +106,7 @@ class _SpMM(torch.autograd.Function):
 
 def spmm(a: torch.Tensor, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
     """Sparse CSR ``a`` times dense ``x``; ``at`` = ``a``'s transpose (default: ``a``, symmetric)."""
-    if not x.requires_grad:
+    if not x.requires_grad or a.requires_grad:   # gradient w.r.t. the edge weights: torch's own
         return torch.sparse.mm(a, x)
     return _SpMM.apply(a, a if at is None else at, x)
 

@@ -51,10 +51,12 @@ class TrainConfig:
     patience: int = 3              # evaluations without a better valid NDCG@20 before stopping
     eval_batch_size: int = 1024
     threads: int = 0               # torch intra-op threads; 0 = torch's default
+    baselines: list = dataclasses.field(default_factory=list)   # pipeline: also train these kinds
 
     def validate(self) -> None:
-        if self.model not in MODELS:
-            raise ConfigError(f"[gnn] model = {self.model!r}; choose one of {', '.join(MODELS)}")
+        for kind in [self.model, *self.baselines]:
+            if kind not in MODELS:
+                raise ConfigError(f"[gnn] model {kind!r} is unknown; choose from {', '.join(MODELS)}")
         for name in ("dim", "epochs", "batch_size", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[gnn] {name} must be >= 1")
@@ -233,3 +235,18 @@ def train(data: Interactions, cfg: TrainConfig, *, store=None, graph=None, model
     epochs_run = len(history)
     return TrainResult(model, cfg, history, best_epoch, best_valid,
                        train_seconds / max(epochs_run, 1), time.perf_counter() - t_start)
+
+
+def train_and_store(store, data: Interactions, cfg: TrainConfig, model_cfg=None, *, graph=None,
+                    verbose: bool = False, model_id: str | None = None) -> tuple[str, TrainResult, dict]:
+    """Train ``cfg.model``, evaluate it on test, store it (models + eval_results); return
+    (model_id, result, test metrics)."""
+    from posterkg.gnn.api import save_model
+
+    res = train(data, cfg, store=store, graph=graph, model_cfg=model_cfg, verbose=verbose)
+    with torch.no_grad():
+        emb = res.model.embeddings()
+        test = evaluate(_score_fn(res.model, emb), data, "test", device=torch.device(cfg.device),
+                        batch_size=cfg.eval_batch_size)
+    mid = save_model(store, res, model_cfg=model_cfg, test=test, model_id=model_id)
+    return mid, res, test

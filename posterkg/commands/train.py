@@ -1,0 +1,133 @@
+"""``posterkg train``, ``posterkg evaluate`` and ``posterkg recommend``."""
+
+from __future__ import annotations
+
+import click
+
+from posterkg.clikit import Env, common_options, pass_env, print_table
+from posterkg.errors import InputError
+
+KINDS = ["posterkg", "posterkg-novisual", "mostpop", "bprmf", "lightgcn", "lightgcn-genre"]
+SHOWN = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20"]
+
+
+@click.command()
+@common_options
+@click.option("--model", "kind", type=click.Choice(KINDS), help="What to train [default: [gnn] model, else posterkg].")
+@click.option("--seed", type=int, help="Random seed [default: [gnn] seed, else 0].")
+@click.option("--epochs", type=int, help="Maximum epochs (early stopping on valid NDCG@20 may end sooner).")
+@click.option("--device", help="cpu, cuda, cuda:1 ... [default: [gnn] device, else cpu].")
+@click.option("--id", "model_id", help="Store under this model id [default: <model>-seed<seed>].")
+@click.option("-v", "--verbose", is_flag=True, help="Print one line per epoch.")
+@pass_env
+def train(env: Env, kind, seed, epochs, device, model_id, verbose) -> None:
+    """Train the posterkg GNN or a baseline, evaluate it on test, and store it.
+
+    Trains on the train part of the split with BPR (full-graph propagation, mini-batches),
+    stops early on valid NDCG@20, then evaluates on test with the fixed protocol (see
+    `posterkg evaluate --help`). The model, its config and metrics go to the `models` and
+    `eval_results` tables. Settings: `[gnn]` (training) and `[gnn_model]` (posterkg model parts).
+
+    \b
+    Examples:
+      posterkg train                              # the posterkg model, seed 0
+      posterkg train --model lightgcn --seed 1
+      posterkg train --model posterkg-novisual    # ablation: no concept nodes or edges
+    """
+    from posterkg.gnn.data import load_interactions
+    from posterkg.gnn.stage import configs
+    from posterkg.gnn.train import train_and_store
+
+    env.config.override("gnn", model=kind, seed=seed, epochs=epochs, device=device)
+    cfg, mcfg = configs(env.config)
+    with env.store() as store:
+        data = load_interactions(store)
+        mid, res, test = train_and_store(store, data, cfg, mcfg, verbose=verbose, model_id=model_id)
+    click.echo(f"stored {mid}: {res.epochs_run} epochs (best {res.best_epoch}), "
+               f"{res.seconds_per_epoch:.1f} s/epoch, valid NDCG@20 {res.valid.get('ndcg@20', 0):.4f}")
+    print_table([[mid, test["n_users"], *[test[k] for k in SHOWN]]], ["model", "users", *SHOWN],
+                title="test")
+
+
+@click.command()
+@common_options
+@click.option("--model", "model_id", help="Only this model id [default: every stored model].")
+@click.option("--part", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@pass_env
+def evaluate(env: Env, model_id, part) -> None:
+    """Re-evaluate stored models on the fixed protocol and print the table.
+
+    Protocol: relevant = movies of the part rated >= 4; full ranking over all movies, excluding
+    the user's train (and, for test, valid) movies; Recall@10/20, NDCG@10/20 (binary), and
+    coverage@20 (share of the catalogue in some user's top 20). Users without a relevant movie
+    in the part are left out of the means. Results are written to `eval_results`.
+
+    \b
+    Examples:
+      posterkg evaluate
+      posterkg evaluate --model lightgcn-seed0 --part valid
+    """
+    from posterkg.gnn.api import list_models, load_model, write_eval
+    from posterkg.gnn.data import load_interactions
+    from posterkg.gnn.evaluate import evaluate as run_eval
+
+    with env.store() as store:
+        models = list_models(store)
+        ids = [model_id] if model_id else list(models["model_id"])
+        if not ids:
+            raise InputError("no trained model in the database: run `posterkg train` first")
+        data = load_interactions(store)
+        rows = []
+        for mid in sorted(ids):
+            tm = load_model(store, mid, data=data)
+            emb = tm._embeddings()
+            res = run_eval(lambda u: tm.model.score(u, emb), data, part)
+            write_eval(store, mid, tm.kind, tm.seed, part, res)
+            rows.append([mid, res["n_users"], *[res[k] for k in SHOWN]])
+    print_table(rows, ["model", "users", *SHOWN], title=f"{part} (fixed protocol)")
+
+
+@click.command()
+@common_options
+@click.option("--user", "users", type=int, multiple=True, help="User id (repeatable).")
+@click.option("--all", "all_users", is_flag=True, help="Every user of the split.")
+@click.option("-k", type=int, default=10, show_default=True, help="Movies per user.")
+@click.option("--model", "model_id", help="Model id [default: the most recently trained].")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write a TSV: user_id, movie_id, rank, score.")
+@pass_env
+def recommend(env: Env, users, all_users, k, model_id, out) -> None:
+    """Top-k movies per user, excluding the movies the user rated in train and valid.
+
+    With --all the rows are also stored in the `recommendations` table.
+
+    \b
+    Examples:
+      posterkg recommend --user 42 -k 10
+      posterkg recommend --all -k 50 --out recs.tsv
+    """
+    from posterkg.gnn.api import load_model, write_recommendations
+
+    if not users and not all_users:
+        raise click.UsageError("give --user U (repeatable) or --all")
+    with env.store() as store:
+        tm = load_model(store, model_id)
+        ids = [int(u) for u in tm.user_ids] if all_users else list(users)
+        if all_users:
+            df = write_recommendations(store, tm, ids, k)
+        else:
+            recs = tm.recommend_many(ids, k)
+            import pandas as pd
+
+            df = pd.DataFrame([(tm.model_id, u, m, r + 1, s) for u in ids for r, (m, s) in enumerate(recs[u])],
+                              columns=["model_id", "user_id", "movie_id", "rank", "score"])
+            titles = dict(store.execute("SELECT movie_id, title FROM movies").fetchall())
+            for u in ids:
+                sub = df[df["user_id"] == u]
+                print_table([[int(r), int(m), titles.get(int(m), ""), float(s)] for r, m, s in
+                             zip(sub["rank"], sub["movie_id"], sub["score"])],
+                            ["rank", "movie_id", "title", "score"], title=f"user {u} ({tm.model_id})")
+    if out:
+        df[["user_id", "movie_id", "rank", "score"]].to_csv(out, sep="\t", index=False)
+        click.echo(f"wrote {len(df):,} rows to {out}")
+    elif all_users:
+        click.echo(f"stored {len(df):,} recommendations for {len(ids):,} users ({tm.model_id})")
