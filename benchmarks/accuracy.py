@@ -45,6 +45,7 @@ def prepare(db: Path, data_dir: Path, posters: Path | None) -> dict:
         "ingest": {"source": str(data_dir), "posters": str(posters or data_dir / "posters")},
         "split": {"scheme": "temporal", "valid": 0.1, "test": 0.1, "seed": 0},
         "tag": {"backend": "pixels"},
+        "embed": {"model": "minilm"},   # the local MiniLM wheel: no hub download
     })
     t0 = time.perf_counter()
     with open_store(db) as store:
@@ -130,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("POSTERKG_PROGRESS", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not (args.data / "ratings.dat").is_file():
         print(f"no MovieLens at {args.data}", file=sys.stderr)
