@@ -103,7 +103,7 @@ def resolve_model(model: str, pooling: str = "") -> ModelSpec:
 class Encoder:
     """Lazy FlagModel: ``encode(texts) -> float32 [n, dim]``, L2-normalised.
 
-    ``calls`` / ``n_encoded`` count forward batches and texts, so callers (and tests) can check
+    ``calls`` / ``n_encoded`` count FlagModel calls (up to 16 batches each) and texts, so callers (and tests) can check
     that cached texts are never re-embedded.
     """
 
@@ -151,6 +151,7 @@ class Encoder:
                 f"cannot load embedding model {self.spec.path!r}{hint}: {str(exc).splitlines()[0]}. "
                 "Use [embed] model = \"minilm\" (shipped with posterkg) or a local folder."
             ) from exc
+        _quiet_flagembedding()
         return self._model
 
     @property
@@ -166,10 +167,12 @@ class Encoder:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
         model = self._load()
         out = []
-        for i in range(0, len(texts), self.batch_size):
-            chunk = texts[i:i + self.batch_size]
-            # batch_size > len(chunk): one forward pass, and FlagEmbedding's own tqdm stays quiet.
-            vec = model.encode(chunk, batch_size=len(chunk) + 1, max_length=self.max_length,
+        # FlagModel.encode sorts by length (less padding) but first runs a trial forward pass of
+        # one full batch to probe memory, so hand it many batches per call, not one.
+        step = self.batch_size * 16
+        for i in range(0, len(texts), step):
+            chunk = texts[i:i + step]
+            vec = model.encode(chunk, batch_size=self.batch_size, max_length=self.max_length,
                                convert_to_numpy=True)
             out.append(np.asarray(vec, dtype=np.float32).reshape(len(chunk), -1))
             if _count:
@@ -180,6 +183,19 @@ class Encoder:
         # FlagModel normalises already; normalise again so any backend output is unit length.
         norms = np.linalg.norm(mat, axis=1, keepdims=True)
         return mat / np.maximum(norms, 1e-12)
+
+
+def _quiet_flagembedding() -> None:
+    """FlagEmbedding draws its own tqdm bars per call; posterkg's cache shows one bar for the
+    whole job, so silence FlagEmbedding's (module-level names in its encoder module)."""
+    try:
+        from FlagEmbedding.inference.embedder.encoder_only import base
+        from tqdm import tqdm, trange
+
+        base.tqdm = lambda *a, **k: tqdm(*a, **{**k, "disable": True})
+        base.trange = lambda *a, **k: trange(*a, **{**k, "disable": True})
+    except Exception:  # pragma: no cover - layout of a future FlagEmbedding
+        pass
 
 
 def load_encoder(cfg: EmbedConfig | None = None) -> Encoder:
