@@ -379,3 +379,22 @@ def test_cli_discover_freeze_project_show_grow(tmp_path, monkeypatch, phrases):
         assert V.latest_version(store) == 2
         pd.testing.assert_frame_equal(store.df("SELECT concept_id, type FROM concepts ORDER BY 1"), ids_before)
         assert "renamed by hand" in sum(V.load_frozen_vocab(store).values(), [])
+
+
+def test_clustering_methods_and_target_range(encoder, phrases):
+    from posterkg.schema.discover import cluster_type, cluster_vectors
+
+    rows, _, _ = phrases
+    values = [p for t, _, p in rows if t == "Lighting"]
+    x = encoder.encode(values)
+    labels, method = cluster_vectors(x, SchemaConfig(method="agglomerative"))
+    assert method == "agglomerative" and (labels >= 0).all() and 3 <= len(set(labels)) <= 60
+    labels, method = cluster_vectors(x, SchemaConfig(method="agglomerative", max_concepts=3))
+    assert len(set(labels)) == 3 and method == "agglomerative(n fixed)"
+    labels, method = cluster_vectors(x, SchemaConfig(min_concepts=20, max_concepts=25))
+    assert 20 <= len(set(labels) - {-1}) <= 25, method
+    concepts, report, _ = cluster_type("Lighting", values, Counter({"neon glow": 5}), x,
+                                       SchemaConfig(noise="singleton"))
+    assert sum(len(c["members"]) for c in concepts) == len(values) and report.noise_share > 0
+    assert any(c["name"] == "neon glow" for c in concepts)
+    assert report.silhouette is not None and -1 <= report.silhouette <= 1
