@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("POSTERKG_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from posterkg.embed.cache import EmbeddingCache, insert  # noqa: E402
+from posterkg.embed.cache import EmbeddingCache  # noqa: E402
 from posterkg.embed.encoder import Encoder  # noqa: E402
 from posterkg.schema import vocab as V  # noqa: E402
 from posterkg.schema.discover import SchemaConfig  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
     with open_store(db) as store:
         store.execute(RAW_POINTS_DDL)
         t0 = time.perf_counter()
-        insert(store, "raw_points", points)
+        store.insert_df("raw_points", points)
         timings["setup: insert raw_points"] = time.perf_counter() - t0
         encoder = Encoder(args.model)
         cache = EmbeddingCache(store, encoder)
@@ -122,7 +122,7 @@ def main() -> None:
         t0 = time.perf_counter()
         warm = project(store, cfg, cache, full=True)
         timings["warm: project all (cache full)"] = time.perf_counter() - t0
-        insert(store, "raw_points", extra)
+        store.insert_df("raw_points", extra)
         t0 = time.perf_counter()
         incr = project(store, cfg, cache)
         timings["incr: +1% movies"] = time.perf_counter() - t0

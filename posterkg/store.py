@@ -107,12 +107,21 @@ class Store:
         return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
 
     def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
-        row = self.execute(sql, params).fetchone()
-        return None if row is None else row[0]
+        rows = self.execute(sql, params).fetchall()  # fetch fully: DuckDB 2.0 keeps a half-read result open
+        return rows[0][0] if rows else None
 
     def df(self, sql: str, params: Sequence[Any] | None = None):
         """Run a query and return a pandas DataFrame."""
         return self.execute(sql, params).df()
+
+    def register(self, name: str, frame) -> None:
+        """Expose a DataFrame/Arrow table to SQL as ``name``.
+
+        DuckDB 2.0 refuses ``register`` while an earlier result on the connection is only
+        partly fetched (e.g. after ``fetchone``), so finish any such result first.
+        """
+        self.con.execute("SELECT 1").fetchall()
+        self.con.register(name, frame)
 
     def table_exists(self, name: str) -> bool:
         return bool(
@@ -157,7 +166,7 @@ class Store:
             return 0
         verb = {"append": "INSERT", "replace": "INSERT OR REPLACE", "ignore": "INSERT OR IGNORE"}[mode]
         cols = ", ".join(f'"{c}"' for c in frame.columns)
-        self.con.register("_posterkg_insert", frame)
+        self.register("_posterkg_insert", frame)
         try:
             self.con.execute(f"{verb} INTO {table} ({cols}) SELECT {cols} FROM _posterkg_insert")
         finally:

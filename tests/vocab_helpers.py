@@ -57,10 +57,9 @@ CREATE TABLE IF NOT EXISTS raw_points (
 
 
 def add_points(store, frame: pd.DataFrame) -> None:
-    from posterkg.embed.cache import insert
 
     store.execute(RAW_POINTS_DDL)
-    insert(store, "raw_points", frame)
+    store.insert_df("raw_points", frame)
 
 
 class MemoEncoder:

@@ -34,26 +34,6 @@ def ensure_tables(store: Store) -> None:
     store.migrate(COMPONENT, MIGRATIONS)
 
 
-def settle(store: Store) -> None:
-    """Finish any half-read result on the connection.
-
-    DuckDB 2.0 refuses ``register`` (used by :meth:`Store.insert_df` too) while an earlier
-    ``execute`` result is not fully fetched, and ``fetchone`` leaves one unfinished.
-    """
-    store.con.execute("SELECT 1").fetchall()
-
-
-def insert(store: Store, table: str, frame, *, mode: str = "append") -> int:
-    """:meth:`Store.insert_df` after :func:`settle`."""
-    settle(store)
-    return store.insert_df(table, frame, mode=mode)
-
-
-def register(store: Store, name: str, frame) -> None:
-    settle(store)
-    store.con.register(name, frame)
-
-
 def _vectors(store: Store, sql: str, params: list) -> tuple[list[str], np.ndarray]:
     tbl = store.con.sql(sql, params=params).to_arrow_table()
     texts = tbl.column("text").to_pylist()
@@ -87,8 +67,7 @@ class EmbeddingCache:
         uniq = pd.DataFrame({"text": pd.unique(pd.Series(list(texts), dtype=object))})
         if uniq.empty:
             return {}
-        settle(self.store)
-        self.store.con.register("_embed_q", uniq)
+        self.store.register("_embed_q", uniq)
         try:
             got, mat = _vectors(
                 self.store,
@@ -117,7 +96,6 @@ class EmbeddingCache:
                         "model": self.model, "text": part, "dim": mat.shape[1],
                         "vec": list(mat.astype(np.float32)),
                     })
-                    settle(self.store)
                     self.store.insert_df("embed_cache", frame, mode="ignore")
                     found.update(zip(part, mat))
                     pbar.update(len(part))

@@ -199,7 +199,6 @@ def sample_movies(movie_ids: list[int], fraction: float, seed: int, minimum: int
 
 def discover(store, cfg: SchemaConfig, cache, *, selection=None) -> tuple[list[dict[str, Any]], list[TypeReport], dict[str, Any]]:
     """Cluster the open-mode values of a seeded movie sample; return (concepts, reports, meta)."""
-    from posterkg.embed.cache import register
     from posterkg.schema.project import _type_expr, known_types, open_mode_filter, select_points
 
     cfg.check()
@@ -209,7 +208,7 @@ def discover(store, cfg: SchemaConfig, cache, *, selection=None) -> tuple[list[d
     movie_ids = [r[0] for r in store.execute(
         f"SELECT DISTINCT movie_id FROM raw_points r WHERE {where} AND {open_only}", params).fetchall()]
     chosen = sample_movies(movie_ids, cfg.sample, cfg.seed, cfg.min_sample_movies)
-    register(store, "_disc_movies", pd.DataFrame({"movie_id": chosen}))
+    store.register("_disc_movies", pd.DataFrame({"movie_id": chosen}))
     try:
         te = _type_expr(known_types(), "r")
         counts = store.df(

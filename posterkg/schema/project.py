@@ -34,7 +34,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from posterkg.embed.cache import insert, register, settle
 from posterkg.embed.index import VectorIndex
 from posterkg.errors import InputError
 from posterkg.schema import vocab as V
@@ -203,9 +202,8 @@ def project(store: Store, cfg: SchemaConfig, cache, *, version: int | None = Non
     movie_filter = ""
     mparams: list[Any] = []
     if movies is not None:
-        register(store, "_proj_movies", pd.DataFrame({"movie_id": list(map(int, movies))}))
+        store.register("_proj_movies", pd.DataFrame({"movie_id": list(map(int, movies))}))
         movie_filter = " AND r.movie_id IN (SELECT movie_id FROM _proj_movies)"
-    settle(store)
     # New movies: selected points, none projected yet (under the same backend/model).
     store.execute("DROP TABLE IF EXISTS _proj_new")
     store.execute(
@@ -229,7 +227,7 @@ def project(store: Store, cfg: SchemaConfig, cache, *, version: int | None = Non
     else:
         mapping = pd.DataFrame({"type": [], "value": [], "concept_id": pd.array([], dtype="Int64"),
                                 "similarity": []})
-    register(store, "_proj_map", mapping)
+    store.register("_proj_map", mapping)
     try:
         with store.transaction():
             store.execute(

@@ -35,7 +35,6 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from posterkg.embed.cache import insert, register
 from posterkg.errors import ConfigError, InputError, PosterkgError
 from posterkg.store import Store
 
@@ -301,11 +300,11 @@ def freeze(store: Store, concepts: list[dict[str, Any]], cache, *, source: str =
             "INSERT INTO vocab_versions (version, created_at, source, source_hash, model, parent, n_concepts, note) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [version, now, source, h, cache.model, parent, len(concepts), note])
-        insert(store, "concepts", pd.DataFrame(new_rows, columns=["concept_id", "type", "name", "version"]))
-        insert(store, "vocab_concepts", pd.DataFrame(vc_rows))
-        insert(store, "concept_members", pd.DataFrame(mem_rows))
+        store.insert_df("concepts", pd.DataFrame(new_rows, columns=["concept_id", "type", "name", "version"]))
+        store.insert_df("vocab_concepts", pd.DataFrame(vc_rows))
+        store.insert_df("concept_members", pd.DataFrame(mem_rows))
         live = pd.DataFrame({"concept_id": ids, "name": [c["name"] for c in concepts]})
-        register(store, "_vocab_live", live)
+        store.register("_vocab_live", live)
         try:
             store.execute("UPDATE concepts SET name = l.name, retired = NULL FROM _vocab_live l "
                           "WHERE concepts.concept_id = l.concept_id")
