@@ -56,18 +56,26 @@ def run_pipeline(store: Store, config: Config, *, only: list[str] | None = None,
     report = []
     previous = ""
     for stage in load_stages(until=until):
-        own = stage.inputs(store, config)
-        fp = hashlib.sha256(f"{previous}|{stage.name}|{own}".encode()).hexdigest()[:16]
-        previous = fp
+        chained = previous
+
+        def fingerprint() -> str:
+            own = stage.inputs(store, config)
+            return hashlib.sha256(f"{chained}|{stage.name}|{own}".encode()).hexdigest()[:16]
+
+        fp = fingerprint()
         selected = only is None or stage.name in only
         if selected and (force or store.stage_fingerprint(stage.name) != fp):
             click.echo(f"== {stage.name}")
             t0 = time.perf_counter()
             stage.run(store, config)
+            # Re-read the inputs: a stage may create one of its own inputs on its first run
+            # (the schema stage writes the editable vocabulary file); record what it finished with.
+            fp = fingerprint()
             store.mark_stage(stage.name, fp)
             report.append((stage.name, "ran", time.perf_counter() - t0))
         else:
             report.append((stage.name, "skipped" if selected else "not selected", 0.0))
+        previous = fp
         if until and stage.name == until:
             break
     return report
