@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", type=int, default=10, help="top-k recommendations per user")
     ap.add_argument("--cite", type=int, default=2, help="concepts an explanation cites")
     ap.add_argument("--method", choices=["gradient", "occlusion", "graph"], default="gradient")
+    ap.add_argument("--rank", choices=["path", "edge"], default="path",
+                    help="rank cited concepts by path relevance or by the movie's own edge")
     ap.add_argument("--draws", type=int, default=1, help="random deletions averaged per case")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "faithfulness.json"))
@@ -43,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     with open_store(args.db, read_only=True) as store:
         model, mid, note = load_scorer(store, args.model_id, required=True)
-        cfg = ExplainConfig(method=args.method, cite=args.cite)
+        cfg = ExplainConfig(method=args.method, cite=args.cite, rank=args.rank)
         res = run_faithfulness(model, Explainer(Knowledge(store), model, cfg), n=args.n, k=args.k,
                                seed=args.seed, draws=args.draws)
     s = res["summary"]
-    res["summary"].update(model_id=mid, db=str(args.db), method_asked=args.method, cite=args.cite)
+    res["summary"].update(model_id=mid, db=str(args.db), method_asked=args.method, cite=args.cite, rank=args.rank)
     rows = [
         ("cases", s["cases"]),
         ("mean score drop, cited concepts deleted", s["mean_drop_cited"]),
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         ("seconds (shared CPU, noisy)", round(s["seconds"], 1)),
     ]
     w = max(len(r[0]) for r in rows)
-    print(f"faithfulness of explanations, model {mid}, method {args.method}")
+    print(f"faithfulness of explanations, model {mid}, method {args.method}, rank {args.rank}, cite {args.cite}")
     for k, v in rows:
         print(f"  {k.ljust(w)}  {v:.4f}" if isinstance(v, float) else f"  {k.ljust(w)}  {v}")
     out = Path(args.out)

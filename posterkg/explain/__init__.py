@@ -26,6 +26,7 @@ class ExplainConfig:
 
     method: str = "gradient"   # gradient | occlusion | graph: how paths are weighted
     cite: int = 2              # concepts a sentence cites (positive and negative)
+    rank: str = "path"         # path: rank cited concepts by path relevance; edge: by the movie edge
     examples: int = 2          # liked / disliked movies named per cited concept
     recent: int = 20           # the last `recent` train interactions are 'recent' (= [graph] short_n)
     top_paths: int = 8         # paths listed by `posterkg explain`
@@ -40,6 +41,8 @@ class ExplainConfig:
 
         if self.method not in METHODS:
             raise ConfigError(f"[explain] method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.rank not in ("path", "edge"):
+            raise ConfigError(f"[explain] rank must be 'path' or 'edge', not {self.rank!r}")
         for name in ("cite", "examples", "recent", "top_paths", "report_k", "similar_k", "thumb_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[explain] {name} must be >= 1")

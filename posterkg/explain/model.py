@@ -9,6 +9,7 @@ explain with graph weights only.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from posterkg.errors import InputError
@@ -35,4 +36,131 @@ def load_scorer(store: Store, model_id: str | None = None, *, required: bool = F
     if missing:
         raise InputError(f"the loaded model lacks {', '.join(missing)}; cannot explain with it")
     mid = model_id or getattr(model, "model_id", None)
-    return model, mid, ""
+    scorer = GradientScorer(model)
+    return scorer, mid, scorer.reason
+
+
+# -- gradient adapter for the posterkg GNN ------------------------------------------------------
+class GradientScorer:
+    """A TrainedModel whose ``rescore`` keeps the autograd graph from the bundle's concept-edge
+    weights to the score, so the explainer can use gradient x input.
+
+    Why: ``TrainedModel.rescore`` rebuilds the model's operators from the bundle through numpy and
+    runs under ``torch.no_grad`` (fine for deletion, but no gradient). This adapter (ours, minimal)
+    rebuilds only the concept-side operators of the posterkg model (``item_side``, ``user_like``,
+    ``user_dislike`` row-normalised, and the stage-2 ``has``/``likes``/``dislikes`` CSR operators)
+    in torch from ``edge_weight`` (the same formulas as ``PosterKG.set_graph``) and reuses the
+    interaction operators unchanged (the model takes interactions from the split, not the bundle,
+    so user-movie edges get no attribution). At construction it checks that it reproduces
+    ``TrainedModel.rescore`` on the stored graph and on a graph with deleted concept edges; if not
+    (another model kind, or the model's internals changed) it defers to ``TrainedModel.rescore``
+    and the explainer falls back to occlusion. ``reason`` says which.
+    """
+
+    _CONCEPT_RELS = (("has", "movie", "item_side"), ("likes", "user", "user_like"),
+                     ("dislikes", "user", "user_dislike"))
+
+    def __init__(self, tm, *, check: bool = True):
+        self.tm = tm
+        self.model_id = getattr(tm, "model_id", None)
+        self.differentiable = False
+        self.reason = ""
+        m = getattr(tm, "model", None)
+        if m is None or not hasattr(m, "_ops") or not hasattr(m, "graph") or not hasattr(tm, "data"):
+            self.reason = f"model kind {getattr(tm, 'kind', '?')} has no concept operators: no gradient"
+            return
+        if not any(k in m._ops for _, _, k in self._CONCEPT_RELS):
+            self.reason = "the model uses no concept edges: no gradient"
+            return
+        self.differentiable = True
+        if check:
+            self._check()
+
+    # TrainedModel's interface, delegated
+    @property
+    def bundle(self):
+        return self.tm.bundle
+
+    def recommend(self, user_id: int, k: int = 10):
+        return self.tm.recommend(user_id, k)
+
+    def movie_embeddings(self):
+        return self.tm.movie_embeddings()
+
+    def score(self, user_ids, movie_ids=None):
+        return self.tm.score(user_ids, movie_ids)
+
+    def rescore(self, bundle, user_id: int, movie_ids):
+        if not self.differentiable:
+            return self.tm.rescore(bundle, user_id, movie_ids)
+        model = copy.copy(self.tm.model)
+        model._ops = {**self.tm.model._ops, **self._concept_ops(bundle)}
+        emb = model.embeddings()
+        # the dot product of Recommender.score, which runs under no_grad (checked in _check)
+        import torch
+
+        u = self.tm.data.user_index[int(user_id)]
+        ms = torch.as_tensor([self.tm.data.movie_index[int(m)] for m in movie_ids], dtype=torch.long)
+        return emb[1][ms] @ emb[0][u]
+
+    def _concept_ops(self, bundle) -> dict:
+        import numpy as np
+        import torch
+        from torch_geometric.utils import to_torch_csr_tensor
+
+        data, m = self.tm.data, self.tm.model
+        nc = int(m.graph.n_concepts)
+        ops = {}
+
+        def csr(rows, cols, vals, shape):
+            return to_torch_csr_tensor(torch.stack([rows, cols]), vals, size=shape)
+
+        for rel, src_type, norm_key in self._CONCEPT_RELS:
+            et = (src_type, rel, "concept")
+            if et not in bundle.data.edge_types:
+                continue
+            es = bundle.data[et]
+            ei = es.edge_index
+            w = es.edge_weight if "edge_weight" in es else torch.ones(ei.size(1))
+            ids = bundle.user_ids if src_type == "user" else bundle.movie_ids
+            index = data.user_index if src_type == "user" else data.movie_index
+            src = np.fromiter((index.get(int(v), -1) for v in np.asarray(ids)[ei[0].cpu().numpy()]),
+                              dtype=np.int64, count=ei.size(1))
+            ok = torch.from_numpy(src >= 0)
+            s = torch.from_numpy(src[src >= 0])
+            c = ei[1][ok].long()
+            ww = w[ok].abs().float()
+            n_src = data.n_users if src_type == "user" else data.n_movies
+            if norm_key in m._ops:
+                tot = torch.zeros(n_src, dtype=ww.dtype).index_add(0, s, ww)
+                ops[norm_key] = csr(s, c, ww / tot[s].clamp(min=1e-12), (n_src, nc))
+            if f"r_{rel}_{src_type}" in m._ops:
+                ops[f"r_{rel}_{src_type}"] = csr(s, c, ww, (n_src, nc))
+                ops[f"r_{rel}_concept"] = csr(c, s, ww, (nc, n_src))
+        return ops
+
+    def _check(self) -> None:
+        """Compare with TrainedModel.rescore on the stored graph and after deleting edges."""
+        import torch
+
+        from posterkg.explain.attribution import delete_movie_concepts
+
+        b = self.tm.bundle
+        et = ("movie", "has", "concept")
+        if et not in b.data.edge_types or b.data[et].edge_index.size(1) == 0:
+            self.differentiable, self.reason = False, "the graph has no movie-concept edges: no gradient"
+            return
+        mi = int(b.data[et].edge_index[0, 0])
+        movie = int(b.movie_ids[mi])
+        cs = b.data[et].edge_index[1][b.data[et].edge_index[0] == mi][:2]
+        users = [int(u) for u in self.tm.data.user_ids[:1]]
+        movies = [movie] + [int(x) for x in self.tm.data.movie_ids[:2]]
+        for bundle in (b, delete_movie_concepts(b, movie, [int(b.concept_ids[c]) for c in cs])):
+            with torch.no_grad():
+                ref = self.tm.rescore(bundle, users[0], movies)
+                got = self.rescore(bundle, users[0], movies)
+            if not torch.allclose(ref.float(), got.float(), rtol=1e-4, atol=1e-5):
+                self.differentiable = False
+                self.reason = ("the gradient adapter does not reproduce TrainedModel.rescore "
+                               f"(max diff {float((ref - got).abs().max()):.2e}): occlusion instead")
+                return

@@ -257,7 +257,7 @@ class Explainer:
             ps = by_c.get(c, [])
             if att is None:
                 rel = sum(p.graph_weight for p in ps)
-                edge = w
+                edge = rel  # graph-only: every path runs through the movie's edge
             else:
                 edge = att.movie_concept.get((movie_id, c), 0.0)
                 rel = edge + att.user_concept.get(c, 0.0) + sum(
@@ -270,9 +270,14 @@ class Explainer:
                 pref_short=pref.get(c, {}).get("short", 0.0),
                 liked=self._examples(ps, "liked"), disliked=self._examples(ps, "disliked")))
         evidence.sort(key=lambda e: -e.relevance)
-        cited = [e for e in evidence if e.relevance > 0 and e.on_positive_path][: self.cfg.cite]
-        against = [e for e in sorted(evidence, key=lambda e: e.relevance)
-                   if e.relevance < 0 and e.on_negative_path][: self.cfg.cite]
+        # cite a concept for the movie only when the movie's own edge to it pushes the score the
+        # same way as its paths ("this one shares it" must help); rank by path relevance or by
+        # the movie edge alone ([explain] rank)
+        key = (lambda e: e.relevance) if self.cfg.rank == "path" else (lambda e: e.movie_edge)
+        cited = sorted((e for e in evidence if e.relevance > 0 and e.movie_edge > 0 and e.on_positive_path),
+                       key=lambda e: -key(e))[: self.cfg.cite]
+        against = sorted((e for e in evidence if e.relevance < 0 and e.movie_edge < 0 and e.on_negative_path),
+                         key=key)[: self.cfg.cite]
         paths.sort(key=lambda p: -abs(p.weight))
         ex = Explanation(user_id, movie_id, self.k.title(movie_id), score, method, note, paths,
                          evidence, cited, against)
