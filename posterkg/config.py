@@ -35,6 +35,19 @@ T = TypeVar("T")
 DEFAULT_DB = "posterkg.duckdb"
 
 
+def read_toml(path: str | Path, *, what: str = "file", error: type[Exception] = ConfigError,
+              missing: type[Exception] | None = None, hint: str = "") -> dict[str, Any]:
+    """Parse a TOML file, raising ``missing`` (default ``error``) when it does not exist and
+    ``error`` when it is not valid TOML; ``what`` names the file in the message."""
+    p = Path(path)
+    if not p.is_file():
+        raise (missing or error)(f"{what} not found: {p}{hint}")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{p}: invalid TOML: {exc}") from exc
+
+
 @dataclasses.dataclass
 class Config:
     """Parsed configuration: top-level keys plus one dict per stage section."""
@@ -46,14 +59,7 @@ class Config:
     def load(cls, path: str | Path | None) -> "Config":
         if path is None:
             return cls()
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
-        return cls(data=data, path=p)
+        return cls(data=read_toml(path, what="config file"), path=Path(path))
 
     @property
     def db(self) -> Path:

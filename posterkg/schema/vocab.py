@@ -90,15 +90,11 @@ def ensure_tables(store: Store) -> None:
 
 def read_toml(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(meta, concepts) where each concept is {type, name, members, id?}."""
-    import tomllib
+    from posterkg.config import read_toml
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"vocabulary file not found: {p} (run `posterkg schema discover` first)")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise VocabularyError(f"{p}: invalid TOML: {exc}") from exc
+    data = read_toml(p, what="vocabulary file", error=VocabularyError, missing=InputError,
+                     hint=" (run `posterkg schema discover` first)")
     meta = data.pop("meta", {}) or {}
     concepts = []
     for type_name, blocks in data.items():

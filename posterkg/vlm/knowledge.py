@@ -57,16 +57,11 @@ import dataclasses
 import hashlib
 import json
 import re
-import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from posterkg.config import read_toml
 from posterkg.errors import ConfigError, PosterkgError
 from posterkg.vlm.base import TagSpec
 
@@ -388,13 +383,7 @@ def check_answer(obj: Any, json_schema: dict[str, Any], *, closed: bool = False)
 def load_schema(path: str | Path | None = None) -> KnowledgeSchema:
     """Load and check a schema TOML file (default: the one shipped with posterkg)."""
     p = Path(path) if path is not None else DEFAULT_SCHEMA_PATH
-    if not p.is_file():
-        raise ConfigError(f"knowledge schema not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
-    return schema_from_dict(data, source=p)
+    return schema_from_dict(read_toml(p, what="knowledge schema"), source=p)
 
 
 def schema_from_dict(data: Mapping[str, Any], source: Path | None = None) -> KnowledgeSchema:
