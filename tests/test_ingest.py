@@ -1,6 +1,6 @@
 import pytest
 
-from ml_fixtures import MOVIES, RATINGS, USERS, write_100k, write_csv, write_dat
+from ml_fixtures import MOVIES, RATINGS, write_100k, write_csv, write_dat
 from posterkg.errors import InputError
 from posterkg.ingest.movielens import detect_layout, ingest_movielens
 from posterkg.store import open_store

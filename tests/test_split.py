@@ -76,7 +76,7 @@ def test_random_split_is_a_shuffle_not_the_time_order(tmp_path):
     with s:
         make_split(s, "random", seed=0)
         parts = _parts(s)
-        uid, n = 11, 100
+        uid = 11
         ts_sorted = [m for _, m in sorted((t, m) for u, m, _, t in rows if u == uid)]
         assert [parts[(uid, m)] for m in ts_sorted[-10:]].count("test") < 10
 

@@ -136,7 +136,7 @@ def scan(env: Env, folder: str, full: bool) -> None:
 @click.option("--dir", "folder", type=click.Path(file_okay=False),
               help="Poster folder [default: [fetch] dir, else [ingest] posters].")
 @click.option("--url-template", help="e.g. 'http://host/{movie_id}.jpg' ({tmdb_id}, {imdb_id} also work).")
-@click.option("--tmdb-key", help=f"TMDB API key or v4 token [default: $POSTERKG_TMDB_KEY, then [fetch] tmdb_key].")
+@click.option("--tmdb-key", help="TMDB API key or v4 token [default: $POSTERKG_TMDB_KEY, then [fetch] tmdb_key].")
 @click.option("--size", help="TMDB image size [w342].")
 @click.option("--concurrency", type=int, help="Parallel downloads [8].")
 @click.option("--retries", type=int, help="Retries per request on 5xx/429/timeouts [3].")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import click
-
 from posterkg.clikit import print_table
 from posterkg.config import Config
 from posterkg.pipeline import Stage
