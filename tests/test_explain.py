@@ -287,3 +287,30 @@ def test_real_data_reports_in_chromium(real, tmp_path):
     assert k.title(m) in page.body
     page = render(mh, tmp_path)
     assert len(jpeg_imgs(page)) == 5 and "Knowledge points" in page.body
+
+
+@pytest.mark.slow
+def test_real_gnn_gradient_explanations(real):
+    """The real posterkg GNN, trained for one epoch on the real graph: gradient x input through
+    our adapter, checked against TrainedModel.rescore, and deletion faithfulness."""
+    pytest.importorskip("posterkg.gnn.api", reason="the GNN area is not in this checkout yet")
+    from posterkg.explain.faithfulness import run_faithfulness
+    from posterkg.explain.model import load_scorer
+    from posterkg.gnn.api import save_model
+    from posterkg.gnn.data import load_interactions
+    from posterkg.gnn.train import TrainConfig, train
+
+    store, bundle, k = real
+    if store.count("models") == 0:
+        result = train(load_interactions(store), TrainConfig(epochs=1, patience=1, dim=32), store=store)
+        save_model(store, result)
+    scorer, mid, note = load_scorer(store, required=True)
+    assert scorer.differentiable, scorer.reason   # the adapter reproduces TrainedModel.rescore
+    u = int(store.scalar("SELECT user_id FROM user_prefs GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1"))
+    m, s = next((m, s) for m, s in scorer.recommend(u, 50) if k.concepts_of(m))  # a tagged poster
+    ex = Explainer(k, scorer).explain(u, m)
+    assert ex.method == "gradient" and ex.score == pytest.approx(s, rel=1e-4)
+    assert ex.concepts and any(abs(e.movie_edge) > 0 for e in ex.concepts)
+    res = run_faithfulness(scorer, Explainer(k, scorer), n=20, k=10, seed=0)["summary"]
+    assert res["cases"] == 20 and res["methods"] == {"gradient": 20}
+    assert res["mean_drop_cited"] > res["mean_drop_random"]

@@ -11,6 +11,13 @@ from posterkg.clikit import Env, common_options, pass_env, print_table
 from posterkg.errors import ConfigError
 
 
+def _quiet() -> None:
+    """PyG's CSR constructor warns on every sparse operator the GNN builds; not for users."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+
+
 def _cfg(env: Env, **overrides):
     from posterkg.explain import ExplainConfig
 
@@ -21,6 +28,7 @@ def _cfg(env: Env, **overrides):
 def _model(store, cfg, graph_only: bool = False):
     from posterkg.explain.model import load_scorer
 
+    _quiet()
     if graph_only or cfg.method == "graph":
         return None, None, "graph-only weights (asked for)"
     return load_scorer(store, cfg.model_id)

@@ -39,12 +39,14 @@ class Case:
 def deletion_case(scorer, explainer: Explainer, user_id: int, movie_id: int,
                   rng: np.random.Generator, draws: int = 1) -> Case | str:
     """One case, or the reason it was skipped."""
+    bundle = scorer.bundle
+    concepts = [c for c in explainer.k.concepts_of(movie_id) if c in bundle.concept_index]
+    if len(concepts) < 2:
+        return "movie has fewer than 2 concept edges"
     ex = explainer.explain(user_id, movie_id)
     cited = [e.concept_id for e in ex.cited]
     if not cited:
         return "no concept cited"
-    bundle = scorer.bundle
-    concepts = [c for c in explainer.k.concepts_of(movie_id) if c in bundle.concept_index]
     if len(concepts) <= len(cited):
         return "movie has no concept edge besides the cited ones"
     base = ex.score if ex.score is not None else score_one(scorer, user_id, movie_id)

@@ -104,40 +104,93 @@ class GradientScorer:
         return emb[1][ms] @ emb[0][u]
 
     def _concept_ops(self, bundle) -> dict:
-        import numpy as np
+        """The concept-side operators of ``bundle`` with values that carry autograd.
+
+        The sparsity structure of the stored graph is sorted once per relation; a bundle whose
+        edges are a subset of it (masks, deletions) only scatters its weights into that structure
+        (a deleted edge weighs 0, which in these operators is the same as absent)."""
         import torch
-        from torch_geometric.utils import to_torch_csr_tensor
 
-        data, m = self.tm.data, self.tm.model
-        nc = int(m.graph.n_concepts)
+        m = self.tm.model
         ops = {}
-
-        def csr(rows, cols, vals, shape):
-            return to_torch_csr_tensor(torch.stack([rows, cols]), vals, size=shape)
-
         for rel, src_type, norm_key in self._CONCEPT_RELS:
             et = (src_type, rel, "concept")
             if et not in bundle.data.edge_types:
                 continue
+            st = self._structure(rel, src_type)
+            if st is None:
+                continue
             es = bundle.data[et]
             ei = es.edge_index
             w = es.edge_weight if "edge_weight" in es else torch.ones(ei.size(1))
-            ids = bundle.user_ids if src_type == "user" else bundle.movie_ids
-            index = data.user_index if src_type == "user" else data.movie_index
-            src = np.fromiter((index.get(int(v), -1) for v in np.asarray(ids)[ei[0].cpu().numpy()]),
-                              dtype=np.int64, count=ei.size(1))
-            ok = torch.from_numpy(src >= 0)
-            s = torch.from_numpy(src[src >= 0])
-            c = ei[1][ok].long()
-            ww = w[ok].abs().float()
-            n_src = data.n_users if src_type == "user" else data.n_movies
+            src = self._index_map(bundle, src_type)[ei[0].cpu().numpy()]
+            ok = src >= 0
+            key = src[ok] * st["nc"] + ei[1].cpu().numpy()[ok]
+            pos = st["skey"].searchsorted(key)
+            pos = pos.clip(max=len(st["skey"]) - 1)
+            if len(key) and not (st["skey"][pos] == key).all():
+                raise InputError("the bundle has concept edges the stored graph does not have")
+            vals = torch.zeros(len(st["skey"]), dtype=torch.float32).index_put(
+                (torch.from_numpy(pos),), w[torch.from_numpy(ok)].abs().float(), accumulate=True)
+            n_src, nc = st["n_src"], st["nc"]
             if norm_key in m._ops:
-                tot = torch.zeros(n_src, dtype=ww.dtype).index_add(0, s, ww)
-                ops[norm_key] = csr(s, c, ww / tot[s].clamp(min=1e-12), (n_src, nc))
+                tot = torch.zeros(n_src).index_add(0, st["rows"], vals)
+                ops[norm_key] = torch.sparse_csr_tensor(st["crow"], st["col"], vals / tot[st["rows"]].clamp(min=1e-12),
+                                                        (n_src, nc))
             if f"r_{rel}_{src_type}" in m._ops:
-                ops[f"r_{rel}_{src_type}"] = csr(s, c, ww, (n_src, nc))
-                ops[f"r_{rel}_concept"] = csr(c, s, ww, (nc, n_src))
+                ops[f"r_{rel}_{src_type}"] = torch.sparse_csr_tensor(st["crow"], st["col"], vals, (n_src, nc))
+                ops[f"r_{rel}_concept"] = torch.sparse_csr_tensor(st["crow_t"], st["col_t"], vals[st["to_t"]],
+                                                                  (nc, n_src))
         return ops
+
+    def _structure(self, rel: str, src_type: str):
+        """Sorted CSR structure (and its transpose) of one relation of the stored graph."""
+        import numpy as np
+        import torch
+
+        cache = self.__dict__.setdefault("_structs", {})
+        if (rel, src_type) in cache:
+            return cache[(rel, src_type)]
+        base = self.tm.bundle
+        et = (src_type, rel, "concept")
+        if et not in base.data.edge_types:
+            cache[(rel, src_type)] = None
+            return None
+        ei = base.data[et].edge_index.cpu().numpy()
+        src = self._index_map(base, src_type)[ei[0]]
+        ok = src >= 0
+        s, c = src[ok], ei[1][ok].astype(np.int64)
+        nc = int(self.tm.model.graph.n_concepts)
+        n_src = self.tm.data.n_users if src_type == "user" else self.tm.data.n_movies
+        key = s * nc + c
+        order = np.argsort(key, kind="stable")
+        skey, rows, cols = key[order], s[order], c[order]
+        if len(skey) > 1 and (np.diff(skey) == 0).any():
+            raise InputError(f"duplicate {rel} edges in the graph")
+        order_t = np.lexsort((rows, cols))           # sorted by concept, then source
+        st = {
+            "nc": nc, "n_src": n_src, "skey": skey,
+            "rows": torch.from_numpy(rows),
+            "crow": torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_src))])),
+            "col": torch.from_numpy(cols),
+            "crow_t": torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=nc))])),
+            "col_t": torch.from_numpy(rows[order_t]),
+            "to_t": torch.from_numpy(order_t),
+        }
+        cache[(rel, src_type)] = st
+        return st
+
+    def _index_map(self, bundle, node_type: str):
+        """bundle node index -> the model's index (-1: not in the model), cached per id array."""
+        import numpy as np
+
+        ids = np.asarray(bundle.user_ids if node_type == "user" else bundle.movie_ids)
+        key = (node_type, id(ids), len(ids))
+        cache = self.__dict__.setdefault("_maps", {})
+        if key not in cache:
+            index = self.tm.data.user_index if node_type == "user" else self.tm.data.movie_index
+            cache[key] = np.fromiter((index.get(int(v), -1) for v in ids), dtype=np.int64, count=len(ids))
+        return cache[key]
 
     def _check(self) -> None:
         """Compare with TrainedModel.rescore on the stored graph and after deleting edges."""

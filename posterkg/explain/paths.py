@@ -26,6 +26,7 @@ usable gradient) uses graph weights only: ``score_h(u,c) * w(M,c)`` for pref pat
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -34,6 +35,10 @@ import numpy as np
 from posterkg.errors import InputError
 from posterkg.explain import ExplainConfig
 from posterkg.store import Store
+
+
+# "Matrix, The" / "Affair to Remember, An" / "Grand Illusion, La (...)" -> article first
+_TRAILING_ARTICLE = re.compile(r"^(.+), (The|A|An|La|Le|Les|L'|Il|Das|Der|Die|El|Los|Las)((?: \(.*\))?)$")
 
 
 # -- the tables an explanation reads -------------------------------------------------------------
@@ -65,7 +70,12 @@ class Knowledge:
         self._has_edges = store.table_exists("user_movie_edges")
 
     def title(self, movie_id: int) -> str:
-        return self.titles.get(int(movie_id), f"movie {movie_id}")
+        """Display title: MovieLens' "Matrix, The" becomes "The Matrix"."""
+        t = self.titles.get(int(movie_id))
+        if t is None:
+            return f"movie {movie_id}"
+        m = _TRAILING_ARTICLE.match(t)
+        return f"{m.group(2)} {m.group(1)}{m.group(3)}" if m else t
 
     def name(self, concept_id: int) -> str:
         return self.concept_name.get(int(concept_id), f"concept {concept_id}")

@@ -45,7 +45,9 @@ class Profile:
         out = {}
         for t, g in self.shares.groupby("ctype", sort=True):
             g = g.assign(_m=g[["long_share", "short_share"]].max(axis=1)).sort_values("_m", ascending=False)
-            out[str(t)] = g.drop(columns="_m").head(top)
+            g = g[g._m > 0]
+            if len(g):
+                out[str(t)] = g.drop(columns="_m").head(top)
         return out
 
     def summary(self, n: int = 3) -> list[str]:
