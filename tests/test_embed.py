@@ -58,6 +58,57 @@ def test_minilm_embeds_meaningfully(minilm):
     assert sims[0, 3] < 0.5
 
 
+def _phrase_sample() -> list[str]:
+    """The 336 labelled phrases plus longer variants, shuffled, one duplicate: mixed token lengths."""
+    from vocab_helpers import load_phrases
+
+    phrases = [p for _, _, p in load_phrases()]
+    phrases += [f"very {p} in the background" for p in phrases[::5]] + [phrases[0]]
+    order = np.random.default_rng(0).permutation(len(phrases))
+    return [phrases[i] for i in order]
+
+
+def test_encode_matches_flagmodel_encode(minilm, monkeypatch):
+    """posterkg's batch loop (sorted, no trial batch, inference_mode, thread control) gives
+    FlagModel.encode's vectors to float noise, in the input order, for any batch size/threads."""
+    import torch
+
+    texts = _phrase_sample()
+    assert len(texts) > 400
+    minilm.encode(["load"], _count=False)
+    ref = minilm._model.encode(texts, batch_size=128, max_length=64, convert_to_numpy=True)
+    ref = np.asarray(ref, dtype=np.float32)
+    threads = torch.get_num_threads()
+    got = minilm.encode(texts)
+    assert got.shape == ref.shape == (len(texts), 384)
+    assert float(np.abs(got - ref).max()) < 1e-5
+    monkeypatch.setattr(minilm, "batch_size", 7)     # many batches, padding inside each
+    monkeypatch.setattr(minilm, "threads", 1)
+    small = minilm.encode(texts[:150])
+    assert float(np.abs(small - ref[:150]).max()) < 1e-5
+    assert torch.get_num_threads() == threads        # restored after the call
+    # The duplicated phrase gets the same vector at both positions (output follows input order).
+    dup = [i for i, t in enumerate(texts) if texts.count(t) == 2]
+    assert len(dup) == 2 and abs(dup[0] - dup[1]) > 1
+    np.testing.assert_allclose(got[dup[0]], got[dup[1]], atol=1e-6)
+
+
+def test_auto_threads_follow_load(minilm, monkeypatch):
+    import os
+
+    import torch
+
+    monkeypatch.setattr(minilm, "threads", 0)
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 4.0, 0.0, 0.0))
+    assert minilm.torch_threads() == 1                    # busy cores: one thread
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert minilm.torch_threads() == torch.get_num_threads()   # idle: torch's default
+    monkeypatch.setattr(minilm, "threads", 3)
+    assert minilm.torch_threads() == 3                    # [embed] threads wins
+    assert load_encoder(EmbedConfig(model="minilm", threads=2)).threads == 2
+
+
 def test_uncached_hub_model_fails_cleanly_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     enc = Encoder("posterkg-test/definitely-not-a-cached-model")

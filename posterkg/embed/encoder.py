@@ -14,6 +14,15 @@ alias          model                                            pooling  note
 Pooling comes from ``[embed] pooling`` when set, else from the alias table, else ``cls`` (BGE
 style). Embeddings are L2-normalised float32, so inner product = cosine similarity.
 
+FlagEmbedding loads the model and tokenizer and defines the pooling; posterkg drives the batch
+loop itself (:meth:`Encoder.encode`): texts sorted by token length, one tokenizer call per batch,
+``torch.inference_mode``, and no per-call trial batch (``FlagModel.encode`` runs one full batch
+first to probe memory and throws it away). The vectors equal ``FlagModel.encode``'s to float
+noise (tests/test_embed.py checks max abs diff < 1e-5). Torch threads: ``[embed] threads``; the
+default (0 = auto) uses one thread when the cores are already busy (1-minute load average above
+the core count + 0.5), where OpenMP threads of one process wait on each other: measured ~3x more
+phrases/s than two threads on the shared 2-core machine (benchmarks/embed_speed.py).
+
 Nothing is downloaded when ``HF_HUB_OFFLINE=1`` (tests set it): an HF id that is not in the local
 cache raises :class:`EncoderUnavailable` with a hint to use ``minilm`` or a local path.
 """
@@ -44,6 +53,7 @@ class EmbedConfig:
     max_length: int = 64                     # tokens; knowledge values are short phrases
     device: str = "cpu"                      # "cpu", "cuda", "cuda:0" ...
     use_fp16: bool = False                   # only meaningful on a GPU
+    threads: int = 0                         # torch threads while encoding; 0 = auto (1 on busy cores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,17 +113,18 @@ def resolve_model(model: str, pooling: str = "") -> ModelSpec:
 class Encoder:
     """Lazy FlagModel: ``encode(texts) -> float32 [n, dim]``, L2-normalised.
 
-    ``calls`` / ``n_encoded`` count FlagModel calls (up to 16 batches each) and texts, so callers (and tests) can check
-    that cached texts are never re-embedded.
+    ``calls`` / ``n_encoded`` count ``encode`` calls that reached the model and their texts, so
+    callers (and tests) can check that cached texts are never re-embedded.
     """
 
     def __init__(self, model: str = "minilm", *, pooling: str = "", batch_size: int = 128,
-                 max_length: int = 64, device: str = "cpu", use_fp16: bool = False):
+                 max_length: int = 64, device: str = "cpu", use_fp16: bool = False, threads: int = 0):
         self.spec = resolve_model(model, pooling)
         self.batch_size = max(1, int(batch_size))
         self.max_length = int(max_length)
         self.device = device
         self.use_fp16 = bool(use_fp16) and not device.startswith("cpu")
+        self.threads = max(0, int(threads))
         self._model = None
         self._dim: int | None = None
         self.calls = 0
@@ -152,7 +163,28 @@ class Encoder:
                 "Use [embed] model = \"minilm\" (shipped with posterkg) or a local folder."
             ) from exc
         _quiet_flagembedding()
+        # What FlagModel.encode_single_device does before each call, done once.
+        net = self._model.model
+        if self.device.startswith("cpu"):
+            net.float()
+        net.to(self._model.target_devices[0])
+        net.eval()
         return self._model
+
+    def torch_threads(self) -> int:
+        """Torch threads for the next ``encode``: ``threads`` when set, else torch's default, or 1
+        when the 1-minute load average exceeds the usable cores + 0.5 (other processes are busy)."""
+        import torch
+
+        if self.threads:
+            return self.threads
+        default = torch.get_num_threads()
+        try:
+            cores = len(os.sched_getaffinity(0))
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # pragma: no cover - platforms without them
+            return default
+        return 1 if load > cores + 0.5 else default
 
     @property
     def dim(self) -> int:
@@ -161,28 +193,52 @@ class Encoder:
         return self._dim
 
     def encode(self, texts: Sequence[str], *, _count: bool = True) -> np.ndarray:
-        """Embed ``texts`` (one forward pass per ``batch_size`` texts)."""
+        """Embed ``texts`` (one forward pass per ``batch_size`` texts of similar token length)."""
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
+        import torch
+
         model = self._load()
-        out = []
-        # FlagModel.encode sorts by length (less padding) but first runs a trial forward pass of
-        # one full batch to probe memory, so hand it many batches per call, not one.
-        step = self.batch_size * 16
-        for i in range(0, len(texts), step):
-            chunk = texts[i:i + step]
-            vec = model.encode(chunk, batch_size=self.batch_size, max_length=self.max_length,
-                               convert_to_numpy=True)
-            out.append(np.asarray(vec, dtype=np.float32).reshape(len(chunk), -1))
-            if _count:
-                self.calls += 1
-                self.n_encoded += len(chunk)
-        mat = np.concatenate(out, axis=0)
+        before = torch.get_num_threads()
+        want = self.torch_threads()
+        try:
+            if want != before:
+                torch.set_num_threads(want)
+            with torch.inference_mode():
+                mat = self._encode_sorted(model, texts)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+        if _count:
+            self.calls += 1
+            self.n_encoded += len(texts)
         self._dim = mat.shape[1]
-        # FlagModel normalises already; normalise again so any backend output is unit length.
+        # The loop normalises already; normalise again so any output is unit length.
         norms = np.linalg.norm(mat, axis=1, keepdims=True)
         return mat / np.maximum(norms, 1e-12)
+
+    def _encode_sorted(self, model, texts: list[str]) -> np.ndarray:
+        """FlagModel's own steps (tokenize with truncation, pad per batch, forward, its pooling,
+        normalise) over length-sorted batches, without its trial batch."""
+        import torch
+
+        tok, net, device = model.tokenizer, model.model, model.target_devices[0]
+        ids = tok(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = np.argsort(-np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), kind="stable")
+        out: np.ndarray | None = None
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = tok([texts[i] for i in idx], padding=True, truncation=True,
+                        max_length=self.max_length, return_tensors="pt").to(device)
+            hidden = net(**batch, return_dict=True).last_hidden_state
+            emb = model.pooling(hidden, batch["attention_mask"])
+            emb = model._truncate_embeddings(emb) if hasattr(model, "_truncate_embeddings") else emb
+            emb = torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+            if out is None:
+                out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb
+        return out
 
 
 def _quiet_flagembedding() -> None:
@@ -201,4 +257,5 @@ def _quiet_flagembedding() -> None:
 def load_encoder(cfg: EmbedConfig | None = None) -> Encoder:
     cfg = cfg or EmbedConfig()
     return Encoder(cfg.model, pooling=cfg.pooling, batch_size=cfg.batch_size,
-                   max_length=cfg.max_length, device=cfg.device, use_fp16=cfg.use_fp16)
+                   max_length=cfg.max_length, device=cfg.device, use_fp16=cfg.use_fp16,
+                   threads=cfg.threads)
