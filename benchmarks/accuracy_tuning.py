@@ -1,0 +1,85 @@
+"""Valid-only tuning runs for the accuracy benchmark (seed 0): train one configuration, record its
+VALID NDCG@20 (never test) and time per epoch in benchmarks/results/accuracy_tuning.json.
+
+    .venv/bin/python benchmarks/accuracy_tuning.py --name pk-b32k-lr05 --model posterkg \
+        --train batch_size=32768 lr=0.05 --mcfg neg_weight=0.1
+
+Uses the cached benchmark database of benchmarks/accuracy.py (run that with --prepare-only first).
+Several processes may append to the same JSON (a file lock serialises the writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for it in items:
+        k, v = it.split("=", 1)
+        out[k] = json.loads(v) if v not in ("true", "false") else v == "true"
+    return out
+
+
+def record(path: Path, entry: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text()) if path.is_file() else {
+            "benchmark": "accuracy_tuning", "split": "valid only (seed 0); test never read", "runs": []}
+        doc["runs"] = [r for r in doc["runs"] if r["name"] != entry["name"]] + [entry]
+        path.write_text(json.dumps(doc, indent=1, default=float))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True)
+    p.add_argument("--model", default="posterkg")
+    p.add_argument("--train", nargs="*", default=[], help="TrainConfig key=value (JSON values)")
+    p.add_argument("--mcfg", nargs="*", default=[], help="ModelConfig key=value (JSON values)")
+    p.add_argument("--db", type=Path, default=RESULTS / "accuracy.duckdb")
+    p.add_argument("--out", type=Path, default=RESULTS / "accuracy_tuning.json")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    os.environ.setdefault("POSTERKG_PROGRESS", "0")
+
+    from posterkg.gnn.data import load_interactions
+    from posterkg.gnn.model import ModelConfig, graph_inputs
+    from posterkg.gnn.train import TrainConfig, train
+    from posterkg.store import open_store
+
+    base = {"dim": 64, "epochs": 30, "patience": 3, "batch_size": 32768, "lr": 0.05, "reg": 1e-4,
+            "layers": 3, "threads": 1, "seed": 0}
+    cfg = TrainConfig(model=args.model, **{**base, **_kv(args.train)})
+    mcfg = ModelConfig(**_kv(args.mcfg))
+    t0 = time.perf_counter()
+    with open_store(args.db, read_only=True) as store:
+        data = load_interactions(store)
+        graph = graph_inputs(store, data) if args.model.startswith("posterkg") else None
+        res = train(data, cfg, store=store, graph=graph, model_cfg=mcfg, verbose=args.verbose)
+    entry = {"name": args.name, "model": args.model, "train": dataclasses.asdict(cfg),
+             "model_config": dataclasses.asdict(mcfg) if args.model.startswith("posterkg") else None,
+             "changed": {**_kv(args.train), **_kv(args.mcfg)},
+             "valid_ndcg@20": res.valid.get("ndcg@20"), "valid": res.valid, "best_epoch": res.best_epoch,
+             "epochs_run": res.epochs_run, "seconds_per_epoch": res.seconds_per_epoch,
+             "seconds": time.perf_counter() - t0,
+             "valid_curve": [round(h.get("valid_ndcg@20", float("nan")), 4) for h in res.history],
+             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    record(args.out, entry)
+    print(f"{args.name}: valid ndcg@20 {entry['valid_ndcg@20']:.4f} best epoch {res.best_epoch}/{res.epochs_run} "
+          f"{res.seconds_per_epoch:.1f}s/epoch curve {entry['valid_curve']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
