@@ -105,6 +105,7 @@ def main() -> None:
         groups.setdefault((t, g), []).append(p)
     concepts = [{"type": t, "name": ms[0], "members": ms} for (t, g), ms in groups.items()]
     timings: dict[str, float] = {}
+    loads = {"start": os.getloadavg()[0]}
     with open_store(db) as store:
         store.execute(RAW_POINTS_DDL)
         t0 = time.perf_counter()
@@ -117,8 +118,11 @@ def main() -> None:
         timings["setup: freeze 65 concepts"] = time.perf_counter() - t0
         cfg = SchemaConfig()
         t0 = time.perf_counter()
+        texts_before, threads = encoder.n_encoded, encoder.torch_threads()
         cold = project(store, cfg, cache)
         timings["cold: embed uniques + project"] = time.perf_counter() - t0
+        loads["after cold"] = os.getloadavg()[0]
+        cold_texts = encoder.n_encoded - texts_before
         t0 = time.perf_counter()
         warm = project(store, cfg, cache, full=True)
         timings["warm: project all (cache full)"] = time.perf_counter() - t0
@@ -134,6 +138,8 @@ def main() -> None:
         "assigned": cold["assigned"], "pooled": cold["pooled"], "movie_concepts": n_movie_concepts,
         "incremental_new_movies": incr["new_movies"], "warm_points": warm["points"],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "cold_texts_embedded": cold_texts, "encoder_threads_at_cold_start": threads,
+        "load_avg_1min": {k: round(v, 2) for k, v in loads.items()},
         "note": "shared 2-core machine: timings are noisy",
     }
     width = max(map(len, timings))
@@ -144,6 +150,9 @@ def main() -> None:
         n = {"cold": args.n, "warm": args.n, "incr": len(extra)}.get(k.split(":")[0])
         rate = f"{n / v:,.0f}" if n else ""
         print(f"{k.ljust(width)}  {v:7.2f}  {rate}")
+    print(f"cold phase embedded {cold_texts:,} texts with {threads} torch thread(s) "
+          f"(<= {cold_texts / timings['cold: embed uniques + project']:,.0f} texts/s incl. projection); "
+          f"1-min load average: " + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()) + f" on {os.cpu_count()} cores")
     print(f"assigned {cold['assigned']:,} / pooled {cold['pooled']:,}; movie_concepts rows {n_movie_concepts:,}")
     out = REPO / "benchmarks" / "results" / "projection.json"
     out.parent.mkdir(parents=True, exist_ok=True)
