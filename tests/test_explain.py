@@ -3,7 +3,6 @@ then on the ../shared data."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from _explain_world import TinyModel, build_bundle, make_db

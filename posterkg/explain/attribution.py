@@ -161,7 +161,7 @@ def _collect(bundle, att: dict[EdgeType, np.ndarray | None], user_id: int, movie
     ui = bundle.user_index.get(int(user_id))
     wanted = {bundle.movie_index[int(m)] for m in [movie_id, *movies_of_interest] if int(m) in bundle.movie_index}
     wanted_arr = np.fromiter(wanted, dtype=np.int64)
-    mids, cids, uids = bundle.movie_ids, bundle.concept_ids, None
+    mids, cids = bundle.movie_ids, bundle.concept_ids
     mc: dict[tuple[int, int], float] = {}
     uc: dict[int, float] = {}
     um: dict[int, float] = {}
