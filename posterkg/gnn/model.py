@@ -65,7 +65,7 @@ class ModelConfig:
     stage2_layers: int = 1
     attention: bool = True
     signed_gates: bool = True
-    hard_negative_weight: float = 0.1   # BPR with disliked train movies as negatives
+    hard_negative_weight: float = 0.0   # BPR with disliked train movies as negatives (off: hurt on valid, docs/gnn.md)
     cl_weight: float = 0.02             # InfoNCE, stage-1 vs stage-2 views
     cl_tau: float = 0.2
     struct_weight: float = 0.01         # structure loss
