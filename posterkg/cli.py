@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 
@@ -84,6 +85,8 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
+    # torch's beta notices for the sparse CSR adjacencies the GNN uses: noise for a CLI user.
+    warnings.filterwarnings("ignore", message=r"Sparse (CSR tensor support is in beta|invariant checks)")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
