@@ -43,7 +43,8 @@ def run_train(store: Store, config: Config, *, verbose: bool = False) -> list[di
 
 
 def _run(store: Store, config: Config):
-    return run_train(store, config)
+    # Training is the long stage of `posterkg run`: one line per epoch (loss, valid NDCG@20).
+    return run_train(store, config, verbose=True)
 
 
 STAGE = Stage("train", _inputs, _run)
