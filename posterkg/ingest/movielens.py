@@ -288,17 +288,22 @@ def _check_header(path: Path, expected: list[str]) -> None:
 _RATING_COLS = {"user_id": "INTEGER", "movie_id": "INTEGER", "rating": "DOUBLE", "ts": "BIGINT"}
 
 
-def _stage_dat(con, layout: Layout, errors: _ErrorSink) -> bool:
-    movies = layout.path("movies.dat")
-    _scan(con, movies, "_stg_movies_raw",
+def _stage_movies(con, path: Path, errors: _ErrorSink, **scan: Any) -> None:
+    """Stage a ``movieId, title, genres`` file (ML-1M ``.dat`` or ML-20M+ ``.csv``) as
+    ``_stg_movies`` with genres split on ``|`` (``(no genres listed)`` = none)."""
+    _scan(con, path, "_stg_movies_raw",
           {"movie_id": "INTEGER", "raw_title": "VARCHAR", "genres": "VARCHAR"}, errors,
-          sep="::", encoding=_encoding(movies))
+          encoding=_encoding(path), **scan)
     con.execute("""CREATE OR REPLACE TEMP TABLE _stg_movies AS
         SELECT movie_id, raw_title, NULL::INTEGER AS year_hint,
                CASE WHEN genres IS NULL OR trim(genres) IN ('', '(no genres listed)') THEN []::VARCHAR[]
                     ELSE string_split(trim(genres), '|') END AS genres
         FROM _stg_movies_raw""")
     con.execute("DROP TABLE _stg_movies_raw")
+
+
+def _stage_dat(con, layout: Layout, errors: _ErrorSink) -> bool:
+    _stage_movies(con, layout.path("movies.dat"), errors, sep="::")
     _scan(con, layout.path("ratings.dat"), "_stg_ratings", _RATING_COLS, errors, sep="::")
     users = layout.path("users.dat")
     if not users.is_file():
@@ -349,15 +354,7 @@ def _stage_100k(con, layout: Layout, errors: _ErrorSink) -> bool:
 def _stage_csv(con, layout: Layout, errors: _ErrorSink) -> bool:
     movies = layout.path("movies.csv")
     _check_header(movies, ["movieId", "title", "genres"])
-    _scan(con, movies, "_stg_movies_raw",
-          {"movie_id": "INTEGER", "raw_title": "VARCHAR", "genres": "VARCHAR"}, errors,
-          sep=",", header=True, quoted=True, encoding=_encoding(movies))
-    con.execute("""CREATE OR REPLACE TEMP TABLE _stg_movies AS
-        SELECT movie_id, raw_title, NULL::INTEGER AS year_hint,
-               CASE WHEN genres IS NULL OR trim(genres) IN ('', '(no genres listed)') THEN []::VARCHAR[]
-                    ELSE string_split(trim(genres), '|') END AS genres
-        FROM _stg_movies_raw""")
-    con.execute("DROP TABLE _stg_movies_raw")
+    _stage_movies(con, movies, errors, sep=",", header=True, quoted=True)
     ratings = layout.path("ratings.csv")
     _check_header(ratings, ["userId", "movieId", "rating", "timestamp"])
     _scan(con, ratings, "_stg_ratings", _RATING_COLS, errors, sep=",", header=True, quoted=True)
