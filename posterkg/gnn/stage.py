@@ -32,12 +32,15 @@ def run_train(store: Store, config: Config, *, verbose: bool = False) -> list[di
     cfg, mcfg = configs(config)
     data = load_interactions(store)
     rows = []
-    for kind in dict.fromkeys([cfg.model, *cfg.baselines]):
+    # Baselines first, the configured model last: `recommend`, `explain` and `report` default to
+    # the most recently trained model, which must be the one the config asked for.
+    for kind in reversed(dict.fromkeys([cfg.model, *reversed(cfg.baselines)])):
         kcfg = dataclasses.replace(cfg, model=kind, baselines=[])
         mid, res, test = train_and_store(store, data, kcfg, mcfg, verbose=verbose)
         rows.append({"model_id": mid, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
                      "s/epoch": res.seconds_per_epoch, **{k: test[k] for k in
                      ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20")}})
+    rows.reverse()   # print the configured model first
     print_table([list(r.values()) for r in rows], list(rows[0].keys()), title="test (fixed protocol)")
     return rows
 
