@@ -90,3 +90,15 @@ def test_movies_without_and_with_bad_posters(tmp_path):
 def test_missing_folder_is_a_clean_error(tmp_path):
     with open_store(tmp_path / "db.duckdb") as s, pytest.raises(InputError, match="does not exist"):
         scan_posters(s, tmp_path / "nope")
+
+
+def test_poster_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """A folder given relative to the working directory must still resolve when a later stage
+    (tagging, the HTML report) runs from elsewhere."""
+    d = _folder(tmp_path)
+    monkeypatch.chdir(d.parent)
+    with open_store(tmp_path / "db.duckdb") as s:
+        scan_posters(s, d.name)
+        paths = [p for (p,) in s.execute("SELECT path FROM posters WHERE status = 'ok'").fetchall()]
+    monkeypatch.chdir("/")
+    assert paths and all(os.path.isabs(p) and os.path.isfile(p) for p in paths)

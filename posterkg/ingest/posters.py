@@ -126,7 +126,7 @@ def scan_posters(store: Store, posters_dir: str | Path, *, full: bool = False,
                  workers: int | None = None) -> ScanSummary:
     """Scan ``posters_dir`` into ``posters`` (see the module docstring)."""
     t0 = time.perf_counter()
-    folder = Path(posters_dir)
+    folder = Path(posters_dir).resolve()   # absolute: later stages may run from another directory
     if not folder.is_dir():
         raise InputError(f"poster folder {folder} does not exist")
     ensure_schema(store)
