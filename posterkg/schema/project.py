@@ -110,25 +110,18 @@ def select_points(store: Store, cfg: SchemaConfig) -> Selection:
         raise InputError("no raw_points yet; run `posterkg tag` first")
     backend, model = cfg.backend, cfg.model
     if not backend or not model:
-        row = None
-        if store.table_exists("tag_runs"):
-            q = "SELECT backend, model FROM tag_runs WHERE points > 0"
-            params: list[Any] = []
-            if backend:
-                q, params = q + " AND backend = ?", params + [backend]
-            if model:
-                q, params = q + " AND model = ?", params + [model]
-            rows = store.execute(q + " ORDER BY started_at DESC LIMIT 1", params).fetchall()
-            row = rows[0] if rows else None
+        def latest(table: str, where: str, order: str):
+            """Newest (backend, model) of ``table`` matching the given backend/model."""
+            q, params = f"SELECT backend, model FROM {table} WHERE {where}", []
+            for col, val in (("backend", backend), ("model", model)):
+                if val:
+                    q, params = q + f" AND {col} = ?", params + [val]
+            rows = store.execute(q + f" ORDER BY {order} DESC LIMIT 1", params).fetchall()
+            return rows[0] if rows else None
+
+        row = latest("tag_runs", "points > 0", "started_at") if store.table_exists("tag_runs") else None
         if row is None:
-            q = "SELECT backend, model FROM raw_points WHERE true"
-            params = []
-            if backend:
-                q, params = q + " AND backend = ?", params + [backend]
-            if model:
-                q, params = q + " AND model = ?", params + [model]
-            rows = store.execute(q + " ORDER BY run_id DESC LIMIT 1", params).fetchall()
-            row = rows[0] if rows else None
+            row = latest("raw_points", "true", "run_id")
         if row is None:
             raise InputError(f"no raw_points for backend={backend or '*'} model={model or '*'}")
         backend, model = row

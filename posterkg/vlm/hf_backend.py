@@ -76,6 +76,13 @@ def parse_options(cls: type, options: dict[str, Any], section: str):
     return opts
 
 
+def model_image(path, family: str, opts: Any):
+    """Load a poster at the backend's pixel budget (``opts.min_pixels``/``opts.max_pixels``);
+    Qwen2-VL families get sides in multiples of their 28-pixel visual token block."""
+    multiple = QWEN_BLOCK if family in ("qwen2_vl", "qwen2_5_vl") else None
+    return load_poster(path, min_pixels=opts.min_pixels, max_pixels=opts.max_pixels, multiple=multiple)
+
+
 def is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -167,17 +174,12 @@ class HFBackend:
         return self._grammars[key]
 
     # -- tagging ---------------------------------------------------------------------------------
-    def _image(self, job: PosterJob):
-        multiple = QWEN_BLOCK if self.family in ("qwen2_vl", "qwen2_5_vl") else None
-        return load_poster(job.path, min_pixels=self.opts.min_pixels,
-                           max_pixels=self.opts.max_pixels, multiple=multiple)
-
     def tag_batch(self, jobs: list[PosterJob], spec: TagSpec) -> list[TagResult]:
         results: dict[int, TagResult] = {}
         ready: list[tuple[PosterJob, Any]] = []
         for job in jobs:
             try:
-                ready.append((job, self._image(job)))
+                ready.append((job, model_image(job.path, self.family, self.opts)))
             except CorruptImage as exc:
                 results[job.movie_id] = TagResult(job.movie_id, error=str(exc), reason="corrupt_image")
         if ready:

@@ -56,8 +56,8 @@ from urllib.parse import urlparse
 from posterkg.errors import ConfigError, PosterkgError
 from posterkg.vlm import chat
 from posterkg.vlm.base import PosterJob, TagResult, TagSpec
-from posterkg.vlm.hf_backend import QWEN_BLOCK, parse_options
-from posterkg.vlm.images import CorruptImage, load_poster
+from posterkg.vlm.hf_backend import model_image, parse_options
+from posterkg.vlm.images import CorruptImage
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 SCHEMA_NAME = "poster_knowledge_points"
@@ -141,10 +141,8 @@ class OpenAIBackend:
         return models[0]
 
     def _request(self, job: PosterJob, spec: TagSpec) -> TagResult:
-        multiple = QWEN_BLOCK if self.family in ("qwen2_vl", "qwen2_5_vl") else None
         try:
-            img = load_poster(job.path, min_pixels=self.opts.min_pixels,
-                              max_pixels=self.opts.max_pixels, multiple=multiple)
+            img = model_image(job.path, self.family, self.opts)
         except CorruptImage as exc:
             return TagResult(job.movie_id, error=str(exc), reason="corrupt_image")
         max_tokens = self.opts.max_tokens if self.opts.max_tokens > 0 else spec.max_tokens

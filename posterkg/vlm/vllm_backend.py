@@ -52,8 +52,8 @@ from typing import Any
 
 from posterkg.vlm import chat
 from posterkg.vlm.base import PosterJob, TagResult, TagSpec
-from posterkg.vlm.hf_backend import QWEN_BLOCK, free_accelerator_memory, is_oom, parse_options
-from posterkg.vlm.images import CorruptImage, load_poster
+from posterkg.vlm.hf_backend import free_accelerator_memory, is_oom, model_image, parse_options
+from posterkg.vlm.images import CorruptImage
 
 DEFAULT_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 
@@ -114,11 +114,6 @@ class VLLMBackend:
         self.family = chat.detect_family(self.model, self.opts.family)
         self.llm = LLM(**engine_kwargs(self.model, self.family, self.opts))
 
-    def _image(self, job: PosterJob):
-        multiple = QWEN_BLOCK if self.family in ("qwen2_vl", "qwen2_5_vl") else None
-        return load_poster(job.path, min_pixels=self.opts.min_pixels,
-                           max_pixels=self.opts.max_pixels, multiple=multiple)
-
     def sampling_params(self, spec: TagSpec):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
@@ -132,7 +127,7 @@ class VLLMBackend:
         ready: list[tuple[PosterJob, Any]] = []
         for job in jobs:
             try:
-                ready.append((job, self._image(job)))
+                ready.append((job, model_image(job.path, self.family, self.opts)))
             except CorruptImage as exc:
                 results[job.movie_id] = TagResult(job.movie_id, error=str(exc), reason="corrupt_image")
         if ready:
