@@ -10,7 +10,10 @@
 * Typed helpers: :meth:`insert_df` (bulk insert of a pandas DataFrame by column name),
   :meth:`df`, :meth:`scalar`, :meth:`count`, :meth:`transaction`.
 * ``stage_state`` records, per pipeline stage, the fingerprint of the inputs it last ran on, so
-  ``posterkg run`` can skip stages whose inputs did not change.
+  ``posterkg run`` can skip stages whose inputs did not change; :meth:`Store.table_hash` is the
+  cheap content hash of a table those fingerprints are made of.
+* A DuckDB file that holds tables but no ``schema_version`` was not made by posterkg: it is
+  refused before anything is written to it (its own ``movies`` table would clash with ours).
 """
 
 from __future__ import annotations
@@ -174,6 +177,20 @@ class Store:
         return len(frame)
 
     # -- stage fingerprints ----------------------------------------------------------------
+    def table_hash(self, table: str) -> str:
+        """Cheap content hash of ``table``: its row count and the sum of DuckDB's ``hash`` of
+        every whole row (order-independent, one scan: about 30 ms per million rows), plus its
+        column list. ``"absent"`` for a table that does not exist. Any insert, delete or update
+        changes it (up to 64-bit hash collisions)."""
+        _check_ident(table)
+        if not self.table_exists(table):
+            return "absent"
+        cols = self.execute("SELECT column_name, data_type FROM information_schema.columns "
+                            "WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position",
+                            [table]).fetchall()
+        n, h = self.execute(f"SELECT count(*), sum(hash(t))::VARCHAR FROM {table} t").fetchone()
+        return f"{n}:{h}:{hash_text(str(cols))}"
+
     def stage_fingerprint(self, stage: str) -> str | None:
         return self.scalar("SELECT fingerprint FROM stage_state WHERE stage = ?", [stage])
 
@@ -183,6 +200,12 @@ class Store:
             "VALUES (?, ?, current_timestamp)",
             [stage, fingerprint],
         )
+
+
+def hash_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _check_ident(name: str) -> None:
@@ -205,7 +228,7 @@ def open_store(path: str | Path, *, read_only: bool = False) -> Store:
         p.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = duckdb.connect(str(p), read_only=read_only)
-    except duckdb.IOException as exc:
+    except duckdb.Error as exc:
         msg = str(exc)
         if "lock" in msg.lower():
             m = _LOCK_PID.search(msg)
@@ -214,7 +237,28 @@ def open_store(path: str | Path, *, read_only: bool = False) -> Store:
                 f"database {p} is locked by another posterkg or DuckDB process{holder}; "
                 "wait for it to finish or close it, then retry"
             ) from exc
-        raise PosterkgError(f"cannot open database {p}: {msg}") from exc
-    if not read_only:
-        con.execute(_BOOTSTRAP)
+        first = msg.splitlines()[0] if msg else type(exc).__name__
+        raise PosterkgError(f"cannot open database {p}: the file is damaged, truncated or not a "
+                            f"DuckDB database ({first})") from exc
+    try:
+        _check_ours(con, p)
+        if not read_only:
+            con.execute(_BOOTSTRAP)
+    except BaseException:
+        con.close()
+        raise
     return Store(con, p, read_only)
+
+
+def _check_ours(con: duckdb.DuckDBPyConnection, p: Path) -> None:
+    """Refuse a DuckDB file with tables of its own and no ``schema_version`` (not posterkg's)."""
+    try:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+            "ORDER BY 1").fetchall()]
+    except duckdb.Error as exc:
+        raise PosterkgError(f"cannot read database {p}: the file is damaged ({str(exc).splitlines()[0]})") from exc
+    if tables and "schema_version" not in tables:
+        shown = ", ".join(tables[:5]) + (" ..." if len(tables) > 5 else "")
+        raise PosterkgError(f"database {p} was not made by posterkg (it has tables {shown} and no "
+                            "schema_version); nothing was written to it. Give another --db")
