@@ -60,6 +60,25 @@ def prompt_text(question: str, family: str) -> str:
     raise ConfigError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
 
 
+def text_prompt_text(question: str, family: str) -> str:
+    """The full prompt string for a text-only ``question`` (no image), ending where the answer
+    starts: what the family's chat template renders for one user turn holding only text."""
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        return (f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n"
+                f"<|im_start|>user\n{question}<|im_end|>\n"
+                f"<|im_start|>assistant\n")
+    if family == "llava":
+        return f"USER: {question} ASSISTANT:"
+    if family == "llava_onevision":
+        return f"<|im_start|>user {question}<|im_end|><|im_start|>assistant\n"
+    raise ConfigError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+def text_messages(question: str) -> list[dict[str, Any]]:
+    """OpenAI-style chat messages for a text-only question: one user turn with one text part."""
+    return [{"role": "user", "content": [{"type": "text", "text": question}]}]
+
+
 def messages(question: str, image_url: str | None = None) -> list[dict[str, Any]]:
     """OpenAI-style chat messages: one user turn, the image first, then the question.
 
