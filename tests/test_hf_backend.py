@@ -208,8 +208,8 @@ def test_out_of_memory_splits_the_batch_and_records_the_poster(backend, schema, 
         return [TagResult(i, raw='{"points": []}', finish_reason="stop") for i in ids]
 
     monkeypatch.setattr(backend, "_generate", fake_generate)
-    from posterkg.vlm import hf_backend
-    monkeypatch.setattr(hf_backend, "model_image", lambda path, family, opts: object())
+    from posterkg.vlm import common
+    monkeypatch.setattr(common, "model_image", lambda path, family, opts: object())
     jobs = [PosterJob(m, Path(f"{m}.jpg")) for m in (11, 12, 13, 14)]
     results = backend.tag_batch(jobs, schema.build_spec())
     assert [r.movie_id for r in results] == [11, 12, 13, 14]

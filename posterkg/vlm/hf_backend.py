@@ -43,12 +43,11 @@ import json
 from typing import Any
 
 from posterkg.errors import ConfigError
-from posterkg.vlm import chat
+from posterkg.vlm import chat, common
 from posterkg.vlm.base import PosterJob, TagResult, TagSpec
-from posterkg.vlm.images import CorruptImage, load_poster
+from posterkg.vlm.common import free_accelerator_memory, parse_options
 
 DEFAULT_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
-QWEN_BLOCK = 28   # pixels per merged visual token side (patch 14 x spatial merge 2)
 
 
 @dataclasses.dataclass
@@ -61,44 +60,6 @@ class HFOptions:
     max_tokens: int = 0
     attn_implementation: str = ""
     trust_remote_code: bool = False
-
-
-def parse_options(cls: type, options: dict[str, Any], section: str):
-    """Build an options dataclass; unknown keys are a :class:`ConfigError` naming the known ones."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(known))}")
-    opts = cls(**options)
-    if getattr(opts, "min_pixels", 0) and getattr(opts, "max_pixels", 0) and opts.min_pixels > opts.max_pixels:
-        raise ConfigError(f"[{section}]: min_pixels {opts.min_pixels} > max_pixels {opts.max_pixels}")
-    return opts
-
-
-def model_image(path, family: str, opts: Any):
-    """Load a poster at the backend's pixel budget (``opts.min_pixels``/``opts.max_pixels``);
-    Qwen2-VL families get sides in multiples of their 28-pixel visual token block."""
-    multiple = QWEN_BLOCK if family in ("qwen2_vl", "qwen2_5_vl") else None
-    return load_poster(path, min_pixels=opts.min_pixels, max_pixels=opts.max_pixels, multiple=multiple)
-
-
-def is_oom(exc: BaseException) -> bool:
-    import torch
-
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
-    return isinstance(exc, oom_types) or "out of memory" in str(exc).lower()
-
-
-def free_accelerator_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 class HFBackend:
@@ -175,31 +136,7 @@ class HFBackend:
 
     # -- tagging ---------------------------------------------------------------------------------
     def tag_batch(self, jobs: list[PosterJob], spec: TagSpec) -> list[TagResult]:
-        results: dict[int, TagResult] = {}
-        ready: list[tuple[PosterJob, Any]] = []
-        for job in jobs:
-            try:
-                ready.append((job, model_image(job.path, self.family, self.opts)))
-            except CorruptImage as exc:
-                results[job.movie_id] = TagResult(job.movie_id, error=str(exc), reason="corrupt_image")
-        if ready:
-            for r in self._generate_safe(ready, spec):
-                results[r.movie_id] = r
-        return [results[j.movie_id] for j in jobs]
-
-    def _generate_safe(self, ready: list[tuple[PosterJob, Any]], spec: TagSpec) -> list[TagResult]:
-        """Generate; on out-of-memory free the cache and retry in halves, down to one poster."""
-        try:
-            return self._generate(ready, spec)
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled here
-            if not is_oom(exc):
-                raise
-            free_accelerator_memory()
-            if len(ready) == 1:
-                job = ready[0][0]
-                return [TagResult(job.movie_id, error=f"out of memory: {exc}"[:500], reason="out_of_memory")]
-            mid = len(ready) // 2
-            return self._generate_safe(ready[:mid], spec) + self._generate_safe(ready[mid:], spec)
+        return common.tag_batch(jobs, spec, self.family, self.opts, self._generate)
 
     def _generate(self, ready: list[tuple[PosterJob, Any]], spec: TagSpec) -> list[TagResult]:
         import torch
@@ -208,7 +145,7 @@ class HFBackend:
         prompt = chat.prompt_text(spec.prompt, self.family)
         inputs = self.processor(text=[prompt] * len(ready), images=[img for _, img in ready],
                                 padding=True, return_tensors="pt").to(self.device)
-        max_new = self.opts.max_tokens if self.opts.max_tokens > 0 else spec.max_tokens
+        max_new = common.token_budget(self.opts, spec)
         lp = LogitsProcessor(self._grammar(spec))   # fresh per generate(): it holds matcher state
         with torch.inference_mode():
             out = self.lm.generate(

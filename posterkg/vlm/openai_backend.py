@@ -56,7 +56,7 @@ from urllib.parse import urlparse
 from posterkg.errors import ConfigError, PosterkgError
 from posterkg.vlm import chat
 from posterkg.vlm.base import PosterJob, TagResult, TagSpec
-from posterkg.vlm.hf_backend import model_image, parse_options
+from posterkg.vlm.common import model_image, parse_options, token_budget
 from posterkg.vlm.images import CorruptImage
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -145,13 +145,12 @@ class OpenAIBackend:
             img = model_image(job.path, self.family, self.opts)
         except CorruptImage as exc:
             return TagResult(job.movie_id, error=str(exc), reason="corrupt_image")
-        max_tokens = self.opts.max_tokens if self.opts.max_tokens > 0 else spec.max_tokens
         try:
             resp = self.client.chat.completions.create(
                 model=self.model,
                 messages=chat.messages(spec.prompt, image_data_url(img, self.opts.jpeg_quality)),
                 temperature=0.0,
-                max_tokens=max_tokens,
+                max_tokens=token_budget(self.opts, spec),
                 response_format=response_format(spec, self.opts.strict),
                 extra_body=self.opts.extra_body or None,
             )

@@ -50,10 +50,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from posterkg.vlm import chat
+from posterkg.vlm import chat, common
 from posterkg.vlm.base import PosterJob, TagResult, TagSpec
-from posterkg.vlm.hf_backend import free_accelerator_memory, is_oom, model_image, parse_options
-from posterkg.vlm.images import CorruptImage
+from posterkg.vlm.common import free_accelerator_memory, parse_options
 
 DEFAULT_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 
@@ -118,35 +117,11 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        max_tokens = self.opts.max_tokens if self.opts.max_tokens > 0 else spec.max_tokens
-        return SamplingParams(temperature=0.0, max_tokens=max_tokens,
+        return SamplingParams(temperature=0.0, max_tokens=common.token_budget(self.opts, spec),
                               structured_outputs=StructuredOutputsParams(json=spec.json_schema))
 
     def tag_batch(self, jobs: list[PosterJob], spec: TagSpec) -> list[TagResult]:
-        results: dict[int, TagResult] = {}
-        ready: list[tuple[PosterJob, Any]] = []
-        for job in jobs:
-            try:
-                ready.append((job, model_image(job.path, self.family, self.opts)))
-            except CorruptImage as exc:
-                results[job.movie_id] = TagResult(job.movie_id, error=str(exc), reason="corrupt_image")
-        if ready:
-            for r in self._generate_safe(ready, spec):
-                results[r.movie_id] = r
-        return [results[j.movie_id] for j in jobs]
-
-    def _generate_safe(self, ready, spec: TagSpec) -> list[TagResult]:
-        try:
-            return self._generate(ready, spec)
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled here; the runner does the rest
-            if not is_oom(exc):
-                raise
-            free_accelerator_memory()
-            if len(ready) == 1:
-                return [TagResult(ready[0][0].movie_id, error=f"out of memory: {exc}"[:500],
-                                  reason="out_of_memory")]
-            mid = len(ready) // 2
-            return self._generate_safe(ready[:mid], spec) + self._generate_safe(ready[mid:], spec)
+        return common.tag_batch(jobs, spec, self.family, self.opts, self._generate)
 
     def _generate(self, ready, spec: TagSpec) -> list[TagResult]:
         prompt = chat.prompt_text(spec.prompt, self.family)
