@@ -2,6 +2,9 @@
 
 Its fingerprint is the config section plus the size and mtime of every file in the source folder
 and in the poster folder, so ``posterkg run`` re-ingests only when the data changed.
+
+On a fresh machine (``source`` absent) the data is downloaded first: see
+:mod:`posterkg.ingest.bootstrap` (``download``, ``fallback_dir``, ``posters_url``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,17 @@ class IngestConfig:
 
     source: str = ""          # MovieLens folder (ML-100K, ML-1M, ML-20M/25M/32M/latest layouts)
     posters: str = ""         # folder of {movie_id}.jpg; empty: no posters
+    # Fresh machine (posterkg.ingest.bootstrap): when `source` is not a folder, use fallback_dir,
+    # downloading the `download` release into it first when it is absent too.
+    download: str = ""        # release to download when source is absent, e.g. "ml-1m"; "": never
+    fallback_dir: str = ""    # where the download goes; default data/<download>
+    download_url: str = ""    # mirror of files.grouplens.org/datasets/movielens; "": GroupLens
+    md5: str = ""             # expected MD5 of the zip; "": the published one
+    download_retries: int = 5
+    probe_timeout: float = 5.0  # seconds: a server that does not answer fails the run this fast
+    posters_url: str = ""     # poster URL template ({movie_id}, {tmdb_id}, {imdb_id}) or "tmdb";
+                              # used when the `posters` folder is absent: fetched into fallback_dir/posters
+    posters_concurrency: int = 8
 
 
 def folder_fingerprint(folder: str | Path) -> str:
@@ -43,32 +57,64 @@ def folder_fingerprint(folder: str | Path) -> str:
 
 def _config(config: Config) -> IngestConfig:
     cfg = config.section("ingest", IngestConfig)
-    if not cfg.source:
+    if not cfg.source and not cfg.download and not cfg.fallback_dir:
         raise ConfigError("[ingest] source is not set: give the MovieLens folder, e.g. source = \"data/ml-1m\"")
     return cfg
 
 
 def _inputs(store: Store, config: Config) -> str:
     cfg = _config(config)
+    from posterkg.ingest.bootstrap import resolve
     from posterkg.ingest.movielens import detect_layout
 
-    root = detect_layout(cfg.source).root
-    parts = [json.dumps(dataclasses.asdict(cfg), sort_keys=True), folder_fingerprint(root)]
-    if cfg.posters:
-        parts.append(folder_fingerprint(cfg.posters))
+    res = resolve(cfg)
+    # only what names the data: the download settings do not change what is ingested (and keeping
+    # the key set of before means an existing database is not re-ingested for the new keys)
+    parts = [json.dumps({"source": cfg.source, "posters": cfg.posters}, sort_keys=True)]
+    if res.source is None:
+        # not there yet: the stage runs (and downloads); the pipeline re-reads this afterwards
+        return "|".join(parts + ["absent"])
+    parts.append(folder_fingerprint(detect_layout(res.source).root))
+    if res.posters is not None:
+        parts.append(folder_fingerprint(res.posters))
     return "|".join(parts)
 
 
 def _run(store: Store, config: Config) -> None:
+    from posterkg.ingest.bootstrap import bootstrap, fetch_missing_posters
     from posterkg.ingest.movielens import ingest_movielens
     from posterkg.ingest.posters import scan_posters
 
     cfg = _config(config)
-    for line in ingest_movielens(store, cfg.source).lines():
+    res, lines = bootstrap(store, cfg)
+    for line in lines:
         click.echo(line)
-    if cfg.posters:
-        for line in scan_posters(store, cfg.posters).lines():
+    for line in ingest_movielens(store, res.source).lines():
+        click.echo(line)
+    if res.fetch_posters and res.posters is not None:
+        for line in fetch_missing_posters(store, cfg, res.posters):
             click.echo(line)
+    if res.posters is not None:
+        if res.posters.is_dir() or cfg.posters and res.posters == Path(cfg.posters):
+            for line in scan_posters(store, res.posters).lines():
+                click.echo(line)
+        else:
+            click.echo(f"no poster folder at {cfg.posters or res.posters}: running without posters")
 
 
+def _files(store: Store, config: Config) -> list[Path]:
+    """The folders the stage reads: the MovieLens folder and the poster folder, where they are
+    found (``[ingest] source`` or the fallback); before a download, the configured (absent) source."""
+    from posterkg.ingest.bootstrap import resolve
+    from posterkg.ingest.movielens import detect_layout
+
+    cfg = _config(config)
+    res = resolve(cfg)
+    if res.source is None:
+        return [Path(cfg.source or res.fallback or "")]
+    return [detect_layout(res.source).root] + ([res.posters] if res.posters is not None else [])
+
+
+# `_inputs` (the hand-made fingerprint) works with both pipeline contracts; `_files` is what the
+# declared form takes: Stage("ingest", sections=("ingest",), files=_files, run=_run).
 STAGE = Stage("ingest", _inputs, _run)
