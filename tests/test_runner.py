@@ -252,3 +252,63 @@ def test_cli_errors_are_clean(world):
     p = _cli(["--db", str(world["db"]), "--backend", "pixels", "--movies", "1,x"], {})
     _, err = p.communicate(timeout=60)
     assert p.returncode == 1 and "--movies" in err
+
+
+class _SpecEcho:
+    """Answers from the spec it is given: in closed mode a vocabulary value, in open mode a free
+    phrase; records every movie id it was asked to tag, per schema hash."""
+
+    name = "echo"
+    model = "echo-v1"
+
+    def __init__(self):
+        self.asked: dict[str, list[int]] = {}
+
+    def tag_batch(self, jobs, spec):
+        from posterkg.vlm.base import TagResult
+
+        self.asked.setdefault(spec.schema_hash, []).extend(j.movie_id for j in jobs)
+        out = []
+        for j in jobs:
+            if spec.mode == "closed":
+                value = "low-key" if j.movie_id % 2 else "high-key"
+                assert value in spec.vocab["Lighting"]
+            else:
+                value = f"open phrase {j.movie_id}"
+            out.append(TagResult(j.movie_id, raw=json.dumps(
+                {"points": [{"type": "Lighting", "value": value, "confidence": 0.5}]}),
+                finish_reason="stop"))
+        return out
+
+    def close(self):
+        pass
+
+
+def test_two_specs_on_one_database_are_two_resume_keys(world):
+    """Open mode, then closed mode, on the same posters: both sets are stored side by side, and
+    a rerun of either spec is skipped (the resume lookup is keyed by the spec's schema hash)."""
+    schema = load_schema()
+    open_spec = schema.build_spec()
+    closed_spec = schema.build_spec({"Lighting": ["low-key", "high-key"]})
+    assert open_spec.schema_hash != closed_spec.schema_hash
+    movies = [1, 2, 3, 4, 5]
+    backend = _SpecEcho()
+    with open_store(world["db"]) as store:
+        first_open = tag_posters(store, backend, open_spec, movies=movies, batch_size=2)
+        first_closed = tag_posters(store, backend, closed_spec, movies=movies, batch_size=2)
+        assert (first_open["done"], first_open["skipped"]) == (5, 0)
+        assert (first_closed["done"], first_closed["skipped"]) == (5, 0)
+        assert backend.asked == {open_spec.schema_hash: movies, closed_spec.schema_hash: movies}
+        stored = {h: sorted((m, v) for m, v in store.execute(
+            "SELECT movie_id, value FROM raw_points WHERE schema_hash = ?", [h]).fetchall())
+            for h in (open_spec.schema_hash, closed_spec.schema_hash)}
+        assert stored[open_spec.schema_hash] == [(m, f"open phrase {m}") for m in movies]
+        assert stored[closed_spec.schema_hash] == [(1, "low-key"), (2, "high-key"), (3, "low-key"),
+                                                 (4, "high-key"), (5, "low-key")]
+        assert store.scalar("SELECT count(*) FROM tag_status WHERE status = 'done'") == 10
+
+        for spec in (open_spec, closed_spec):
+            again = tag_posters(store, backend, spec, movies=movies, batch_size=2)
+            assert (again["done"], again["failed"], again["skipped"]) == (0, 0, 5)
+        assert sum(len(v) for v in backend.asked.values()) == 10     # nothing was sent again
+        assert store.count("raw_points") == 10
