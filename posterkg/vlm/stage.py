@@ -22,8 +22,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from typing import Any, Sequence
 
 import click
@@ -110,17 +108,12 @@ def run_tag(store: Store, cfg: TagConfig, *, movies: Sequence[int] | None = None
     return summary
 
 
-def _inputs(store: Store, config: Config) -> str:
-    cfg = config.section("tag", TagConfig)
-    from posterkg.vlm.knowledge import load_schema
+def _files(store: Store, config: Config) -> list:
+    """The knowledge schema file the answers are validated against (default: the shipped one)."""
+    from posterkg.vlm.knowledge import DEFAULT_SCHEMA_PATH
 
-    posters = ""
-    if store.table_exists("posters"):
-        posters = str(store.execute(
-            "SELECT count(*), sum(hash(movie_id, sha256, status)) FROM posters").fetchone())
-    blob = json.dumps({"tag": dataclasses.asdict(cfg), "schema": load_schema(cfg.schema or None).hash,
-                       "posters": posters}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    cfg = config.section("tag", TagConfig)
+    return [cfg.schema or DEFAULT_SCHEMA_PATH]
 
 
 def _run(store: Store, config: Config) -> None:
@@ -130,4 +123,4 @@ def _run(store: Store, config: Config) -> None:
         click.echo("warning: no poster was tagged", err=True)
 
 
-STAGE = Stage("tag", _inputs, _run)
+STAGE = Stage("tag", sections=("tag",), reads=("posters",), files=_files, run=_run)
