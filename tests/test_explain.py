@@ -181,9 +181,6 @@ def test_cli_commands_graph_only(tmp_path):
 def real(request, tmp_path_factory):
     import shutil
 
-    for mod in ("posterkg.ingest.movielens", "posterkg.split", "posterkg.vlm.pixels", "posterkg.graphs.hetero",
-                "posterkg.schema.project"):
-        pytest.importorskip(mod, reason=f"{mod} is not in this checkout yet")
     from _explain_world import concepts_from_points
     from posterkg.graphs import build_graphs
     from posterkg.graphs.hetero import build_hetero
@@ -292,7 +289,6 @@ def test_real_data_reports_in_chromium(real, tmp_path):
 def test_real_gnn_gradient_explanations(real):
     """The real posterkg GNN, trained for one epoch on the real graph: gradient x input through
     our adapter, checked against TrainedModel.rescore, and deletion faithfulness."""
-    pytest.importorskip("posterkg.gnn.api", reason="the GNN area is not in this checkout yet")
     from posterkg.explain.faithfulness import run_faithfulness
     from posterkg.explain.model import load_scorer
     from posterkg.gnn.api import save_model

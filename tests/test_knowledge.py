@@ -208,7 +208,7 @@ def test_no_random_valid_answer_exceeds_the_budget(schema, vocab):
 
 
 def test_xgrammar_accepts_the_maximal_answer_and_nothing_longer(schema):
-    xgr = pytest.importorskip("xgrammar")
+    import xgrammar as xgr
     from xgrammar.testing import _is_grammar_accept_string as accepts
 
     small = schema_from_dict({"types": [{"name": "Lighting"}, {"name": "Character_Presentation"}],
