@@ -7,7 +7,8 @@ import click
 from posterkg.clikit import Env, common_options, pass_env, print_table
 from posterkg.errors import InputError
 
-KINDS = ["posterkg", "posterkg-novisual", "mostpop", "bprmf", "lightgcn", "lightgcn-genre"]
+from posterkg.gnn.registry import MODELS as KINDS  # noqa: E402  (cheap: no torch import)
+
 SHOWN = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20"]
 
 
@@ -34,19 +35,17 @@ def train(env: Env, kind, seed, epochs, device, model_id, verbose) -> None:
       posterkg train --model lightgcn --seed 1
       posterkg train --model posterkg-novisual    # ablation: no concept nodes or edges
     """
-    from posterkg.gnn.data import load_interactions
-    from posterkg.gnn.stage import configs
-    from posterkg.gnn.train import train_and_store
+    from posterkg.gnn.stage import configs, train_and_store
 
     env.config.override("gnn", model=kind, seed=seed, epochs=epochs, device=device)
-    cfg, mcfg = configs(env.config)
+    cfg = configs(env.config)
     with env.store() as store:
-        data = load_interactions(store)
-        mid, res, test = train_and_store(store, data, cfg, mcfg, verbose=verbose, model_id=model_id)
+        mid, res, test = train_and_store(store, env.config, cfg.model, verbose=verbose, model_id=model_id)
     click.echo(f"stored {mid}: {res.epochs_run} epochs (best {res.best_epoch}), "
                f"{res.seconds_per_epoch:.1f} s/epoch, valid NDCG@20 {res.valid.get('ndcg@20', 0):.4f}")
-    print_table([[mid, test["n_users"], *[test[k] for k in SHOWN]]], ["model", "users", *SHOWN],
-                title="test")
+    print_table([[mid, part, t["n_users"], *[t[k] for k in SHOWN]] for part, t in test.items()],
+                ["model", "part", "users", *SHOWN], title="test (test_robust: without ratings in the "
+                "second of the user's last valid rating)")
 
 
 @click.command()
@@ -68,20 +67,17 @@ def evaluate(env: Env, model_id, part) -> None:
       posterkg evaluate --model lightgcn-seed0 --part valid
     """
     from posterkg.gnn.api import list_models, load_model, write_eval
-    from posterkg.gnn.data import load_interactions
-    from posterkg.gnn.evaluate import evaluate as run_eval
+    from posterkg.gnn.evaluate import evaluate_model
 
     with env.store() as store:
         models = list_models(store)
         ids = [model_id] if model_id else list(models["model_id"])
         if not ids:
             raise InputError("no trained model in the database: run `posterkg train` first")
-        data = load_interactions(store)
         rows = []
         for mid in sorted(ids):
-            tm = load_model(store, mid, data=data)
-            emb = tm._embeddings()
-            res = run_eval(lambda u: tm.model.score(u, emb), data, part)
+            tm = load_model(store, mid)
+            res = evaluate_model(tm.model, tm.data, part)
             write_eval(store, mid, tm.kind, tm.seed, part, res)
             rows.append([mid, res["n_users"], *[res[k] for k in SHOWN]])
     print_table(rows, ["model", "users", *SHOWN], title=f"{part} (fixed protocol)")

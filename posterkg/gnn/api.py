@@ -2,24 +2,25 @@
 
 Tables (component ``gnn``):
 
-* ``models(model_id, kind, config JSON, seed, created_at, state BLOB, metrics JSON)``: one row per
-  trained model; ``state`` is the ``state_dict`` saved with ``torch.save`` to bytes; ``config``
-  holds the ``[gnn]`` and ``[gnn_model]`` settings it was trained with; ``metrics`` the valid and
-  test results, best epoch and seconds per epoch. The default id is ``<kind>-seed<seed>``, so
-  training the same kind and seed again replaces it.
+* ``models(model_id, kind, config JSON, seed, created_at, state BLOB, metrics JSON, ids BLOB,
+  final BLOB)``: one row per trained model; ``state`` is the ``state_dict`` (``torch.save``
+  bytes); ``ids`` the :class:`~posterkg.gnn.base.IdVocab` it was trained in (so it scores the
+  same after new users or movies are ingested); ``final`` the final user and movie embeddings
+  of dot-product models (recommending is one lookup and one product, no propagation);
+  ``config`` holds the ``[gnn]`` settings and the model's own config; ``metrics`` the valid and
+  test results, best epoch and seconds per epoch. The default id is ``<kind>-seed<seed>``.
 * ``eval_results(model_id, kind, seed, part, metric, k, value)``: one row per metric
-  (``recall``/``ndcg``/``coverage`` at k) and part (``valid``/``test``).
+  (``recall``/``ndcg``/``coverage`` at k) and part (``valid``/``test``/``test_robust``).
 * ``recommendations(model_id, user_id, movie_id, rank, score)``: written by
   ``posterkg recommend --all``.
 
-:func:`load_model` returns a :class:`TrainedModel`: ``score``, ``recommend`` (excluding the user's
-train and valid movies), ``movie_embeddings``, ``bundle`` (the graphs stage's ``GraphBundle``) and
-``rescore`` (scores under a modified bundle, for edge-deletion explanations).
+:func:`load_model` returns a :class:`TrainedModel`: ``score``, ``recommend`` (excluding the
+user's train and valid movies; the model sees train + valid as the user's history),
+``movie_embeddings``, ``inputs`` (ids, interactions, the graph the model propagates over).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import io
 import json
@@ -30,9 +31,9 @@ import pandas as pd
 import torch
 
 from posterkg.errors import InputError, PosterkgError
-from posterkg.gnn.baselines import LightGCN
-from posterkg.gnn.data import Interactions, load_interactions
-from posterkg.gnn.train import TrainConfig, TrainResult, build_model
+from posterkg.gnn import registry
+from posterkg.gnn.base import IdVocab, ModelInputs, Recommender
+from posterkg.gnn.train import TrainConfig, TrainResult
 from posterkg.store import Store
 
 MIGRATIONS = [
@@ -45,6 +46,8 @@ MIGRATIONS = [
     """CREATE TABLE IF NOT EXISTS recommendations (
         model_id VARCHAR, user_id INTEGER, movie_id INTEGER, rank INTEGER, score DOUBLE,
         PRIMARY KEY (model_id, user_id, rank))""",
+    "ALTER TABLE models ADD COLUMN IF NOT EXISTS ids BLOB",
+    "ALTER TABLE models ADD COLUMN IF NOT EXISTS final BLOB",
 ]
 
 
@@ -52,37 +55,56 @@ def ensure_tables(store: Store) -> None:
     store.migrate("gnn", MIGRATIONS)
 
 
-def state_to_bytes(model: torch.nn.Module) -> bytes:
+def _to_bytes(obj) -> bytes:
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    torch.save(obj, buf)
     return buf.getvalue()
 
 
-def save_model(store: Store, result: TrainResult, *, model_cfg=None, test: dict | None = None,
+def _from_bytes(blob):
+    return torch.load(io.BytesIO(bytes(blob)), map_location="cpu", weights_only=True)
+
+
+def state_to_bytes(model: torch.nn.Module) -> bytes:
+    return _to_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def _final_of(model: Recommender):
+    try:
+        emb = model.final_embeddings()
+    except NotImplementedError:
+        return None
+    return [e.detach().cpu() for e in emb[:2]]
+
+
+def save_model(store: Store, result: TrainResult, inputs: ModelInputs, *, test: dict | None = None,
                model_id: str | None = None, extra: dict | None = None) -> str:
-    """Store a trained model with its config and metrics; return its id."""
+    """Store a trained model with its id vocabulary, config and metrics; return its id."""
     ensure_tables(store)
     cfg = result.config
-    kind = result.model.kind
+    kind = result.model.name
     model_id = model_id or f"{kind}-seed{cfg.seed}"
-    config = {"gnn": dataclasses.asdict(cfg)}
-    if model_cfg is not None and kind.startswith("posterkg"):
-        config["gnn_model"] = dataclasses.asdict(model_cfg)
-    graph = getattr(result.model, "graph", None)
-    if graph is not None:
-        config["graph"] = graph.summary()
-    metrics = {"valid": result.valid, "test": test or {}, "best_epoch": result.best_epoch,
+    config = {"gnn": dataclasses.asdict(cfg), "model": dataclasses.asdict(result.model.cfg),
+              "features": getattr(result.model, "feature_spec", {})}
+    if inputs.graph is not None:
+        config["graph"] = inputs.graph.summary()
+    metrics = {"valid": result.valid, "test": (test or {}).get("test", {}), "best_epoch": result.best_epoch,
                "epochs_run": result.epochs_run, "seconds_per_epoch": result.seconds_per_epoch,
                "seconds": result.seconds, "history": result.history, **(extra or {})}
+    if test and "test_robust" in test:
+        metrics["test_robust"] = test["test_robust"]
+    final = _final_of(result.model.eval())
     with store.transaction():
         store.execute("DELETE FROM models WHERE model_id = ?", [model_id])
         store.execute(
-            "INSERT INTO models (model_id, kind, config, seed, state, metrics) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO models (model_id, kind, config, seed, state, metrics, ids, final) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [model_id, kind, json.dumps(config, default=str), cfg.seed, state_to_bytes(result.model),
-             json.dumps(metrics, default=float)])
+             json.dumps(metrics, default=float), inputs.ids.to_bytes(),
+             _to_bytes(final) if final is not None else None])
     write_eval(store, model_id, kind, cfg.seed, "valid", result.valid)
-    if test:
-        write_eval(store, model_id, kind, cfg.seed, "test", test)
+    for part, res in (test or {}).items():
+        write_eval(store, model_id, kind, cfg.seed, part, res)
     return model_id
 
 
@@ -102,59 +124,76 @@ def write_eval(store: Store, model_id: str, kind: str, seed: int, part: str, met
 
 
 class TrainedModel:
-    """A stored model, rebuilt over the current database."""
+    """A stored model over its saved id vocabulary, with the database's current history."""
 
-    def __init__(self, store: Store, model_id: str, kind: str, seed: int, config: dict,
-                 metrics: dict, model, data: Interactions):
-        self.store = store
+    def __init__(self, model_id: str, kind: str, seed: int, config: dict, metrics: dict,
+                 model: Recommender, inputs: ModelInputs, unknown: dict | None = None):
         self.model_id, self.kind, self.seed = model_id, kind, seed
         self.config, self.metrics = config, metrics
         self.model = model
-        self.data = data
-        self._emb = None
-        self._bundle = None
+        self.inputs = inputs
+        self.unknown = unknown or {}
 
-    # -- embeddings and scores ---------------------------------------------------------------
-    def _embeddings(self):
-        if self._emb is None:
-            with torch.no_grad():
-                self._emb = self.model.embeddings()
-        return self._emb
+    @property
+    def ids(self) -> IdVocab:
+        return self.inputs.ids
 
-    def movie_embeddings(self) -> torch.Tensor:
-        """[n_movies, dim] final movie embeddings; row i is movie ``self.movie_ids[i]``."""
-        return self._embeddings()[1].detach()
+    @property
+    def data(self):
+        return self.inputs.data
 
-    def user_embeddings(self) -> torch.Tensor:
-        return self._embeddings()[0].detach()
+    @property
+    def graph(self):
+        return self.inputs.graph
 
     @property
     def movie_ids(self) -> np.ndarray:
-        return self.data.movie_ids
+        return self.ids.movie_ids
 
     @property
     def user_ids(self) -> np.ndarray:
-        return self.data.user_ids
+        """Users the model can recommend for (those with a history in the split)."""
+        return self.ids.user_ids
 
-    def _user_idx(self, user_ids: Sequence[int]) -> torch.Tensor:
+    @property
+    def history(self):
+        """What the model knows of each user when recommending: train + valid."""
+        return self.data.history("test")
+
+    # -- embeddings and scores ---------------------------------------------------------------
+    def movie_embeddings(self) -> torch.Tensor:
+        """[n_movies, dim] final movie embeddings; row i is movie ``self.movie_ids[i]``."""
         try:
-            return torch.as_tensor([self.data.user_index[int(u)] for u in user_ids], dtype=torch.long)
-        except KeyError as exc:
-            raise InputError(f"user {exc.args[0]} is not in the split (no ratings)") from None
+            return self.model.final_embeddings()[1].detach()
+        except NotImplementedError:
+            raise InputError(f"model {self.model_id} ({self.kind}) has no movie embeddings") from None
 
-    def _movie_idx(self, movie_ids: Sequence[int]) -> torch.Tensor:
-        try:
-            return torch.as_tensor([self.data.movie_index[int(m)] for m in movie_ids], dtype=torch.long)
-        except KeyError as exc:
-            raise InputError(f"movie {exc.args[0]} is not in the movies table") from None
+    def user_embeddings(self) -> torch.Tensor:
+        return self.model.final_embeddings()[0].detach()
 
-    def score(self, user_ids: Sequence[int], movie_ids: Sequence[int] | None = None,
-              emb=None) -> torch.Tensor:
+    def user_index(self, user_ids: Sequence[int]) -> torch.Tensor:
+        idx, ok = self.ids.lookup("user", [int(u) for u in user_ids])
+        if not ok.all():
+            bad = int(np.asarray(user_ids)[~ok][0])
+            raise InputError(f"user {bad} is not known to model {self.model_id}: users need at "
+                             f"least 10 ratings to be in the split (and the model must have been "
+                             f"trained after they were ingested)")
+        return torch.as_tensor(idx, dtype=torch.long)
+
+    def movie_index(self, movie_ids: Sequence[int]) -> torch.Tensor:
+        idx, ok = self.ids.lookup("movie", [int(m) for m in movie_ids])
+        if not ok.all():
+            bad = int(np.asarray(movie_ids)[~ok][0])
+            raise InputError(f"movie {bad} is not known to model {self.model_id} (not in the "
+                             f"movies table when it was trained)")
+        return torch.as_tensor(idx, dtype=torch.long)
+
+    def score(self, user_ids: Sequence[int], movie_ids: Sequence[int] | None = None) -> torch.Tensor:
         """Scores [len(user_ids), n] for the given movies (default: every movie, in
-        ``movie_ids`` order). Seen movies are NOT masked here."""
-        scores = self.model.score(self._user_idx(user_ids), emb if emb is not None else self._embeddings())
+        ``movie_ids`` order), with train + valid as history. Seen movies are NOT masked here."""
+        scores = self.model.score(self.user_index(user_ids), self.history)
         if movie_ids is not None:
-            scores = scores[:, self._movie_idx(movie_ids)]
+            scores = scores[:, self.movie_index(movie_ids)]
         return scores
 
     def recommend(self, user_id: int, k: int = 10) -> list[tuple[int, float]]:
@@ -162,53 +201,21 @@ class TrainedModel:
         return self.recommend_many([user_id], k)[int(user_id)]
 
     def recommend_many(self, user_ids: Sequence[int], k: int = 10) -> dict[int, list[tuple[int, float]]]:
-        uidx = self._user_idx(user_ids)
-        scores = self.model.score(uidx, self._embeddings()).clone()
-        seen = self.data.seen("test")[uidx.numpy()]
+        if k < 1:
+            raise InputError(f"k must be >= 1 (got {k})")
+        uidx = self.user_index(user_ids)
+        hist = self.history
+        scores = self.model.score(uidx, hist).clone().float()
+        seen = hist.csr()[uidx.numpy()]
         rows = np.repeat(np.arange(len(uidx)), np.diff(seen.indptr))
         scores[torch.from_numpy(rows), torch.from_numpy(seen.indices.astype(np.int64))] = float("-inf")
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         out = {}
         for i, u in enumerate(user_ids):
-            out[int(u)] = [(int(self.data.movie_ids[j]), float(s))
+            out[int(u)] = [(int(self.movie_ids[j]), float(s))
                            for j, s in zip(top.indices[i].tolist(), top.values[i].tolist())
                            if s != float("-inf")]
         return out
-
-    # -- graph -------------------------------------------------------------------------------
-    @property
-    def bundle(self):
-        """The graphs stage's ``GraphBundle`` of this database (built on first use)."""
-        if self._bundle is None:
-            from posterkg.graphs.hetero import build_hetero
-
-            self._bundle = build_hetero(self.store)
-        return self._bundle
-
-    def rescore(self, bundle_modified, user_id: int, movie_ids: Sequence[int]) -> torch.Tensor:
-        """Scores of ``movie_ids`` for ``user_id`` when the model propagates over
-        ``bundle_modified`` (e.g. the bundle with some edges deleted) instead of the stored graph.
-        Models without a graph (MostPop, BPR-MF) return their usual scores."""
-        model = copy.copy(self.model)
-        if hasattr(model, "set_graph"):
-            from posterkg.gnn.model import from_bundle
-
-            model.set_graph(self.data, from_bundle(bundle_modified, self.data))
-        elif isinstance(model, LightGCN):
-            model.set_pos_edges(*_bundle_pos(bundle_modified, self.data))
-        with torch.no_grad():
-            emb = model.embeddings()
-        return self.score([user_id], movie_ids, emb=emb)[0]
-
-
-def _bundle_pos(bundle, data: Interactions) -> tuple[np.ndarray, np.ndarray]:
-    from posterkg.gnn.model import _remap
-
-    ei = bundle.data[("user", "pos", "movie")].edge_index.cpu().numpy()
-    u, ok1 = _remap(bundle.user_ids[ei[0]], data.user_index)
-    m, ok2 = _remap(bundle.movie_ids[ei[1]], data.movie_index)
-    ok = ok1 & ok2
-    return u[ok], m[ok]
 
 
 def list_models(store: Store) -> pd.DataFrame:
@@ -217,38 +224,39 @@ def list_models(store: Store) -> pd.DataFrame:
     return store.df("SELECT model_id, kind, seed, created_at, metrics FROM models ORDER BY created_at DESC")
 
 
-def load_model(store: Store, model_id: str | None = None, *, data: Interactions | None = None) -> TrainedModel:
-    """Load ``model_id`` (default: the most recently trained model) over the current database."""
+def load_model(store: Store, model_id: str | None = None) -> TrainedModel:
+    """Load ``model_id`` (default: the most recently trained model) in its saved id space."""
+    from posterkg.gnn.inputs import assemble
+
     if not store.table_exists("models") or store.count("models") == 0:
         raise InputError("no trained model in the database: run `posterkg train` first")
+    cols = "model_id, kind, seed, config, metrics, state, ids, final"
     if model_id is None:
-        row = store.execute("SELECT model_id, kind, seed, config, metrics, state FROM models "
-                            "ORDER BY created_at DESC, model_id LIMIT 1").fetchone()
+        row = store.execute(f"SELECT {cols} FROM models ORDER BY created_at DESC, model_id LIMIT 1").fetchone()
     else:
-        row = store.execute("SELECT model_id, kind, seed, config, metrics, state FROM models "
-                            "WHERE model_id = ?", [model_id]).fetchone()
+        row = store.execute(f"SELECT {cols} FROM models WHERE model_id = ?", [model_id]).fetchone()
         if row is None:
             known = ", ".join(store.df("SELECT model_id FROM models ORDER BY model_id")["model_id"])
             raise InputError(f"no model {model_id!r}; stored models: {known}")
-    mid, kind, seed, config, metrics, state = row
+    mid, kind, seed, config, metrics, state, ids, final = row
     config = json.loads(config) if isinstance(config, str) else config
     metrics = json.loads(metrics) if isinstance(metrics, str) else (metrics or {})
-    data = data or load_interactions(store)
-    cfg = TrainConfig(**{**config["gnn"], "device": "cpu"})
-    model_cfg = None
-    if "gnn_model" in config:
-        from posterkg.gnn.model import ModelConfig
-
-        model_cfg = ModelConfig(**config["gnn_model"])
-    model = build_model(cfg, data, store=store, model_cfg=model_cfg)
+    if ids is None or "model" not in config:
+        raise PosterkgError(f"model {mid} was stored by an older posterkg without its id vocabulary; "
+                            f"train it again")
+    vocab = IdVocab.from_bytes(ids)
+    asm = assemble(store, vocab=vocab, features=config.get("features") or {})
+    mcfg = registry.model_config(kind, config["model"])
+    model = registry.build(kind, asm.inputs, mcfg, seed=int(seed))
     try:
-        model.load_state_dict(torch.load(io.BytesIO(bytes(state)), map_location="cpu", weights_only=True))
+        model.load_state_dict(_from_bytes(state))
     except RuntimeError as exc:
-        raise PosterkgError(
-            f"model {mid} does not fit the current database (the split or the graph changed since "
-            f"it was trained); train it again. ({str(exc).splitlines()[0]})") from None
+        raise PosterkgError(f"model {mid} does not fit its saved inputs; train it again. "
+                            f"({str(exc).splitlines()[0]})") from None
     model.eval()
-    return TrainedModel(store, mid, kind, int(seed), config, metrics, model, data)
+    if final is not None:
+        model._final = tuple(_from_bytes(final))
+    return TrainedModel(mid, kind, int(seed), config, metrics, model, asm.inputs, asm.unknown)
 
 
 def write_recommendations(store: Store, tm: TrainedModel, user_ids: Sequence[int], k: int,

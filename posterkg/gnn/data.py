@@ -19,11 +19,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from posterkg.errors import InputError
+from posterkg.ratings import NEGATIVE_BELOW, POSITIVE_MIN, signs
 from posterkg.store import Store
 
 PARTS = ("train", "valid", "test")
-RELEVANT_MIN = 4.0   # a rating >= 4 is a positive / relevant item
-DISLIKED_MAX = 2.0   # a rating <= 2 is an explicit dislike (hard negative)
+RELEVANT_MIN = POSITIVE_MIN   # a rating >= 4 is a positive / relevant item (posterkg.ratings)
 
 
 @dataclasses.dataclass
@@ -41,12 +41,57 @@ class Part:
 
 
 @dataclasses.dataclass
+class History:
+    """Per-user known interactions at scoring time (what ``score``/``recommend`` take, as
+    implicit's ``user_items``): rows sorted by user, then (timestamp, movie id).
+
+    ``users``/``movies``/``ratings``/``ts`` are parallel arrays; ``indptr`` gives each user's
+    slice. :meth:`csr` is the binary users x movies matrix (all rated movies: what the protocol
+    excludes from the ranking); ``positives`` only rating >= 4."""
+
+    n_users: int
+    n_movies: int
+    users: np.ndarray
+    movies: np.ndarray
+    ratings: np.ndarray
+    ts: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(self.users, minlength=self.n_users))]).astype(np.int64)
+        self._mats: dict = {}
+
+    def _mat(self, keep: np.ndarray | None, key: str) -> sp.csr_matrix:
+        if key not in self._mats:
+            u, m = (self.users, self.movies) if keep is None else (self.users[keep], self.movies[keep])
+            mat = sp.csr_matrix((np.ones(len(u), np.float32), (u, m)), shape=(self.n_users, self.n_movies))
+            mat.sum_duplicates()
+            mat.data[:] = 1.0
+            self._mats[key] = mat
+        return self._mats[key]
+
+    def csr(self) -> sp.csr_matrix:
+        """Every known (user, movie), binary: the movies excluded from the ranking."""
+        return self._mat(None, "all")
+
+    def positives(self) -> sp.csr_matrix:
+        return self._mat(self.ratings >= RELEVANT_MIN, "pos")
+
+    def sequence(self, user: int, positives_only: bool = True) -> np.ndarray:
+        """The user's movies in time order (by default only rating >= 4)."""
+        a, b = self.indptr[user], self.indptr[user + 1]
+        m = self.movies[a:b]
+        return m[self.ratings[a:b] >= RELEVANT_MIN] if positives_only else m
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclasses.dataclass
 class Interactions:
     user_ids: np.ndarray                 # node index -> users.user_id
     movie_ids: np.ndarray                # node index -> movies.movie_id
     parts: dict[str, Part]
     relevant_min: float = RELEVANT_MIN
-    disliked_max: float = DISLIKED_MAX
 
     def __post_init__(self) -> None:
         self.user_index = {int(u): i for i, u in enumerate(self.user_ids)}
@@ -63,9 +108,10 @@ class Interactions:
 
     # -- matrices ----------------------------------------------------------------------------
     def matrix(self, *parts: str, min_rating: float | None = None,
-               max_rating: float | None = None) -> sp.csr_matrix:
-        """Binary users x movies CSR of the rows of ``parts`` within the rating bounds."""
-        key = (parts, min_rating, max_rating)
+               below_rating: float | None = None) -> sp.csr_matrix:
+        """Binary users x movies CSR of the rows of ``parts`` with ``min_rating <= rating <
+        below_rating`` (either bound optional)."""
+        key = (parts, min_rating, below_rating)
         if key not in self._cache:
             us, ms = [], []
             for name in parts:
@@ -73,8 +119,8 @@ class Interactions:
                 keep = np.ones(len(p), dtype=bool)
                 if min_rating is not None:
                     keep &= p.ratings >= min_rating
-                if max_rating is not None:
-                    keep &= p.ratings <= max_rating
+                if below_rating is not None:
+                    keep &= p.ratings < below_rating
                 us.append(p.users[keep])
                 ms.append(p.movies[keep])
             u = np.concatenate(us) if us else np.zeros(0, np.int64)
@@ -101,19 +147,54 @@ class Interactions:
 
     @property
     def train_neg(self) -> sp.csr_matrix:
-        """Explicitly disliked train movies (rating <= ``disliked_max``)."""
-        return self.matrix("train", max_rating=self.disliked_max)
+        """Explicitly disliked train movies (sign -1 under :mod:`posterkg.ratings`)."""
+        return self.matrix("train", below_rating=NEGATIVE_BELOW)
 
     def train_edges(self, sign: int) -> tuple[np.ndarray, np.ndarray]:
-        """(user, movie) index arrays of train edges with the given sign (+1 / 0 / -1)."""
+        """(user, movie) index arrays of train edges with the given sign (+1 / 0 / -1), by the
+        one rating rule of :mod:`posterkg.ratings` (the graphs stage uses the same)."""
         p = self.parts["train"]
-        if sign > 0:
-            keep = p.ratings >= self.relevant_min
-        elif sign < 0:
-            keep = p.ratings <= self.disliked_max
-        else:
-            keep = (p.ratings > self.disliked_max) & (p.ratings < self.relevant_min)
+        keep = signs(p.ratings) == int(np.sign(sign))
         return p.users[keep], p.movies[keep]
+
+    def history(self, part: str) -> "History":
+        """What is known about every user when ``part`` is predicted: the rows of the earlier
+        parts (``valid`` -> train; ``test`` -> train + valid), in time order per user."""
+        earlier = PARTS[: PARTS.index(part)]
+        key = ("history",) + earlier
+        if key not in self._cache:
+            ps = [self.parts[n] for n in earlier]
+            u = np.concatenate([p.users for p in ps])
+            m = np.concatenate([p.movies for p in ps])
+            r = np.concatenate([p.ratings for p in ps])
+            t = np.concatenate([p.ts for p in ps])
+            order = np.lexsort((m, t, u))          # by user, then (timestamp, movie id)
+            self._cache[key] = History(self.n_users, self.n_movies, u[order], m[order], r[order], t[order])
+        return self._cache[key]
+
+    def restricted(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> tuple["Interactions", dict]:
+        """The same rows in the index space of a saved id vocabulary (``user_ids``/``movie_ids``
+        ascending): rows whose user or movie is not in it are dropped and counted."""
+        user_ids = np.asarray(user_ids, np.int64)
+        movie_ids = np.asarray(movie_ids, np.int64)
+
+        def remap(idx, old_ids, new_ids):
+            ids = old_ids[idx]
+            pos = np.minimum(np.searchsorted(new_ids, ids), max(len(new_ids) - 1, 0))
+            ok = (new_ids[pos] == ids) if len(new_ids) else np.zeros(len(ids), bool)
+            return pos, ok
+
+        parts, dropped_u, dropped_m = {}, set(), set()
+        for name, p in self.parts.items():
+            u, oku = remap(p.users, self.user_ids, user_ids)
+            m, okm = remap(p.movies, self.movie_ids, movie_ids)
+            dropped_u.update(self.user_ids[p.users[~oku]].tolist())
+            dropped_m.update(self.movie_ids[p.movies[~okm]].tolist())
+            ok = oku & okm
+            parts[name] = Part(u[ok], m[ok], p.ratings[ok], p.ts[ok])
+        new_movies = len(np.setdiff1d(self.movie_ids, movie_ids))
+        return (Interactions(user_ids, movie_ids, parts, self.relevant_min),
+                {"users": len(dropped_u), "movies": max(len(dropped_m), new_movies)})
 
     def summary(self) -> dict:
         return {"users": self.n_users, "movies": self.n_movies,
@@ -121,8 +202,7 @@ class Interactions:
                 "train_pos": int(self.train_pos.nnz), "train_neg": int(self.train_neg.nnz)}
 
 
-def load_interactions(store: Store, *, relevant_min: float = RELEVANT_MIN,
-                      disliked_max: float = DISLIKED_MAX) -> Interactions:
+def load_interactions(store: Store, *, relevant_min: float = RELEVANT_MIN) -> Interactions:
     """Read ``split`` + ``ratings`` (and the ``movies`` catalogue) into :class:`Interactions`."""
     for table in ("movies", "ratings", "split"):
         if not store.table_exists(table):
@@ -150,7 +230,7 @@ def load_interactions(store: Store, *, relevant_min: float = RELEVANT_MIN,
     for name in PARTS:
         keep = part_col == name
         parts[name] = Part(u_idx[keep], m_idx[keep], ratings[keep], ts[keep])
-    return Interactions(user_ids, movie_ids, parts, relevant_min, disliked_max)
+    return Interactions(user_ids, movie_ids, parts, relevant_min)
 
 
 def from_frames(ratings, split, movie_ids=None) -> Interactions:

@@ -47,8 +47,9 @@ from torch import nn
 from torch_geometric.utils import to_torch_csr_tensor
 
 from posterkg.gnn import losses
-from posterkg.gnn.baselines import Recommender, genre_edges, spmm, sym_norm_adj
+from posterkg.gnn.base import Graph, ModelInputs, Recommender
 from posterkg.gnn.data import Interactions
+from posterkg.gnn.sparse import spmm, sym_norm_adj
 
 
 @dataclasses.dataclass
@@ -71,6 +72,8 @@ class ModelConfig:
     struct_weight: float = 0.01         # structure loss
     struct_batch: int = 2048            # concept edges sampled per step for the structure loss
     init_std: float = 0.1
+    dim: int = 64
+    concepts: bool = True               # use concept nodes and edges (false: posterkg-novisual)
 
 
 @dataclasses.dataclass
@@ -103,35 +106,13 @@ def _remap(ids: np.ndarray, index: dict[int, int]) -> tuple[np.ndarray, np.ndarr
     return out, out >= 0
 
 
-def from_bundle(bundle, data: Interactions) -> GraphInputs:
-    """Concept edges of a :class:`posterkg.graphs.hetero.GraphBundle`, re-indexed to ``data``."""
-    hd = bundle.data
-
-    def edges(rel: str, src_type: str):
-        es = hd[(src_type, rel, "concept")]
-        ei = es.edge_index.cpu().numpy()
-        w = es.edge_weight.cpu().numpy().astype(np.float32) if "edge_weight" in es else np.ones(ei.shape[1], np.float32)
-        ids = bundle.user_ids if src_type == "user" else bundle.movie_ids
-        index = data.user_index if src_type == "user" else data.movie_index
-        src, ok = _remap(ids[ei[0]], index)
-        return src[ok], ei[1][ok].astype(np.int64), np.abs(w[ok])
-
-    inter = {}
-    for rel, sign in (("pos", 1), ("neu", 0), ("neg", -1)):
-        ei = hd[("user", rel, "movie")].edge_index.cpu().numpy()
-        u, ok1 = _remap(bundle.user_ids[ei[0]], data.user_index)
-        m, ok2 = _remap(bundle.movie_ids[ei[1]], data.movie_index)
-        inter[sign] = (u[ok1 & ok2], m[ok1 & ok2])
-    return GraphInputs(int(bundle.num_concepts), edges("has", "movie"), edges("likes", "user"),
-                       edges("dislikes", "user"), np.asarray(bundle.concept_ids), "graph bundle", inter)
-
-
-def genre_graph(store, data: Interactions, smoothing: float = 5.0) -> GraphInputs:
+def genre_graph(graph: Graph, data: Interactions, smoothing: float = 5.0) -> GraphInputs:
     """Fallback knowledge graph from MovieLens' text genres (used when no visual graph is built):
     genres as concepts, user preferences as the smoothed lift of a genre among the user's liked
     movies over its share among the user's disliked movies."""
-    m, g, names = genre_edges(store, data)
-    n_c = len(names)
+    rel = graph.get("genre")
+    m, g = rel.src.numpy(), rel.dst.numpy()
+    n_c = int(graph.sizes.get("genre", 0))
     mc = sp.csr_matrix((np.ones(len(m), np.float32), (m, g)), shape=(data.n_movies, n_c))
     liked = data.train_pos @ mc
     disliked = data.train_neg @ mc
@@ -148,20 +129,24 @@ def genre_graph(store, data: Interactions, smoothing: float = 5.0) -> GraphInput
                        (u[dis], c[dis], -s[dis]), np.arange(n_c), "genres")
 
 
-def graph_inputs(store, data: Interactions, *, bundle=None) -> GraphInputs:
-    """The knowledge graph for the posterkg model: the graphs stage's bundle when one is given or
-    can be built from the store, else (no graph tables, no graphs module) the genre fallback."""
-    if bundle is None:
-        try:
-            from posterkg.graphs.hetero import build_hetero
-        except ImportError:
-            build_hetero = None
-        if build_hetero is not None and (store.table_exists("graph_info") or not store.read_only) \
-                and (store.table_exists("movie_concepts") or store.table_exists("movie_concept_edges")):
-            bundle = build_hetero(store)
-    if bundle is not None and bundle.num_concepts > 0:
-        return from_bundle(bundle, data)
-    return genre_graph(store, data)
+def graph_inputs(graph: Graph, data: Interactions, *, concepts: bool = True) -> GraphInputs:
+    """The knowledge side of ``graph`` for the posterkg model: its concept relations when it has
+    any, else the genre fallback; none with ``concepts = False``."""
+    def rel(name):
+        r = graph.get(name)
+        return r.src.numpy(), r.dst.numpy(), r.weight.detach().numpy().astype(np.float32)
+
+    inter = {sign: tuple(x.numpy() for x in (graph.get(name).src, graph.get(name).dst))
+             for name, sign in (("pos", 1), ("neu", 0), ("neg", -1))}
+    if not concepts:
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        return GraphInputs(0, empty, empty, empty, np.zeros(0, np.int64), "no concepts", inter)
+    if "has" in graph:
+        return GraphInputs(int(graph.sizes["concept"]), rel("has"), rel("likes"), rel("dislikes"),
+                           None, "graph tables", inter)
+    gi = genre_graph(graph, data)
+    gi.interactions = inter
+    return gi
 
 
 def _csr(rows, cols, vals, shape) -> torch.Tensor:
@@ -191,14 +176,13 @@ def _inv_softplus(y: float) -> float:
 
 
 class PosterKG(Recommender):
-    kind = "posterkg"
+    Config = ModelConfig
 
-    def __init__(self, data: Interactions, graph: GraphInputs, cfg: ModelConfig | None = None,
-                 dim: int = 64):
-        super().__init__()
-        self.cfg = cfg or ModelConfig()
-        self.n_users, self.n_movies = data.n_users, data.n_movies
-        self.dim = dim
+    def __init__(self, inputs: ModelInputs, cfg: ModelConfig | None = None):
+        super().__init__(inputs, cfg)
+        data = inputs.data
+        dim = self.dim = self.cfg.dim
+        graph = graph_inputs(inputs.graph, data, concepts=self.cfg.concepts)
         self.user = nn.Embedding(self.n_users, dim)
         self.movie = nn.Embedding(self.n_movies, dim)
         self.concept = nn.Embedding(max(graph.n_concepts, 1), dim)
@@ -212,7 +196,9 @@ class PosterKG(Recommender):
         for r in RELATIONS:
             for dst in ("user", "movie", "concept"):
                 self.att[f"{r}_{dst}"] = nn.Parameter(torch.zeros(dim))
+        self._data = data
         self.set_graph(data, graph)
+        self._built_for = inputs.graph
 
     @property
     def wants_hard_negatives(self) -> bool:
@@ -320,7 +306,10 @@ class PosterKG(Recommender):
             acc = {t: acc[t] + xs[t] for t in acc}
         return {t: v / (self.cfg.stage2_layers + 1) for t, v in acc.items()}
 
-    def embeddings(self):
+    def embeddings(self, graph: Graph | None = None):
+        if graph is not None and graph is not self._built_for:
+            self.set_graph(self._data, graph_inputs(graph, self._data, concepts=self.cfg.concepts))
+            self._built_for = graph
         zu, zm, zc = self.stage1()
         self._stage1 = (zu, zm)
         if self.cfg.stage2 and self._rels:

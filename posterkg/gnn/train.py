@@ -1,19 +1,23 @@
-"""Training: mini-batched BPR with full-graph propagation, early stopping on valid NDCG@20.
+"""Training: one harness for every registered model, early stopping on valid NDCG@20.
 
-One loop for every model (:mod:`posterkg.gnn.baselines` and :mod:`posterkg.gnn.model`). Each
-epoch visits every train positive (rating >= 4) once in random order; each (user, positive) pair
-gets one negative sampled uniformly from the catalogue (re-drawn when it is one of the user's
-train positives) and, for models that ask for them, one *hard* negative: a movie the user rated
-<= 2 in train. Each mini-batch runs the model's full-graph propagation (sparse CSR products), the
-BPR loss, the L2 regulariser and the model's own terms (:mod:`posterkg.gnn.losses`).
+* ``trainer = "bpr"`` models (BPR-MF, LightGCN, the posterkg GNN): mini-batched BPR with
+  full-graph propagation. Each epoch visits every train positive (rating >= 4) once in random
+  order; each (user, positive) pair gets one negative sampled uniformly from the catalogue
+  (re-drawn when it is one of the user's train positives) and, for models that ask for them, one
+  *hard* negative: a movie the user disliked in train. Each mini-batch runs the model's
+  ``embeddings(graph)``, the BPR loss, the L2 regulariser and the model's own terms
+  (:mod:`posterkg.gnn.losses`).
+* ``trainer = "fit"`` models (EASE, ItemKNN, SASRec, posterkg-seq) train themselves through
+  ``fit(inputs, cfg, valid_fn)`` with the same early-stopping rule where they have epochs.
+* ``trainer = "none"`` (MostPop) needs nothing.
 
-After every ``eval_every`` epochs the model is evaluated on the valid part (the fixed protocol of
-:mod:`posterkg.gnn.evaluate`); the best state by valid NDCG@20 is kept and training stops after
-``patience`` evaluations without improvement. Deterministic under ``seed`` on one device and
-thread count (torch and numpy generators are seeded; the sparse kernels are deterministic on CPU).
+Validation is the fixed protocol of :mod:`posterkg.gnn.evaluate` on the valid part with the
+train history; the best state by valid NDCG@20 is kept and training stops after ``patience``
+evaluations without improvement. Deterministic under ``seed`` on one device and thread count.
 
-Config section ``[gnn]`` (:class:`TrainConfig`); the posterkg model's switches live in
-``[gnn_model]`` (:class:`posterkg.gnn.model.ModelConfig`).
+Config section ``[gnn]`` (:class:`TrainConfig`); each model's own settings are its ``Config``
+dataclass with defaults from :mod:`posterkg.gnn.registry`, overridden by ``[models.<name>]``
+(``[gnn_model]`` for the posterkg GNN variants).
 """
 
 from __future__ import annotations
@@ -27,22 +31,21 @@ import numpy as np
 import torch
 
 from posterkg.errors import ConfigError
-from posterkg.gnn import losses
-from posterkg.gnn.baselines import BPRMF, LightGCN, MostPop, Recommender, genre_edges
+from posterkg.gnn import losses, registry
+from posterkg.gnn.base import ModelInputs, Recommender
 from posterkg.gnn.data import Interactions
-from posterkg.gnn.evaluate import evaluate
+from posterkg.gnn.evaluate import evaluate_model
 from posterkg.progress import bar
 
-MODELS = ("posterkg", "posterkg-novisual", "mostpop", "bprmf", "lightgcn", "lightgcn-genre")
+MODELS = registry.MODELS
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = "posterkg"        # one of MODELS
+    model: str = "posterkg"        # one of posterkg.gnn.registry.MODELS
     seed: int = 0
     device: str = "cpu"            # "cpu", "cuda", "cuda:1", ...
-    dim: int = 64                  # embedding size
-    layers: int = 3                # LightGCN propagation layers (baselines)
+    dim: int = 64                  # embedding size (models with a `dim` setting)
     epochs: int = 40               # upper bound; early stopping usually ends sooner
     batch_size: int = 16384        # BPR pairs per step (one full-graph propagation per step)
     lr: float = 0.02               # with batch_size 16384; chosen on ML-1M valid NDCG@20 (docs/gnn.md)
@@ -55,11 +58,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         for kind in [self.model, *self.baselines]:
-            if kind not in MODELS:
-                raise ConfigError(f"[gnn] model {kind!r} is unknown; choose from {', '.join(MODELS)}")
+            registry.entry(kind)
         for name in ("dim", "epochs", "batch_size", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[gnn] {name} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError("[gnn] lr must be > 0")
+
+
+def for_model(cfg: TrainConfig, kind: str, explicit: set[str] | frozenset = frozenset()) -> TrainConfig:
+    """``cfg`` for model ``kind``: the registry's training defaults for that model, except for
+    the keys the user set explicitly (``explicit``)."""
+    over = {k: v for k, v in registry.entry(kind).train.items() if k not in explicit}
+    return dataclasses.replace(cfg, model=kind, baselines=[], **over)
 
 
 @dataclasses.dataclass
@@ -71,43 +82,28 @@ class TrainResult:
     valid: dict[str, float]
     seconds_per_epoch: float
     seconds: float
+    model_config: Any = None
 
     @property
     def epochs_run(self) -> int:
         return len([h for h in self.history if "loss" in h])
 
 
-def build_model(cfg: TrainConfig, data: Interactions, *, store=None, graph=None,
-                model_cfg=None) -> Recommender:
-    """Instantiate ``cfg.model``. ``store`` is needed for ``lightgcn-genre`` (genres) and, for the
-    posterkg models when ``graph`` is not given, to read the knowledge graph."""
-    torch.manual_seed(cfg.seed)
-    kind = cfg.model
-    if kind == "mostpop":
-        return MostPop(data)
-    if kind == "bprmf":
-        return BPRMF(data, cfg.dim)
-    if kind == "lightgcn":
-        return LightGCN(data, cfg.dim, cfg.layers)
-    if kind == "lightgcn-genre":
-        if store is None:
-            raise ConfigError("lightgcn-genre needs the database (movies.genres)")
-        m, g, names = genre_edges(store, data)
-        return LightGCN(data, cfg.dim, cfg.layers, extra=(m, g, len(names)))
-    from posterkg.gnn.model import ModelConfig, PosterKG, graph_inputs
+def build_model(cfg: TrainConfig, inputs: ModelInputs, model_cfg=None) -> Recommender:
+    """Instantiate ``cfg.model`` over ``inputs`` (seeded). ``model_cfg``: the model's Config
+    (default: the registry's, with ``dim`` from ``cfg``)."""
+    if model_cfg is None:
+        model_cfg = default_model_config(cfg.model, cfg)
+    return registry.build(cfg.model, inputs, model_cfg, seed=cfg.seed)
 
-    mcfg = model_cfg or ModelConfig()
-    if graph is None:
-        if store is None:
-            raise ConfigError(f"{kind} needs the database or a GraphInputs")
-        graph = graph_inputs(store, data)
-    if kind == "posterkg-novisual":
-        graph = graph.without_concepts()
-        mcfg = dataclasses.replace(mcfg, item_side=False, user_side=False)
-    torch.manual_seed(cfg.seed)
-    model = PosterKG(data, graph, mcfg, dim=cfg.dim)
-    model.kind = kind
-    return model
+
+def default_model_config(kind: str, cfg: TrainConfig | None = None, overrides: dict | None = None):
+    ov = dict(overrides or {})
+    mc_cls = registry.entry(kind).cls().Config
+    if cfg is not None and "dim" in {f.name for f in dataclasses.fields(mc_cls)} and "dim" not in ov \
+            and "dim" not in registry.entry(kind).config:
+        ov["dim"] = cfg.dim
+    return registry.model_config(kind, ov)
 
 
 class PairSampler:
@@ -157,12 +153,35 @@ class PairSampler:
             yield batch
 
 
-def _score_fn(model: Recommender, emb):
-    return lambda users: model.score(users, emb)
+class EarlyStopping:
+    """Best-by-valid-NDCG@20 bookkeeping shared by the BPR loop and the models' own ``fit``."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best, self.best_epoch, self.best_valid, self.best_state, self.stale = -1.0, 0, {}, None, 0
+
+    def update(self, epoch: int, valid: dict, model: torch.nn.Module) -> bool:
+        """Record one evaluation; return True when training should stop."""
+        if valid["ndcg@20"] > self.best:
+            self.best, self.best_epoch, self.best_valid, self.stale = valid["ndcg@20"], epoch, valid, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
 
 
-def train(data: Interactions, cfg: TrainConfig, *, store=None, graph=None, model_cfg=None,
-          model: Recommender | None = None, verbose: bool = False) -> TrainResult:
+def log_row(row: dict, verbose: bool) -> None:
+    if verbose:
+        print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              flush=True)
+
+
+def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recommender | None = None,
+          verbose: bool = False) -> TrainResult:
     """Train ``cfg.model`` (or the given ``model``) with early stopping; return the best state."""
     cfg.validate()
     if cfg.threads:
@@ -171,33 +190,44 @@ def train(data: Interactions, cfg: TrainConfig, *, store=None, graph=None, model
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"[gnn] device = {cfg.device!r} but torch sees no CUDA device")
     t_start = time.perf_counter()
+    data = inputs.data
     if model is None:
-        model = build_model(cfg, data, store=store, graph=graph, model_cfg=model_cfg)
+        model_cfg = model_cfg if model_cfg is not None else default_model_config(cfg.model, cfg)
+        model = build_model(cfg, inputs, model_cfg)
     model = model.to(device)
-    history: list[dict[str, Any]] = []
-    if not model.trainable:
+
+    def valid_fn(m: Recommender) -> dict:
+        m.eval()
+        out = evaluate_model(m, data, "valid", device=device, batch_size=cfg.eval_batch_size)
+        return out
+
+    if model.trainer == "none":
+        valid = valid_fn(model)
+        return TrainResult(model, cfg, [{"epoch": 0, "valid_ndcg@20": valid["ndcg@20"]}], 0, valid, 0.0,
+                           time.perf_counter() - t_start, model.cfg)
+    if model.trainer == "fit":
+        torch.manual_seed(cfg.seed)
+        info = model.fit(inputs, cfg, valid_fn, verbose=verbose)
         model.eval()
-        with torch.no_grad():
-            emb = model.embeddings()
-            valid = evaluate(_score_fn(model, emb), data, "valid", device=device,
-                             batch_size=cfg.eval_batch_size)
-        history.append({"epoch": 0, "valid_ndcg@20": valid["ndcg@20"]})
-        return TrainResult(model, cfg, history, 0, valid, 0.0, time.perf_counter() - t_start)
+        return TrainResult(model, cfg, info.history, info.best_epoch, info.valid, info.seconds_per_epoch,
+                           time.perf_counter() - t_start, model.cfg)
 
     torch.manual_seed(cfg.seed)
     sampler = PairSampler(data, cfg.seed, hard=getattr(model, "wants_hard_negatives", False))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    best, best_state, best_epoch, best_valid, stale = -1.0, None, 0, {}, 0
+    stop = EarlyStopping(cfg.patience)
+    history: list[dict[str, Any]] = []
     train_seconds = 0.0
+    graph = model.graph
     n_batches = (len(sampler) + cfg.batch_size - 1) // cfg.batch_size
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
-        for batch in bar(sampler.epoch(cfg.batch_size), total=n_batches, desc=f"{model.kind} epoch {epoch}",
+        for batch in bar(sampler.epoch(cfg.batch_size), total=n_batches, desc=f"{model.name} epoch {epoch}",
                          unit="batch", disable=not verbose or None):
             batch = {k: v.to(device) for k, v in batch.items()}
-            emb = model.embeddings()
+            emb = model.embeddings(graph)
             u, m = emb[0], emb[1]
             terms = {"bpr": losses.bpr(u[batch["users"]], m[batch["pos"]], m[batch["neg"]])}
             terms["reg"] = cfg.reg * model.reg_loss(batch["users"], batch["pos"], batch["neg"])
@@ -211,42 +241,16 @@ def train(data: Interactions, cfg: TrainConfig, *, store=None, graph=None, model
         train_seconds += time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch, "loss": sum(totals.values()), **totals,
                                "seconds": time.perf_counter() - t0}
+        done = False
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            model.eval()
-            with torch.no_grad():
-                emb = model.embeddings()
-                valid = evaluate(_score_fn(model, emb), data, "valid", device=device,
-                                 batch_size=cfg.eval_batch_size)
+            valid = valid_fn(model)
             row["valid_ndcg@20"] = valid["ndcg@20"]
-            if valid["ndcg@20"] > best:
-                best, best_epoch, best_valid, stale = valid["ndcg@20"], epoch, valid, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
+            done = stop.update(epoch, valid, model)
         history.append(row)
-        if verbose:
-            print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
-        if stale >= cfg.patience:
+        log_row(row, verbose)
+        if done:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stop.restore(model)
     model.eval()
-    epochs_run = len(history)
-    return TrainResult(model, cfg, history, best_epoch, best_valid,
-                       train_seconds / max(epochs_run, 1), time.perf_counter() - t_start)
-
-
-def train_and_store(store, data: Interactions, cfg: TrainConfig, model_cfg=None, *, graph=None,
-                    verbose: bool = False, model_id: str | None = None) -> tuple[str, TrainResult, dict]:
-    """Train ``cfg.model``, evaluate it on test, store it (models + eval_results); return
-    (model_id, result, test metrics)."""
-    from posterkg.gnn.api import save_model
-
-    res = train(data, cfg, store=store, graph=graph, model_cfg=model_cfg, verbose=verbose)
-    with torch.no_grad():
-        emb = res.model.embeddings()
-        test = evaluate(_score_fn(res.model, emb), data, "test", device=torch.device(cfg.device),
-                        batch_size=cfg.eval_batch_size)
-    mid = save_model(store, res, model_cfg=model_cfg, test=test, model_id=model_id)
-    return mid, res, test
+    return TrainResult(model, cfg, history, stop.best_epoch, stop.best_valid,
+                       train_seconds / max(len(history), 1), time.perf_counter() - t_start, model.cfg)

@@ -11,20 +11,17 @@ sign   rating      meaning
 -1     <= 2        disliked
 ====== =========== ========
 
-and keeps the rating and its timestamp. Half-star ratings (ML-25M) follow the same thresholds:
-3.5 is neutral, 2.5 disliked.
+and keeps the rating and its timestamp. The rule is :mod:`posterkg.ratings` (shared with the
+recommenders); half-star ratings (ML-25M) follow the same thresholds: 3.5 is neutral, 2.5 disliked.
 """
 
 from __future__ import annotations
 
 from posterkg.errors import InputError
 
-SIGN_SQL = "CASE WHEN r.rating >= 4 THEN 1 WHEN r.rating > 2.5 THEN 0 ELSE -1 END"
+from posterkg.ratings import sign_of, sign_sql  # noqa: F401  (the one rating rule)
 
-
-def sign_of(rating: float) -> int:
-    """The sign of one rating (the same rule as the SQL above)."""
-    return 1 if rating >= 4 else (0 if rating > 2.5 else -1)
+SIGN_SQL = sign_sql("r.rating")
 
 
 def build_user_movie_edges(store) -> int:

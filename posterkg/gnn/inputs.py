@@ -1,0 +1,138 @@
+"""Stage side of the recommenders: read the database once and assemble :class:`ModelInputs`.
+
+This is the only module of :mod:`posterkg.gnn` that reads the database for models (the train
+stage, ``posterkg train``, ``load_model`` and the benchmarks call it); models get the result.
+
+* ids: users with rows in ``split``, every movie of ``movies``, every concept with a movie or
+  preference edge, MovieLens' genres; or, for a stored model, the :class:`IdVocab` it was saved
+  with (rows naming users or movies outside it are dropped and counted in ``unknown``).
+* graph: interaction relations (pos/neu/neg) from the train part by the one rating rule
+  (:mod:`posterkg.ratings`, the same edges ``graph build`` writes), ``has`` from
+  ``movie_concept_edges``, ``likes``/``dislikes`` from ``user_prefs`` (horizon as ``[graph]
+  pref_horizon`` of the last build), ``genre`` from ``movies.genres``.
+* features: ``poster_embeddings`` / ``text_embeddings`` rows of the requested encoders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from posterkg.errors import InputError
+from posterkg.gnn.base import Graph, IdVocab, ModelInputs
+from posterkg.gnn.data import Interactions, load_interactions
+
+
+@dataclasses.dataclass
+class Assembled:
+    inputs: ModelInputs
+    unknown: dict[str, int]      # rows dropped because their ids are not in a saved vocabulary
+
+
+def _genres(store) -> tuple[list[str], np.ndarray, np.ndarray]:
+    df = store.df("SELECT movie_id, unnest(genres) AS genre FROM movies")
+    df = df.dropna()
+    names = sorted(df["genre"].unique().tolist())
+    return names, df["movie_id"].to_numpy(np.int64), df["genre"].to_numpy()
+
+
+def _concept_ids(store) -> np.ndarray:
+    parts = []
+    if store.table_exists("movie_concept_edges"):
+        parts.append("SELECT concept_id AS id FROM movie_concept_edges")
+    if store.table_exists("user_prefs"):
+        parts.append("SELECT concept_id AS id FROM user_prefs")
+    if not parts:
+        return np.zeros(0, np.int64)
+    return store.df(f"SELECT DISTINCT id FROM ({' UNION '.join(parts)}) ORDER BY id")["id"].to_numpy(np.int64)
+
+
+def graph_built(store) -> bool:
+    return store.table_exists("graph_info") and store.count("graph_info") > 0
+
+
+def _pref_horizon(store) -> str:
+    if store.table_exists("graph_info"):
+        row = store.execute("SELECT config FROM graph_info ORDER BY built_at DESC LIMIT 1").fetchone()
+        if row and row[0]:
+            return json.loads(row[0]).get("pref_horizon", "long")
+    return "long"
+
+
+def build_graph(store, ids: IdVocab, data: Interactions, *, concepts: bool = True) -> Graph:
+    g = Graph(ids.sizes)
+    for name, sign in (("pos", 1), ("neu", 0), ("neg", -1)):
+        u, m = data.train_edges(sign)
+        g.add(name, u, m)
+    if concepts and len(ids.concept_ids) and graph_built(store):
+        mc = store.execute("SELECT movie_id, concept_id, weight FROM movie_concept_edges "
+                           "ORDER BY movie_id, concept_id").fetchnumpy()
+        m, ok1 = ids.lookup("movie", mc["movie_id"])
+        c, ok2 = ids.lookup("concept", mc["concept_id"])
+        ok = ok1 & ok2
+        g.add("has", m[ok], c[ok], np.abs(np.asarray(mc["weight"], np.float32)[ok]))
+        horizon = _pref_horizon(store)
+        if horizon == "mix":
+            sql = ("SELECT user_id, concept_id, sum(score) / 2 AS score FROM user_prefs "
+                   "GROUP BY user_id, concept_id")
+        else:
+            sql = f"SELECT user_id, concept_id, score FROM user_prefs WHERE horizon = '{horizon}'"
+        p = store.execute(f"SELECT * FROM ({sql}) WHERE score <> 0 ORDER BY user_id, concept_id").fetchnumpy()
+        u, ok1 = ids.lookup("user", p["user_id"])
+        c, ok2 = ids.lookup("concept", p["concept_id"])
+        s = np.asarray(p["score"], np.float32)
+        ok = ok1 & ok2
+        g.add("likes", u[ok & (s > 0)], c[ok & (s > 0)], s[ok & (s > 0)])
+        g.add("dislikes", u[ok & (s < 0)], c[ok & (s < 0)], -s[ok & (s < 0)])
+    if ids.genre_names:
+        _, gm, gg = _genres(store)
+        m, ok = ids.lookup("movie", gm)
+        gidx = {n: i for i, n in enumerate(ids.genre_names)}
+        gi = np.array([gidx.get(x, -1) for x in gg], np.int64)
+        ok &= gi >= 0
+        g.add("genre", m[ok], gi[ok])
+    return g
+
+
+def load_features(store, ids: IdVocab, features: dict[str, str]) -> tuple[dict, dict]:
+    """``features``: name ("poster"/"text") -> encoder name. Missing tables are an error that
+    names the command that writes them."""
+    out, mask = {}, {}
+    for name, encoder in features.items():
+        table = {"poster": "poster_embeddings", "text": "text_embeddings"}.get(name)
+        if table is None:
+            raise InputError(f"unknown feature {name!r}; known: poster, text")
+        hint = f"run `posterkg embed {'posters' if name == 'poster' else 'texts'}` first"
+        if not store.table_exists(table):
+            raise InputError(f"table {table} is missing: {hint}")
+        df = store.df(f"SELECT movie_id, vector FROM {table} WHERE encoder = ?", [encoder])
+        if len(df) == 0:
+            raise InputError(f"no {table} rows for encoder {encoder!r}: {hint}")
+        m, ok = ids.lookup("movie", df["movie_id"].to_numpy(np.int64))
+        vecs = np.stack([np.asarray(v, np.float32) for v in df["vector"]])
+        mat = np.zeros((len(ids.movie_ids), vecs.shape[1]), np.float32)
+        mat[m[ok]] = vecs[ok]
+        has = np.zeros(len(ids.movie_ids), bool)
+        has[m[ok]] = True
+        out[name], mask[name] = mat, has
+    return out, mask
+
+
+def assemble(store, *, vocab: IdVocab | None = None, features: dict[str, str] | None = None,
+             need_graph: bool = False) -> Assembled:
+    """The inputs of every model from the database (see the module docstring)."""
+    data = load_interactions(store)
+    unknown = {"users": 0, "movies": 0}
+    if vocab is None:
+        names, _, _ = _genres(store)
+        vocab = IdVocab(data.user_ids, data.movie_ids, _concept_ids(store), names)
+    else:
+        data, unknown = data.restricted(vocab.user_ids, vocab.movie_ids)
+    if need_graph and not graph_built(store):
+        raise InputError("the graph tables are not built: run `posterkg graph build` first")
+    graph = build_graph(store, vocab, data)
+    feats, fmask = load_features(store, vocab, features or {})
+    source = "graph tables" if graph_built(store) else "interactions and genres only"
+    return Assembled(ModelInputs(vocab, data, graph, feats, fmask, source), unknown)

@@ -1,0 +1,100 @@
+"""The model registry: one list of every recommender, its class and its default settings.
+
+An entry is data (as RecBole keeps model defaults as data): the class (imported lazily, so
+``posterkg --help`` never imports torch), overrides of the class's ``Config`` dataclass, and
+overrides of the training loop's :class:`~posterkg.gnn.train.TrainConfig` that suit the model
+(e.g. SASRec's learning rate). Config files override both: ``[gnn]`` for training,
+``[models.<name>]`` for the model (``[gnn_model]`` is read for the posterkg GNN variants too).
+
+To add a model: write a :class:`~posterkg.gnn.base.Recommender` subclass, add an entry here,
+and it is in ``posterkg train --model``, the pipeline, ``benchmarks/accuracy.py`` and the shared
+contract test (``tests/gnn/test_contract.py``) at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+from posterkg.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str                                   # "module:Class"
+    description: str
+    config: dict = dataclasses.field(default_factory=dict)   # overrides of Class.Config
+    train: dict = dataclasses.field(default_factory=dict)    # overrides of TrainConfig
+    stochastic: bool = True                       # seeds matter (benchmarks run 3 seeds)
+    uses_visual: bool = False                     # reads concepts or poster features
+
+    def cls(self):
+        mod, attr = self.target.split(":")
+        return getattr(importlib.import_module(mod), attr)
+
+
+_ENTRIES = [
+    Entry("mostpop", "posterkg.gnn.baselines:MostPop", "most train positives first", stochastic=False),
+    Entry("itemknn", "posterkg.gnn.neighbours:ItemKNN", "item-based cosine kNN (shrunk), on the user's history",
+          stochastic=False),
+    Entry("ease", "posterkg.gnn.neighbours:EASE", "EASE (Steck 2019): closed-form item-item regression",
+          stochastic=False),
+    Entry("bprmf", "posterkg.gnn.baselines:BPRMF", "matrix factorisation with BPR", train={"lr": 0.005}),
+    Entry("lightgcn", "posterkg.gnn.baselines:LightGCN", "LightGCN over ids (positive train edges)"),
+    Entry("lightgcn-genre", "posterkg.gnn.baselines:LightGCN", "LightGCN over ids plus movie-genre edges",
+          config={"genres": True}),
+    Entry("sasrec", "posterkg.gnn.sequential:SASRec",
+          "SASRec: self-attentive next-item model over each user's time-ordered positives",
+          train={"lr": 0.001, "epochs": 200, "patience": 10, "batch_size": 128}),
+    Entry("posterkg", "posterkg.gnn.model:PosterKG",
+          "the posterkg two-stage relation-aware GNN over users, movies and visual concepts",
+          uses_visual=True),
+    Entry("posterkg-novisual", "posterkg.gnn.model:PosterKG", "the posterkg GNN without concept nodes",
+          config={"item_side": False, "user_side": False, "concepts": False}),
+    Entry("posterkg-seq", "posterkg.gnn.sequential:PosterKGSeq",
+          "time-aware posterkg: short-term self-attention over fused movie representations "
+          "(id + concepts + genres + poster features) gated with a long-term taste vector",
+          train={"lr": 0.001, "epochs": 200, "patience": 10, "batch_size": 128}, uses_visual=True),
+    Entry("posterkg-seq-novisual", "posterkg.gnn.sequential:PosterKGSeq",
+          "posterkg-seq without visual concepts or poster features (ablation)",
+          config={"concepts": False, "features": []},
+          train={"lr": 0.001, "epochs": 200, "patience": 10, "batch_size": 128}),
+]
+
+REGISTRY: dict[str, Entry] = {e.name: e for e in _ENTRIES}
+MODELS: tuple[str, ...] = tuple(REGISTRY)
+
+
+def entry(name: str) -> Entry:
+    if name not in REGISTRY:
+        import difflib
+
+        near = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; choose from {', '.join(MODELS)}")
+    return REGISTRY[name]
+
+
+def model_config(name: str, overrides: dict[str, Any] | None = None):
+    """The model's Config dataclass: class defaults, then the registry's, then ``overrides``."""
+    e = entry(name)
+    cls = e.cls().Config
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {**e.config, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"[models.{name}]: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def build(name: str, inputs, cfg=None, seed: int = 0):
+    """Instantiate model ``name`` over ``inputs`` (seeded)."""
+    import torch
+
+    e = entry(name)
+    torch.manual_seed(seed)
+    model = e.cls()(inputs, cfg if cfg is not None else model_config(name))
+    model.name = name
+    return model
