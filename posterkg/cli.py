@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "profile": ("posterkg.commands.explain", "profile", "A user's visual profile, long vs short term."),
     "similar": ("posterkg.commands.explain", "similar", "Movies similar to a movie, with shared concepts."),
     "report": ("posterkg.commands.explain", "report", "Write a self-contained HTML report."),
+    "interests": ("posterkg.commands.interests", "interests", "Extract users' interests onto the vocabulary (LLM or stats)."),
     "run": ("posterkg.commands.run", "run", "Run every stage end to end from a config."),
     "demo": ("posterkg.commands.run", "demo", "Self-check on generated data: no network, no GPU."),
 }
