@@ -156,19 +156,21 @@ def test_malformed_lines_are_counted_reported_and_recorded(tmp_path):
              "3::1::7::978300000\n"        # rating out of range
              "3::99::4::978300000\n"       # unknown movie
              "1::1::2::1\n"                # duplicate of (1, 1), older: dropped
-             "3::2::4::9783")              # truncated last line without newline: parses, fine
+             "3::2::4::9783")              # truncated last line without newline: flagged, not loaded
     src = write_dat(tmp_path / "ml", extra_ratings=extra)
     with open_store(tmp_path / "db.duckdb") as s:
         summary = ingest_movielens(s, src, report=3)
-        assert summary.errors == 6
-        assert summary.counts["ratings"] == n_good + 2
+        assert summary.errors == 7
+        assert summary.counts["ratings"] == n_good + 1
         located = [(e["line_no"], e["reason"]) for e in summary.first_errors]
         assert located == [(n_good + 2, "bad value in column rating"), (n_good + 3, "missing columns"),
                            (n_good + 4, "too many columns")]
         rows = s.execute("SELECT line_no, line, reason FROM ingest_errors ORDER BY line_no NULLS LAST, reason").fetchall()
-        assert len(rows) == 6
+        assert len(rows) == 7
         assert rows[1] == (n_good + 3, "2::3", "missing columns")
-        reasons = {r for _, _, r in rows[3:]}
+        assert rows[3] == (n_good + 8, "3::2::4::9783", "last line has no newline (truncated file?); not loaded")
+        assert s.scalar("SELECT count(*) FROM ratings WHERE user_id = 3 AND movie_id = 2") == 0
+        reasons = {r for _, _, r in rows[4:]}
         assert reasons == {"rating out of range 0..5", "unknown movie id",
                            "duplicate (user, movie) rating; the latest is kept"}
         assert all(f.endswith("ratings.dat") for (f,) in s.execute("SELECT file FROM ingest_errors").fetchall())

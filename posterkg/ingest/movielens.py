@@ -25,11 +25,21 @@ fields, a value that is not a number) are captured with DuckDB's ``store_rejects
 give their line numbers; rows that parse but are invalid (a rating outside 0..5, a duplicate
 (user, movie) pair, a rating of an unknown movie) are found with SQL on the staging tables (their
 line number is unknown, ``NULL``). All go to ``ingest_errors`` and are counted in the summary.
+
+Hostile bytes are read, not trusted (:func:`_prepare`): a file that is not valid UTF-8 is decoded
+as Windows-1252 (a superset of Latin-1's printable range, which is what ML-1M's ``movies.dat``
+is; bytes cp1252 leaves undefined fall back to Latin-1), a UTF-8 byte-order mark is dropped (it
+would otherwise hide movie 1), and a last line without a newline, the mark of a truncated file,
+is not loaded but recorded in ``ingest_errors``. Such a file is read through a cleaned UTF-8
+copy in a temporary folder with the same line numbers.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +156,11 @@ def ingest_movielens(store: Store, src_dir: str | Path, *, report: int = 10) -> 
     """
     layout = detect_layout(src_dir)
     ensure_schema(store)
+    tmp = Path(tempfile.mkdtemp(prefix="posterkg-ingest-"))
     try:
-        return _ingest(store, layout, report)
+        return _ingest(store, layout, report, tmp)
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
         for t in _TEMPS:
             store.con.execute(f"DROP TABLE IF EXISTS {t}")
 
@@ -159,12 +171,12 @@ _TEMPS = ("_stg_movies", "_stg_users", "_stg_ratings", "_stg_links", "_stg_movie
           "_pk_rej", "_pk_rej_scan")
 
 
-def _ingest(store: Store, layout: Layout, report: int) -> IngestSummary:
+def _ingest(store: Store, layout: Layout, report: int, tmp: Path) -> IngestSummary:
     import time
 
     t0 = time.perf_counter()
     con = store.con
-    errors = _ErrorSink(con)
+    errors = _ErrorSink(con, tmp)
 
     if layout.name == "ml-100k":
         has_users = _stage_100k(con, layout, errors)
@@ -233,20 +245,83 @@ def _lit(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
+BOM = codecs.BOM_UTF8
+_CHUNK = 1 << 22
+
+
+def _latin1_fallback(exc: UnicodeDecodeError):
+    return exc.object[exc.start:exc.end].decode("latin-1"), exc.end
+
+
+codecs.register_error("posterkg-latin1", _latin1_fallback)
+
+
 def _encoding(path: Path) -> str:
-    """'utf-8' when the file is valid UTF-8, else 'latin-1' (ML-1M's movies.dat, ML-100K's u.item)."""
+    """'utf-8' when the file (after a byte-order mark) is valid UTF-8, else 'cp1252' (ML-1M's
+    movies.dat, ML-100K's u.item: Latin-1, of which cp1252 is a superset). Read in chunks."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        first = True
+        while block := f.read(_CHUNK):
+            if first and block.startswith(BOM):
+                block = block[len(BOM):]
+            first = False
+            try:
+                dec.decode(block)
+            except UnicodeDecodeError:
+                return "cp1252"
     try:
-        path.read_bytes().decode("utf-8")
-        return "utf-8"
+        dec.decode(b"", final=True)
     except UnicodeDecodeError:
-        return "latin-1"
+        return "cp1252"
+    return "utf-8"
+
+
+def _prepare(path: Path, errors: "_ErrorSink") -> Path:
+    """The file DuckDB should read for ``path``: ``path`` itself when it is clean UTF-8 ending in
+    a newline; else a UTF-8 copy without a byte-order mark and without an unterminated last line
+    (recorded in ``errors``), same line numbers."""
+    enc = _encoding(path)
+    with open(path, "rb") as f:
+        bom = f.read(len(BOM)) == BOM
+        f.seek(0, 2)
+        size = f.tell()
+        if size:
+            f.seek(size - 1)
+        terminated = not size or f.read(1) == b"\n"
+    if enc == "utf-8" and not bom and terminated:
+        return path
+    out = errors.tmp / f"{len(list(errors.tmp.iterdir()))}-{path.name}"
+
+    def text(raw: bytes) -> bytes:
+        return raw if enc == "utf-8" else raw.decode("cp1252", errors="posterkg-latin1").encode("utf-8")
+
+    n_lines = 0
+    pending = b""
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        first = True
+        while block := src.read(_CHUNK):
+            if first and block.startswith(BOM):
+                block = block[len(BOM):]
+            first = False
+            buf = pending + block
+            cut = buf.rfind(b"\n") + 1
+            body, pending = buf[:cut], buf[cut:]
+            n_lines += body.count(b"\n")
+            dst.write(text(body))
+    if pending:
+        line = text(pending).decode("utf-8", errors="replace")
+        errors.add_row(path, n_lines + 1, line[:500],
+                       "last line has no newline (truncated file?); not loaded")
+    return out
 
 
 class _ErrorSink:
     """Bad lines collected in the temp table ``_pk_errors`` by SQL (no per-line Python)."""
 
-    def __init__(self, con):
+    def __init__(self, con, tmp: Path):
         self.con = con
+        self.tmp = tmp           # cleaned copies of files (see _prepare)
         con.execute("CREATE OR REPLACE TEMP TABLE _pk_errors "
                     "(file VARCHAR, line_no BIGINT, line VARCHAR, reason VARCHAR)")
 
@@ -254,20 +329,25 @@ class _ErrorSink:
         """``select`` yields (line_no, line, reason)."""
         self.con.execute(f"INSERT INTO _pk_errors SELECT {_lit(file)}, * FROM ({select})")
 
+    def add_row(self, file: str | Path, line_no: int | None, line: str, reason: str) -> None:
+        self.con.execute("INSERT INTO _pk_errors VALUES (?, ?, ?, ?)", [str(file), line_no, line, reason])
+
     def count(self) -> int:
         return int(self.con.execute("SELECT count(*) FROM _pk_errors").fetchone()[0])
 
 
 def _scan(con, path: Path, table: str, columns: dict[str, str], errors: _ErrorSink, *, sep: str,
-          header: bool = False, quoted: bool = False, encoding: str = "utf-8") -> None:
-    """read_csv ``path`` into temp table ``table``; unparseable lines go to ``errors``."""
+          header: bool = False, quoted: bool = False) -> None:
+    """read_csv ``path`` (through :func:`_prepare`) into temp table ``table``; unparseable lines
+    go to ``errors`` under the original file name."""
+    source = _prepare(path, errors)
     cols = ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in columns.items())
     quote = "quote='\"', escape='\"'" if quoted else "quote='', escape=''"
     con.execute("DROP TABLE IF EXISTS _pk_rej; DROP TABLE IF EXISTS _pk_rej_scan")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {table} AS
-        SELECT * FROM read_csv({_lit(path)}, sep={_lit(sep)}, header={str(header).lower()},
-            columns={{{cols}}}, auto_detect=false, {quote}, encoding={_lit(encoding)},
+        SELECT * FROM read_csv({_lit(source)}, sep={_lit(sep)}, header={str(header).lower()},
+            columns={{{cols}}}, auto_detect=false, {quote}, encoding='utf-8',
             store_rejects=true, rejects_table='_pk_rej', rejects_scan='_pk_rej_scan')""")
     errors.add(path, """
         SELECT line::BIGINT, any_value(csv_line), string_agg(DISTINCT
@@ -293,7 +373,7 @@ def _stage_movies(con, path: Path, errors: _ErrorSink, **scan: Any) -> None:
     ``_stg_movies`` with genres split on ``|`` (``(no genres listed)`` = none)."""
     _scan(con, path, "_stg_movies_raw",
           {"movie_id": "INTEGER", "raw_title": "VARCHAR", "genres": "VARCHAR"}, errors,
-          encoding=_encoding(path), **scan)
+          **scan)
     con.execute("""CREATE OR REPLACE TEMP TABLE _stg_movies AS
         SELECT movie_id, raw_title, NULL::INTEGER AS year_hint,
                CASE WHEN genres IS NULL OR trim(genres) IN ('', '(no genres listed)') THEN []::VARCHAR[]
@@ -310,7 +390,7 @@ def _stage_dat(con, layout: Layout, errors: _ErrorSink) -> bool:
         return False
     _scan(con, users, "_stg_users_raw",
           {"user_id": "INTEGER", "gender": "VARCHAR", "age": "INTEGER", "occupation": "VARCHAR",
-           "zip": "VARCHAR"}, errors, sep="::", encoding=_encoding(users))
+           "zip": "VARCHAR"}, errors, sep="::")
     occ = "[" + ", ".join(_lit(o) for o in ML1M_OCCUPATIONS) + "]"
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _stg_users AS
         SELECT user_id, gender, age,
@@ -332,7 +412,7 @@ def _stage_100k(con, layout: Layout, errors: _ErrorSink) -> bool:
     cols = {"movie_id": "INTEGER", "raw_title": "VARCHAR", "release_date": "VARCHAR",
             "video_date": "VARCHAR", "imdb_url": "VARCHAR"}
     cols.update({f"g{i}": "INTEGER" for i in range(len(genres))})
-    _scan(con, item, "_stg_movies_raw", cols, errors, sep="|", encoding=_encoding(item))
+    _scan(con, item, "_stg_movies_raw", cols, errors, sep="|")
     flags = ", ".join(f"CASE WHEN g{i} = 1 THEN {_lit(g)} END" for i, g in enumerate(genres) if g != "unknown")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _stg_movies AS
         SELECT movie_id, raw_title,
@@ -344,7 +424,7 @@ def _stage_100k(con, layout: Layout, errors: _ErrorSink) -> bool:
     users = layout.path("u.user")
     _scan(con, users, "_stg_users_raw",
           {"user_id": "INTEGER", "age": "INTEGER", "gender": "VARCHAR", "occupation": "VARCHAR",
-           "zip": "VARCHAR"}, errors, sep="|", encoding=_encoding(users))
+           "zip": "VARCHAR"}, errors, sep="|")
     con.execute("""CREATE OR REPLACE TEMP TABLE _stg_users AS
         SELECT user_id, gender, age, occupation, zip FROM _stg_users_raw""")
     con.execute("DROP TABLE _stg_users_raw")
