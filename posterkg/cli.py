@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "split": ("posterkg.commands.split", "split", "Split ratings into train/valid/test."),
     "info": ("posterkg.commands.info", "info", "Show table counts, poster coverage and splits."),
     "tag": ("posterkg.commands.tag", "tag", "Tag posters with visual knowledge points."),
+    "embed": ("posterkg.commands.embed", "embed", "Embed posters and movie texts into dense features."),
     "schema": ("posterkg.commands.schema", "schema", "Discover, freeze and project the concept vocabulary."),
     "graph": ("posterkg.commands.graph", "graph", "Build, export and describe the knowledge graphs."),
     "train": ("posterkg.commands.train", "train", "Train the GNN recommender or a baseline."),

@@ -1,0 +1,501 @@
+"""Dense movie features: poster embeddings and text embeddings in the database, and their loader.
+
+Tables (component ``features``):
+
+* ``poster_embeddings(movie_id, encoder, vector FLOAT[], created_at)``: one row per poster and
+  image encoder (:mod:`posterkg.embed.image`; ``encoder`` is the encoder's stored name, e.g.
+  ``efficientnet-lite0``, ``pixels-v1``, ``clip:/models/clip-vit-b32``);
+* ``poster_embed_status(movie_id, encoder, status, reason, error, attempts, run_id, updated_at)``:
+  ``done`` or ``failed`` per (movie, encoder); failure reasons ``corrupt_image`` (the file does not
+  decode, or the poster scan marked it), ``no_poster`` (asked for by id, no poster row),
+  ``encoder_error``;
+* ``text_embeddings(movie_id, encoder, vector FLOAT[], created_at)``: ``"title (year): genres"``
+  of every movie through the vocabulary stage's text encoder (:class:`posterkg.embed.Encoder`;
+  ``encoder`` is its cache name, e.g. ``sentence-transformers/all-MiniLM-L6-v2#mean``);
+* ``feature_runs(run_id, kind, encoder, dim, started_at, finished_at, done, skipped, failed,
+  params)``: one row per invocation, counters updated in each batch's transaction.
+
+:func:`embed_posters` is resumable and idempotent like tagging: (movie, encoder) pairs already
+``done`` (and ``failed`` ones unless ``retry_failed``) are skipped; each batch's vectors, statuses
+and run counters are written in ONE transaction, so a kill -9 loses at most the batch in flight.
+Decoding and preprocessing of the next batch run in a helper thread while the model encodes the
+current one.
+
+:func:`load_features` is what stages and models use: ``(movie_ids, matrix)`` sorted by movie id.
+
+``[features]`` (:class:`FeaturesConfig`) and :func:`run_embed` are ready for a pipeline stage:
+``Stage("features", stage_inputs, run_embed)``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from posterkg.errors import ConfigError, InputError
+from posterkg.progress import bar
+from posterkg.store import Store
+
+COMPONENT = "features"
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS poster_embeddings (
+        movie_id INTEGER NOT NULL,
+        encoder VARCHAR NOT NULL,
+        vector FLOAT[] NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (movie_id, encoder)
+    );
+    CREATE TABLE IF NOT EXISTS poster_embed_status (
+        movie_id INTEGER NOT NULL,
+        encoder VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        reason VARCHAR,
+        error VARCHAR,
+        attempts INTEGER NOT NULL,
+        run_id VARCHAR NOT NULL,
+        updated_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (movie_id, encoder)
+    );
+    CREATE TABLE IF NOT EXISTS text_embeddings (
+        movie_id INTEGER NOT NULL,
+        encoder VARCHAR NOT NULL,
+        vector FLOAT[] NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (movie_id, encoder)
+    );
+    CREATE TABLE IF NOT EXISTS feature_runs (
+        run_id VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        encoder VARCHAR NOT NULL,
+        dim INTEGER,
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP,
+        done INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        params JSON
+    );
+    """,
+]
+
+KINDS = ("poster", "text")
+_TABLES = {"poster": "poster_embeddings", "text": "text_embeddings"}
+
+
+def ensure_tables(store: Store) -> None:
+    store.migrate(COMPONENT, MIGRATIONS)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _run_id() -> str:
+    return f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def _vector_table(ids: Sequence[int], encoder: str, mat: np.ndarray, now: dt.datetime) -> pa.Table:
+    mat = np.ascontiguousarray(mat, dtype=np.float32)
+    n, d = mat.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    vectors = pa.ListArray.from_arrays(offsets, pa.array(mat.reshape(-1)))
+    return pa.table({
+        "movie_id": pa.array(np.asarray(ids, dtype=np.int32)),
+        "encoder": pa.array([encoder] * n, pa.string()),
+        "vector": vectors,
+        "created_at": pa.array([now] * n, pa.timestamp("us")),
+    })
+
+
+def _insert_arrow(store: Store, table: str, tbl: pa.Table) -> None:
+    if tbl.num_rows == 0:
+        return
+    cols = ", ".join(tbl.column_names)
+    store.register("_posterkg_vectors", tbl)
+    try:
+        store.con.execute(f"INSERT OR REPLACE INTO {table} ({cols}) SELECT {cols} FROM _posterkg_vectors")
+    finally:
+        store.con.unregister("_posterkg_vectors")
+
+
+# -- posters ---------------------------------------------------------------------------------------
+
+def _select_posters(store: Store, movies: Sequence[int] | None, limit: int | None):
+    if not store.table_exists("posters"):
+        raise InputError("no posters table: run `posterkg ingest movielens DIR --posters DIR` first")
+    sql = "SELECT movie_id, path, status, error FROM posters"
+    params: list[Any] = []
+    if movies is not None:
+        sql += " WHERE movie_id IN (SELECT unnest(?::INTEGER[]))"
+        params.append([int(m) for m in movies])
+    sql += " ORDER BY movie_id"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    rows = store.execute(sql, params).fetchall()
+    missing: list[int] = []
+    if movies is not None:
+        missing = sorted({int(m) for m in movies} - {int(r[0]) for r in rows})
+        if limit:
+            missing = missing[: max(0, int(limit) - len(rows))]
+    return rows, missing
+
+
+def _load_batch(encoder, jobs: list[tuple[int, str]]):
+    """Decode + prepare one batch (runs in the helper thread). Returns (ok ids, prepared, failures)."""
+    from posterkg.vlm.images import CorruptImage, load_image
+
+    ok_ids, images, failures = [], [], []
+    for movie_id, path in jobs:
+        try:
+            images.append(load_image(path))
+            ok_ids.append(movie_id)
+        except CorruptImage as exc:
+            failures.append((movie_id, "corrupt_image", str(exc)))
+    prepared = None
+    error = None
+    if images:
+        try:
+            prepared = encoder.prepare(images)
+        except Exception as exc:  # noqa: BLE001 - recorded per poster by the caller
+            error = exc
+    return ok_ids, images, prepared, failures, error
+
+
+def embed_posters(store: Store, encoder, *, batch_size: int = 16, limit: int | None = None,
+                  movies: Sequence[int] | None = None, retry_failed: bool = False,
+                  params: dict[str, Any] | None = None, desc: str | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Embed posters with ``encoder`` (an :class:`~posterkg.embed.image.base.ImageEncoder`) into
+    ``poster_embeddings``; return a summary dict (run_id, encoder, dim, selected, done, skipped,
+    failed, failures {reason: n}, seconds, posters_per_s).
+
+    ``limit`` = the first N selected posters by movie id (a rerun with the same limit is a
+    no-op); ``movies`` restricts to these ids. ``on_batch(n_committed)`` is called after each
+    committed batch (tests, progress hooks).
+    """
+    if batch_size < 1:
+        raise ConfigError("batch_size must be >= 1")
+    ensure_tables(store)
+    name = str(encoder.name)
+    rows, missing = _select_posters(store, movies, limit)
+    previous = {int(m): (s, int(a)) for m, s, a in store.execute(
+        "SELECT movie_id, status, attempts FROM poster_embed_status WHERE encoder = ?", [name]).fetchall()}
+
+    def wanted(m: int) -> bool:
+        prev = previous.get(m)
+        return not prev or (prev[0] == "failed" and retry_failed)
+
+    todo = [(int(m), p, s, e) for m, p, s, e in rows if wanted(int(m))]
+    todo_missing = [m for m in missing if wanted(m)]
+    skipped = (len(rows) - len(todo)) + (len(missing) - len(todo_missing))
+
+    run_id = _run_id()
+    run_params = {"batch_size": batch_size, "limit": limit, "retry_failed": retry_failed,
+                  "device": getattr(encoder, "device", "cpu"), **(params or {})}
+    store.execute("INSERT INTO feature_runs (run_id, kind, encoder, dim, started_at, skipped, params) "
+                  "VALUES (?, 'poster', ?, ?, ?, ?, ?)",
+                  [run_id, name, int(encoder.dim), _now(), skipped, json.dumps(run_params, default=str)])
+    counts = {"done": 0, "failed": 0}
+    reasons: dict[str, int] = {}
+
+    def write(ids: list[int], mat: np.ndarray | None, failures: list[tuple[int, str, str]]) -> None:
+        now = _now()
+        status = [(m, name, "done", None, None, previous.get(m, ("", 0))[1] + 1, run_id, now) for m in ids]
+        status += [(m, name, "failed", r, (e or "")[:2000], previous.get(m, ("", 0))[1] + 1, run_id, now)
+                   for m, r, e in failures]
+        with store.transaction() as con:
+            if ids:
+                _insert_arrow(store, "poster_embeddings", _vector_table(ids, name, mat, now))
+            if failures:   # a poster that failed now has no vector of this encoder
+                con.execute("DELETE FROM poster_embeddings WHERE encoder = ? AND movie_id IN "
+                            "(SELECT unnest(?::INTEGER[]))", [name, [m for m, _, _ in failures]])
+            if status:
+                con.executemany("INSERT OR REPLACE INTO poster_embed_status VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                status)
+            con.execute("UPDATE feature_runs SET done = done + ?, failed = failed + ? WHERE run_id = ?",
+                        [len(ids), len(failures), run_id])
+        counts["done"] += len(ids)
+        counts["failed"] += len(failures)
+        for _, r, _ in failures:
+            reasons[r] = reasons.get(r, 0) + 1
+
+    unsendable = [(m, "corrupt_image", f"poster status {s}: {e or ''}".strip()) for m, _, s, e in todo if s != "ok"]
+    unsendable += [(m, "no_poster", "no row in the posters table") for m in todo_missing]
+    if unsendable:
+        write([], None, unsendable)
+    jobs = [(m, p) for m, p, s, _ in todo if s == "ok"]
+    batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+
+    t0 = time.perf_counter()
+    progress = bar(total=len(jobs), desc=desc or f"embed {name}", unit="poster")
+    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterkg-embed-load")
+    try:
+        future = pool.submit(_load_batch, encoder, batches[0]) if batches else None
+        for i in range(len(batches)):
+            ok_ids, images, prepared, failures, error = future.result()
+            future = pool.submit(_load_batch, encoder, batches[i + 1]) if i + 1 < len(batches) else None
+            mat = None
+            if ok_ids:
+                try:
+                    if error is not None:
+                        raise error
+                    mat = np.asarray(encoder.encode_prepared(prepared), dtype=np.float32)
+                    if mat.shape != (len(ok_ids), int(encoder.dim)):
+                        raise RuntimeError(f"encoder returned shape {mat.shape} for {len(ok_ids)} posters")
+                except Exception:  # noqa: BLE001 - retry one by one: one bad poster costs only itself
+                    mat, ok_ids, more = _one_by_one(encoder, ok_ids, images)
+                    failures = failures + more
+                if not np.isfinite(mat).all():
+                    bad = ~np.isfinite(mat).all(axis=1)
+                    failures = failures + [(m, "encoder_error", "non-finite vector")
+                                           for m, b in zip(ok_ids, bad) if b]
+                    ok_ids = [m for m, b in zip(ok_ids, bad) if not b]
+                    mat = mat[~bad]
+            write(ok_ids, mat, failures)
+            progress.update(len(batches[i]))
+            if on_batch is not None:
+                on_batch(counts["done"] + counts["failed"])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress.close()
+        store.execute("UPDATE feature_runs SET finished_at = ? WHERE run_id = ?", [_now(), run_id])
+    seconds = time.perf_counter() - t0
+    return {"run_id": run_id, "kind": "poster", "encoder": name, "dim": int(encoder.dim),
+            "device": getattr(encoder, "device", "cpu"), "selected": len(rows) + len(missing),
+            "done": counts["done"], "skipped": skipped, "failed": counts["failed"],
+            "failures": dict(sorted(reasons.items())), "seconds": seconds,
+            "posters_per_s": len(jobs) / seconds if jobs and seconds > 0 else 0.0}
+
+
+def _one_by_one(encoder, ids: list[int], images: list):
+    vecs, ok, failures = [], [], []
+    for m, img in zip(ids, images):
+        try:
+            v = np.asarray(encoder.encode([img]), dtype=np.float32)
+            if v.shape != (1, int(encoder.dim)):
+                raise RuntimeError(f"encoder returned shape {v.shape} for one poster")
+            vecs.append(v[0])
+            ok.append(m)
+        except Exception as exc:  # noqa: BLE001
+            failures.append((m, "encoder_error", f"{type(exc).__name__}: {exc}"))
+    mat = np.stack(vecs) if vecs else np.zeros((0, int(encoder.dim)), dtype=np.float32)
+    return mat, ok, failures
+
+
+# -- texts -----------------------------------------------------------------------------------------
+
+def movie_text(title: str, year: int | None, genres: Sequence[str] | None) -> str:
+    """``"Toy Story (1995): Animation, Children's, Comedy"``; the year or genres left out when unknown."""
+    text = str(title or "").strip()
+    if year is not None and not (isinstance(year, float) and np.isnan(year)):
+        text += f" ({int(year)})"
+    g = [str(x) for x in (genres or []) if x and str(x) != "(no genres listed)"]
+    return f"{text}: {', '.join(g)}" if g else text
+
+
+def movie_texts(store: Store, limit: int | None = None) -> list[tuple[int, str]]:
+    if not store.table_exists("movies"):
+        raise InputError("no movies table: run `posterkg ingest movielens` first")
+    sql = "SELECT movie_id, title, year, genres FROM movies ORDER BY movie_id"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    return [(int(m), movie_text(t, y, g)) for m, t, y, g in store.execute(sql).fetchall()]
+
+
+def embed_texts(store: Store, encoder, *, limit: int | None = None, batch_size: int = 512,
+                force: bool = False) -> dict[str, Any]:
+    """Embed every movie's text (:func:`movie_text`) with ``encoder`` (a
+    :class:`posterkg.embed.Encoder`) into ``text_embeddings``. Movies already embedded with this
+    encoder are skipped unless ``force``; one transaction per ``batch_size`` movies."""
+    ensure_tables(store)
+    name = encoder.name
+    texts = movie_texts(store, limit)
+    done = {int(m) for (m,) in store.execute(
+        "SELECT movie_id FROM text_embeddings WHERE encoder = ?", [name]).fetchall()}
+    todo = texts if force else [(m, t) for m, t in texts if m not in done]
+    run_id = _run_id()
+    store.execute("INSERT INTO feature_runs (run_id, kind, encoder, started_at, skipped, params) "
+                  "VALUES (?, 'text', ?, ?, ?, ?)",
+                  [run_id, name, _now(), len(texts) - len(todo),
+                   json.dumps({"limit": limit, "batch_size": batch_size, "force": force})])
+    t0 = time.perf_counter()
+    dim = None
+    progress = bar(total=len(todo), desc=f"embed texts {name}", unit="movie")
+    try:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            mat = np.asarray(encoder.encode([t for _, t in chunk]), dtype=np.float32)
+            dim = int(mat.shape[1])
+            with store.transaction() as con:
+                _insert_arrow(store, "text_embeddings", _vector_table([m for m, _ in chunk], name, mat, _now()))
+                con.execute("UPDATE feature_runs SET done = done + ?, dim = ? WHERE run_id = ?",
+                            [len(chunk), dim, run_id])
+            progress.update(len(chunk))
+    finally:
+        progress.close()
+        store.execute("UPDATE feature_runs SET finished_at = ? WHERE run_id = ?", [_now(), run_id])
+    seconds = time.perf_counter() - t0
+    return {"run_id": run_id, "kind": "text", "encoder": name, "dim": dim, "selected": len(texts),
+            "done": len(todo), "skipped": len(texts) - len(todo), "failed": 0, "failures": {},
+            "seconds": seconds, "texts_per_s": len(todo) / seconds if todo and seconds > 0 else 0.0}
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+def resolve_feature_encoder(kind: str, encoder: str) -> str:
+    """The stored encoder name for a user-given one (aliases: ``pixels``, ``minilm`` ...)."""
+    if kind == "poster":
+        from posterkg.embed.image import encoder_name
+
+        return encoder_name(encoder)
+    if kind == "text":
+        if "#" in encoder:
+            return encoder
+        from posterkg.embed.encoder import resolve_model
+
+        spec = resolve_model(encoder)
+        return f"{spec.name}#{spec.pooling}"
+    raise ConfigError(f"feature kind must be one of {', '.join(KINDS)}, not {kind!r}")
+
+
+def feature_encoders(store: Store) -> list[tuple[str, str, int, int]]:
+    """(kind, encoder, movies, dim) of every feature set in the database."""
+    out = []
+    for kind, table in _TABLES.items():
+        if store.table_exists(table):
+            out += [(kind, e, int(n), int(d)) for e, n, d in store.execute(
+                f"SELECT encoder, count(*), max(len(vector)) FROM {table} GROUP BY 1 ORDER BY 1").fetchall()]
+    return out
+
+
+def load_features(store: Store, kind: str = "poster", encoder: str = "efficientnet-lite0", *,
+                  movie_ids: Sequence[int] | None = None, normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(movie_ids int64 [n], matrix float32 [n, d])`` of one feature set, sorted by movie id.
+
+    ``kind`` ``poster`` reads ``poster_embeddings``, ``text`` reads ``text_embeddings``;
+    ``encoder`` is a stored name or an alias (``pixels``, ``minilm``, ``clip:/path``).
+    ``movie_ids`` restricts to those movies (only those that have a vector come back: check the
+    returned ids, movies without a poster have none). ``normalize`` L2-normalises the rows.
+    """
+    if kind not in _TABLES:
+        raise ConfigError(f"feature kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    table = _TABLES[kind]
+    name = resolve_feature_encoder(kind, encoder)
+    if not store.table_exists(table):
+        raise InputError(f"no {table} table: run `posterkg embed {kind}s` first")
+    sql = f"SELECT movie_id, vector FROM {table} WHERE encoder = ?"
+    params: list[Any] = [name]
+    if movie_ids is not None:
+        sql += " AND movie_id IN (SELECT unnest(?::INTEGER[]))"
+        params.append([int(m) for m in movie_ids])
+    tbl = store.con.sql(sql + " ORDER BY movie_id", params=params).to_arrow_table()
+    if tbl.num_rows == 0:
+        have = ", ".join(e for k, e, _, _ in feature_encoders(store) if k == kind) or "none"
+        raise InputError(f"no {kind} embeddings for encoder {name!r} (have: {have}); "
+                         f"run `posterkg embed {kind}s` first")
+    ids = tbl.column("movie_id").to_numpy().astype(np.int64)
+    vec = tbl.column("vector").combine_chunks()
+    lengths = np.unique(np.diff(vec.offsets.to_numpy()))
+    if len(lengths) != 1:
+        raise InputError(f"{table} for {name!r} has vectors of different lengths {lengths.tolist()}")
+    mat = vec.flatten().to_numpy().astype(np.float32, copy=False).reshape(len(ids), int(lengths[0]))
+    if normalize:
+        mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
+    return ids, np.ascontiguousarray(mat)
+
+
+# -- config and stage ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FeaturesConfig:
+    """``[features]`` section."""
+
+    poster_encoder: str = "efficientnet-lite0"   # "" = no poster embeddings
+    text: bool = True                            # also embed "title (year): genres"
+    text_model: str = ""                         # "" = [embed] model (the vocabulary stage's encoder)
+    batch_size: int = 16                         # posters per forward pass and per transaction
+    device: str = "auto"                         # auto (GPU when present) | cpu | cuda | cuda:N
+    limit: int = 0                               # only the first N posters by movie id; 0 = all
+    retry_failed: bool = False
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("[features] batch_size must be >= 1")
+        if self.limit < 0:
+            raise ConfigError("[features] limit must be >= 0")
+
+
+def _text_encoder(config, cfg: FeaturesConfig):
+    from posterkg.embed.encoder import EmbedConfig, load_encoder
+
+    ecfg = config.section("embed", EmbedConfig) if config is not None else EmbedConfig()
+    if cfg.text_model:
+        ecfg = dataclasses.replace(ecfg, model=cfg.text_model, pooling="")
+    return load_encoder(ecfg)
+
+
+def run_embed(store: Store, config, *, echo: bool = True) -> dict[str, Any]:
+    """The ``features`` stage: poster embeddings with ``[features] poster_encoder``, then (with
+    ``text = true``) text embeddings with the ``[embed]`` model. ``config`` is a
+    :class:`posterkg.config.Config`. Returns {"poster": summary | None, "text": summary | None}."""
+    from posterkg.embed.image import load_image_encoder
+
+    cfg = config.section("features", FeaturesConfig)
+    cfg.check()
+    out: dict[str, Any] = {"poster": None, "text": None}
+    if cfg.poster_encoder:
+        enc = load_image_encoder(cfg.poster_encoder, device=cfg.device)
+        try:
+            out["poster"] = embed_posters(store, enc, batch_size=cfg.batch_size, limit=cfg.limit or None,
+                                          retry_failed=cfg.retry_failed)
+        finally:
+            enc.close()
+    if cfg.text:
+        out["text"] = embed_texts(store, _text_encoder(config, cfg), limit=None)
+    if echo:
+        import click
+
+        for s in (out["poster"], out["text"]):
+            if s:
+                click.echo(describe(s))
+    return out
+
+
+def stage_inputs(store: Store, config) -> str:
+    """Fingerprint of the stage's inputs: ``[features]``, ``[embed] model`` and the posters."""
+    cfg = config.section("features", FeaturesConfig)
+    embed = config.data.get("embed", {}).get("model", "")
+    posters = ""
+    if store.table_exists("posters"):
+        posters = str(store.execute("SELECT count(*), sum(hash(movie_id, sha256, status)) FROM posters").fetchone())
+    movies = str(store.scalar("SELECT count(*) FROM movies")) if store.table_exists("movies") else ""
+    blob = json.dumps({"features": dataclasses.asdict(cfg), "embed": embed, "posters": posters,
+                       "movies": movies}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def describe(summary: dict[str, Any]) -> str:
+    rate = summary.get("posters_per_s", summary.get("texts_per_s", 0.0))
+    unit = "posters/s" if summary["kind"] == "poster" else "texts/s"
+    fails = ", ".join(f"{n} {r}" for r, n in summary["failures"].items())
+    return (f"embed {summary['kind']}s ({summary['encoder']}, dim {summary['dim']}): {summary['done']:,} done, "
+            f"{summary['skipped']:,} skipped, {summary['failed']:,} failed{' (' + fails + ')' if fails else ''}; "
+            f"{summary['seconds']:.1f} s, {rate:.1f} {unit}")
+
+
+def poster_paths(store: Store, movie_ids: Sequence[int]) -> dict[int, Path]:
+    """movie id -> poster path (status ok) for ``movie_ids``; for scoring new movies."""
+    rows = store.execute("SELECT movie_id, path FROM posters WHERE status = 'ok' AND movie_id IN "
+                         "(SELECT unnest(?::INTEGER[]))", [[int(m) for m in movie_ids]]).fetchall()
+    return {int(m): Path(p) for m, p in rows}
