@@ -48,13 +48,15 @@ def movielens(env: Env, src: str, posters_dir: str | None, full_scan: bool, show
     """
     from posterkg.ingest.movielens import ingest_movielens
     from posterkg.ingest.posters import scan_posters
+    from posterkg.ingest.stage import IngestConfig
 
     with env.store() as store:
         summary = ingest_movielens(store, src, report=show_errors)
         for line in summary.lines():
             click.echo(line)
         if posters_dir:
-            for line in scan_posters(store, posters_dir, full=full_scan).lines():
+            cap = env.config.section("ingest", IngestConfig).max_pixels
+            for line in scan_posters(store, posters_dir, full=full_scan, max_pixels=cap).lines():
                 click.echo(line)
 
 
@@ -109,8 +111,10 @@ def posters() -> None:
 @common_options
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--full", is_flag=True, help="Re-check every file, not only new or changed ones.")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=None,
+              help="Pixel cap per poster; bigger ones get status too_large [default: [ingest] max_pixels, 25,000,000].")
 @pass_env
-def scan(env: Env, folder: str, full: bool) -> None:
+def scan(env: Env, folder: str, full: bool, max_pixels: int | None) -> None:
     """Open and verify every {movie_id}.jpg in FOLDER; update table posters.
 
     Each image is fully decoded with Pillow; corrupt or unreadable files get that status and the
@@ -121,9 +125,11 @@ def scan(env: Env, folder: str, full: bool) -> None:
       posterkg posters scan ../shared/data/ml-1m/posters && posterkg info
     """
     from posterkg.ingest.posters import movies_with_bad_poster, scan_posters
+    from posterkg.ingest.stage import IngestConfig
 
+    cap = max_pixels if max_pixels is not None else env.config.section("ingest", IngestConfig).max_pixels
     with env.store() as store:
-        for line in scan_posters(store, folder, full=full).lines():
+        for line in scan_posters(store, folder, full=full, max_pixels=cap).lines():
             click.echo(line)
         bad = movies_with_bad_poster(store)
         if bad:

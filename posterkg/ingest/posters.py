@@ -7,19 +7,31 @@ row: ``status`` is ``ok``, ``corrupt`` (the data does not decode: truncated, gar
 in ``error``. A bad file never stops the scan.
 
 The table mirrors the folder: re-scanning adds new files, re-checks changed ones (size or mtime
-differ; ``full=True`` re-checks all) and removes rows whose file is gone. Files whose name is not
-``<integer>.<jpg|jpeg|png|webp>`` are ignored and counted.
+differ; ``full=True`` re-checks all) and removes rows whose file is gone.
+
+The folder is not trusted:
+
+* only canonical names ``<movie_id>.<jpg|jpeg|png|webp>`` count (``13.jpg``; ``013.jpg`` is not
+  movie 13 and is ignored, with that reason); every ignored file is listed with its reason;
+* reads stay inside the folder: a symlink whose target lies outside it is ignored;
+* an image of more than ``max_pixels`` pixels (``[ingest] max_pixels``, default 25 Mpx; read from
+  the header, nothing is decoded) gets the status ``too_large``: a 144-Mpx file would take
+  gigabytes to tag;
+* a poster of a movie id that is not in ``movies`` is reported and skipped (no row), once the
+  ``movies`` table has rows.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
 import io
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 
 from posterkg.errors import InputError
@@ -40,6 +52,7 @@ MIGRATIONS = [
 EXTENSIONS = {".jpg": 0, ".jpeg": 1, ".png": 2, ".webp": 3}   # preference when an id has several
 _MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF", b"BM")
 _NAME = re.compile(r"^(\d+)(\.[A-Za-z]+)$")
+DEFAULT_MAX_PIXELS = 25_000_000
 
 
 def ensure_schema(store: Store) -> None:
@@ -55,19 +68,29 @@ class ScanSummary:
     ignored: list[str]
     removed: int
     seconds: float
+    reasons: dict[str, str] = dataclasses.field(default_factory=dict)   # ignored name -> why
+    unknown: list[int] = dataclasses.field(default_factory=list)       # ids not in movies (skipped)
 
     def lines(self) -> list[str]:
         st = ", ".join(f"{v:,} {k}" for k, v in sorted(self.status.items()))
         out = [f"posters in {self.folder}: {self.files:,} files ({st}); {self.checked:,} checked, "
                f"{self.removed:,} removed rows, in {self.seconds:.1f}s"]
         if self.ignored:
-            out.append(f"{len(self.ignored):,} file(s) ignored (name is not <movie_id>.jpg): "
-                       + ", ".join(self.ignored[:5]) + (" ..." if len(self.ignored) > 5 else ""))
+            by_reason: dict[str, list[str]] = {}
+            for name in self.ignored:
+                by_reason.setdefault(self.reasons.get(name, "name is not <movie_id>.jpg"), []).append(name)
+            for why, names in by_reason.items():
+                out.append(f"{len(names):,} file(s) ignored ({why}): "
+                           + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+        if self.unknown:
+            out.append(f"{len(self.unknown):,} poster(s) of movie ids not in table movies skipped: "
+                       + ", ".join(map(str, self.unknown[:10])) + (" ..." if len(self.unknown) > 10 else ""))
         return out
 
 
-def check_image(path: str | Path) -> dict:
-    """Open and fully decode one image; return the posters columns for it."""
+def check_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Open and fully decode one image; return the posters columns for it. An image of more than
+    ``max_pixels`` pixels (0: no cap) is not decoded: status ``too_large``."""
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
@@ -85,11 +108,22 @@ def check_image(path: str | Path) -> dict:
         row.update(status="corrupt", error="empty file")
         return row
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            row["width"], row["height"] = im.size
+        with warnings.catch_warnings():
+            # posterkg applies its own cap below; Pillow's bomb warning is noise for a user
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if max_pixels and w * h > max_pixels:
+                    row.update(width=w, height=h, status="too_large",
+                               error=f"{w}x{h} = {w * h / 1e6:.1f} Mpx, over the cap of "
+                                     f"{max_pixels / 1e6:.1f} Mpx ([ingest] max_pixels)")
+                    return row
+                im.verify()
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                row["width"], row["height"] = im.size
+    except Image.DecompressionBombError as exc:
+        row.update(status="too_large", error=f"{exc}"[:300])
     except UnidentifiedImageError:
         if data.startswith(_MAGIC):   # looks like an image, but the header is broken
             row.update(status="corrupt", error="image header is broken (Pillow cannot identify it)")
@@ -100,41 +134,72 @@ def check_image(path: str | Path) -> dict:
     return row
 
 
-def list_poster_files(folder: Path) -> tuple[dict[int, Path], list[str]]:
-    """movie_id -> file (preferring .jpg), and the names that were ignored."""
+def list_poster_files(folder: Path, reasons: dict[str, str] | None = None) -> tuple[dict[int, Path], list[str]]:
+    """movie_id -> file (preferring .jpg), and the names that were ignored (``reasons``, when
+    given, receives why: not a canonical name, a duplicate id, a symlink out of the folder)."""
     found: dict[int, Path] = {}
     ignored: list[str] = []
+    why = reasons if reasons is not None else {}
+    root = folder.resolve()
+
+    def skip(name: str, reason: str) -> None:
+        ignored.append(name)
+        why[name] = reason
+
     with os.scandir(folder) as it:
-        entries = sorted((e.name for e in it if e.is_file()), key=str)
-    for name in entries:
+        entries = sorted(((e.name, e.is_symlink()) for e in it if e.is_file()), key=str)
+    for name, link in entries:
         m = _NAME.match(name)
         ext = m.group(2).lower() if m else ""
         if not m or ext not in EXTENSIONS:
-            ignored.append(name)
+            skip(name, "name is not <movie_id>.jpg|.jpeg|.png|.webp")
             continue
-        mid = int(m.group(1))
+        digits = m.group(1)
+        if digits != str(int(digits)):
+            skip(name, f"not a canonical name: a leading zero; {name} is not movie {int(digits)}, "
+                       f"name it {int(digits)}{m.group(2)}")
+            continue
+        if link:
+            target = (folder / name).resolve()
+            if root not in target.parents:
+                skip(name, "a symlink to a file outside the poster folder")
+                continue
+        mid = int(digits)
         if mid in found and EXTENSIONS[found[mid].suffix.lower()] <= EXTENSIONS[ext]:
-            ignored.append(name)
+            skip(name, f"movie {mid} already has {found[mid].name}")
             continue
         if mid in found:
-            ignored.append(found[mid].name)
+            skip(found[mid].name, f"movie {mid} also has {name}, which is preferred")
         found[mid] = folder / name
     return found, ignored
 
 
 def scan_posters(store: Store, posters_dir: str | Path, *, full: bool = False,
-                 workers: int | None = None) -> ScanSummary:
+                 workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScanSummary:
     """Scan ``posters_dir`` into ``posters`` (see the module docstring)."""
     t0 = time.perf_counter()
     folder = Path(posters_dir).resolve()   # absolute: later stages may run from another directory
     if not folder.is_dir():
         raise InputError(f"poster folder {folder} does not exist")
+    if max_pixels < 0:
+        raise InputError(f"max_pixels must be >= 0 (0: no cap), got {max_pixels}")
     ensure_schema(store)
-    files, ignored = list_poster_files(folder)
+    reasons: dict[str, str] = {}
+    files, ignored = list_poster_files(folder, reasons)
+    unknown: list[int] = []
+    if store.table_exists("movies") and store.count("movies"):
+        movie_ids = {int(r[0]) for r in store.execute("SELECT movie_id FROM movies").fetchall()}
+        unknown = sorted(set(files) - movie_ids)
+        for mid in unknown:
+            del files[mid]
 
     known = {}
     if not full:
-        for mid, path, size, mtime in store.execute("SELECT movie_id, path, bytes, mtime FROM posters").fetchall():
+        for mid, path, size, mtime, w, h, status in store.execute(
+                "SELECT movie_id, path, bytes, mtime, width, height, status FROM posters").fetchall():
+            over = bool(max_pixels) and w is not None and h is not None and w * h > max_pixels
+            if over != (status == "too_large"):
+                continue        # the cap changed for this file: check it again
             known[mid] = (path, size, mtime)
     todo = []
     for mid, p in files.items():
@@ -152,7 +217,8 @@ def scan_posters(store: Store, posters_dir: str | Path, *, full: bool = False,
     n_workers = workers or min(4, os.cpu_count() or 1)
     with cf.ThreadPoolExecutor(max_workers=n_workers) as pool, \
             bar(total=len(todo), desc="posters", unit="img") as pb:
-        for mid, row in zip((m for m, _ in todo), pool.map(check_image, (p for _, p in todo), chunksize=16)):
+        check = functools.partial(check_image, max_pixels=max_pixels)
+        for mid, row in zip((m for m, _ in todo), pool.map(check, (p for _, p in todo), chunksize=16)):
             row["movie_id"] = mid
             rows.append(row)
             pb.update(1)
@@ -175,7 +241,7 @@ def scan_posters(store: Store, posters_dir: str | Path, *, full: bool = False,
         store.insert_df("posters", frame)
     status = dict(store.execute("SELECT status, count(*) FROM posters GROUP BY 1").fetchall())
     return ScanSummary(str(folder), len(files), len(rows), status, ignored, len(gone),
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, reasons, unknown)
 
 
 def movies_without_poster(store: Store) -> list[tuple[int, str]]:

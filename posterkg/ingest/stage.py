@@ -40,6 +40,7 @@ class IngestConfig:
     posters_url: str = ""     # poster URL template ({movie_id}, {tmdb_id}, {imdb_id}) or "tmdb";
                               # used when the `posters` folder is absent: fetched into fallback_dir/posters
     posters_concurrency: int = 8
+    max_pixels: int = 25_000_000   # a bigger poster gets status too_large (not decoded, not tagged); 0: no cap
 
 
 def folder_fingerprint(folder: str | Path) -> str:
@@ -78,7 +79,7 @@ def _run(store: Store, config: Config) -> None:
             click.echo(line)
     if res.posters is not None:
         if res.posters.is_dir() or cfg.posters and res.posters == Path(cfg.posters):
-            for line in scan_posters(store, res.posters).lines():
+            for line in scan_posters(store, res.posters, max_pixels=cfg.max_pixels).lines():
                 click.echo(line)
         else:
             click.echo(f"no poster folder at {cfg.posters or res.posters}: running without posters")
