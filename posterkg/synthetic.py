@@ -37,6 +37,7 @@ import colorsys
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -223,14 +224,22 @@ def load_truth(root: str | Path) -> SyntheticSet:
 
 # -- the self-check ------------------------------------------------------------------------------
 
+MODEL_MIN_SHARE = 0.5   # the model's top-k must go at least this share of the way from chance to best
+
+
 @dataclasses.dataclass
 class Recovery:
-    """How well the stored preferences recover the planted tastes."""
+    """How well the stored preferences (and a trained model's recommendations) recover the
+    planted tastes. ``passed`` needs the graph check and, when a model was given, the model
+    check; ``error`` is why the model could not be checked (then ``passed`` is False)."""
 
     mapping: list[dict]          # per trait: concept chosen for it and how well it separates
     rows: list[dict]             # per horizon and metric: recovered vs chance
     users: int
     passed: bool
+    graph_passed: bool = False
+    model_passed: bool | None = None   # None: no model was checked
+    error: str | None = None
 
 
 def trait_concepts(store, truth: SyntheticSet, min_gap: float = 0.2) -> list[dict]:
@@ -267,8 +276,10 @@ def trait_concepts(store, truth: SyntheticSet, min_gap: float = 0.2) -> list[dic
     return out
 
 
-def check_recovery(store, truth: SyntheticSet, *, horizon_pass: str = "long") -> Recovery:
-    """Score every user's planted tastes against ``user_prefs``.
+def check_recovery(store, truth: SyntheticSet, *, horizon_pass: str = "long",
+                   model: Callable[[], Any] | None = None, k: int = 10) -> Recovery:
+    """Score every user's planted tastes against ``user_prefs`` (and, with ``model``, against a
+    trained model's recommendations: :func:`check_model`).
 
     Traits come in complementary pairs (warm/cool, ...), so from ratings alone "likes warm" and
     "dislikes cool" look alike: both make warm posters rate higher than cool ones. The check is
@@ -286,8 +297,10 @@ def check_recovery(store, truth: SyntheticSet, *, horizon_pass: str = "long") ->
       axis (chance = planted axes / 4).
     * ``liked traits scored > 0`` / ``disliked trait scored < 0``: sign of the trait's own score.
 
-    The check passes when, on ``horizon_pass``, the first two metrics are at least halfway from
-    chance to perfect (>= 0.75) and the third beats chance.
+    The graph check passes when, on ``horizon_pass``, the first two metrics are at least halfway
+    from chance to perfect (>= 0.75) and the third beats chance. ``model`` is a function that
+    loads the trained model (anything with ``recommend(user_id, k)``); with it the whole check
+    passes only if the model check passes too, and an error loading or asking the model fails it.
     """
     mapping = trait_concepts(store, truth)
     concept_of = {m["trait"]: m["concept_id"] for m in mapping}
@@ -342,4 +355,67 @@ def check_recovery(store, truth: SyntheticSet, *, horizon_pass: str = "long") ->
         if h == horizon_pass:
             passed = (bool(users) and r["direction"] >= 0.75 and r["auc"] >= 0.75
                       and r["strongest"] > mean(strongest_chance))
-    return Recovery(mapping=mapping, rows=rows, users=len(users), passed=passed)
+    rec = Recovery(mapping=mapping, rows=rows, users=len(users), passed=passed, graph_passed=passed)
+    if model is not None:
+        model_rows, rec.model_passed, rec.error = check_model(store, truth, model, k=k)
+        rec.rows += model_rows
+        rec.passed = rec.graph_passed and rec.model_passed
+    return rec
+
+
+def planted_utility(truth: SyntheticSet, user_id: int, movie_id: int) -> int:
+    """Liked traits the movie's poster shows minus disliked traits it shows."""
+    shown = set(truth.movies[movie_id].values())
+    taste = truth.users[user_id]
+    return sum(t in shown for t in taste["likes"]) - sum(t in shown for t in taste["dislikes"])
+
+
+def check_model(store, truth: SyntheticSet, load: Callable[[], Any], k: int = 10
+                ) -> tuple[list[dict], bool, str | None]:
+    """Planted utility of every user's top-``k`` recommendations: ``(rows, passed, error)``.
+
+    For each user with train/valid ratings: the mean :func:`planted_utility` of the model's top
+    ``k`` (``load().recommend(user_id, k)``), of all the user's unseen movies (chance) and of
+    the ``k`` best unseen movies (the best any model could do). Passes when the model's mean is
+    at least :data:`MODEL_MIN_SHARE` of the way from chance to best. Loading or asking the model
+    failing, an unknown movie, a movie the user already rated, a repeated movie or fewer than
+    ``k`` movies where ``k`` are unseen is an ``error`` (and a failure).
+    """
+    seen: dict[int, set[int]] = {}
+    for u, m in store.execute("SELECT user_id, movie_id FROM split WHERE part <> 'test'").fetchall():
+        seen.setdefault(int(u), set()).add(int(m))
+    users = [u for u in sorted(seen) if u in truth.users]
+    if not users:
+        return [], False, "no user of the generated set has train/valid ratings"
+    try:
+        model = load()
+    except Exception as exc:  # noqa: BLE001 - reported as the check's error
+        return [], False, f"loading the trained model failed: {type(exc).__name__}: {exc}"
+    rec_u, rand_u, best_u = [], [], []
+    for u in users:
+        try:
+            recs = [int(m) for m, _ in model.recommend(u, k)]
+        except Exception as exc:  # noqa: BLE001 - reported as the check's error
+            return [], False, f"recommend(user {u}, k={k}) failed: {type(exc).__name__}: {exc}"
+        unseen = [m for m in truth.movies if m not in seen[u]]
+        bad = ([m for m in recs if m not in truth.movies], [m for m in recs if m in seen[u]])
+        if bad[0] or bad[1] or len(set(recs)) != len(recs) or len(recs) != min(k, len(unseen)):
+            return [], False, (f"recommend(user {u}, k={k}) returned {recs}: "
+                               + (f"unknown movies {bad[0]}" if bad[0] else
+                                  f"movies the user already rated {bad[1]}" if bad[1] else
+                                  f"{len(set(recs))} distinct movies, {min(k, len(unseen))} expected"))
+        if not unseen:
+            continue
+        utilities = sorted((planted_utility(truth, u, m) for m in unseen), reverse=True)
+        rec_u.append(float(np.mean([planted_utility(truth, u, m) for m in recs])))
+        rand_u.append(float(np.mean(utilities)))
+        best_u.append(float(np.mean(utilities[:k])))
+    got, chance, best = float(np.mean(rec_u)), float(np.mean(rand_u)), float(np.mean(best_u))
+    share = (got - chance) / (best - chance) if best > chance else 0.0
+    rows = [
+        {"horizon": "model", "metric": f"planted utility of top-{k} (likes - dislikes shown)",
+         "recovered": got, "chance": chance},
+        {"horizon": "model", "metric": f"share of the way from chance to the best top-{k} ({best:.2f})",
+         "recovered": share, "chance": 0.0},
+    ]
+    return rows, share >= MODEL_MIN_SHARE, None

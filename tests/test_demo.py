@@ -9,7 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from posterkg.synthetic import AXES, TRAIT_AXIS, TRAITS, SyntheticSet, check_recovery, generate, load_truth
+from posterkg.synthetic import (AXES, TRAIT_AXIS, TRAITS, SyntheticSet, check_recovery, generate, load_truth,
+                                planted_utility)
 
 
 def _digest(root):
@@ -141,6 +142,58 @@ def test_planted_tastes_recovered_with_oracle_concepts_and_not_when_shuffled(syn
     assert abs(bad_long["direction on planted axes"] - 0.5) < 0.15
 
 
+class _Ranker:
+    """A stand-in recommender for the check itself: ranks each user's unseen movies by the planted
+    utility (computed here from truth.json, not by the code under test), best or worst first."""
+
+    def __init__(self, store, truth, worst=False, fail_on=None, leak_seen=False):
+        self.truth, self.worst, self.fail_on, self.leak_seen = truth, worst, fail_on, leak_seen
+        self.seen = {}
+        for u, m in store.execute("SELECT user_id, movie_id FROM split WHERE part <> 'test'").fetchall():
+            self.seen.setdefault(u, set()).add(m)
+
+    def recommend(self, user_id, k):
+        if user_id == self.fail_on:
+            raise RuntimeError("index 7 is out of bounds")
+        pool = sorted(self.truth.movies, key=lambda m: (planted_utility(self.truth, user_id, m), -m),
+                      reverse=not self.worst)
+        if self.leak_seen:
+            return [(m, 1.0) for m in pool[:k]]
+        return [(m, 1.0) for m in pool if m not in self.seen[user_id]][:k]
+
+
+def test_model_row_gates_the_verdict(synthetic_db):
+    """With a model, the check passes only if its top-10 goes at least halfway from chance to the
+    best possible; a model that cannot be loaded or asked fails the check with its error."""
+    store, truth = synthetic_db
+    _oracle_concepts(store, truth, noise=0.1)
+    from posterkg.graphs import GraphConfig, build_graphs
+
+    build_graphs(store, GraphConfig(short_n=10, half_life_days=60))
+    assert check_recovery(store, truth).passed                       # the graph alone passes
+
+    best = check_recovery(store, truth, model=lambda: _Ranker(store, truth))
+    assert best.passed and best.graph_passed and best.model_passed and best.error is None
+    rows = {r["metric"].split(" (")[0]: r for r in best.rows if r["horizon"] == "model"}
+    assert rows["share of the way from chance to the best top-10"]["recovered"] == pytest.approx(1.0)
+    assert rows["planted utility of top-10"]["recovered"] > rows["planted utility of top-10"]["chance"]
+
+    worst = check_recovery(store, truth, model=lambda: _Ranker(store, truth, worst=True))
+    assert worst.graph_passed and worst.model_passed is False and not worst.passed
+    w = {r["metric"].split(" (")[0]: r for r in worst.rows if r["horizon"] == "model"}
+    assert w["planted utility of top-10"]["recovered"] < w["planted utility of top-10"]["chance"]
+
+    def broken():
+        raise ValueError("model state does not match the graph")
+
+    for model, message in [(broken, "loading the trained model failed: ValueError: model state"),
+                           (lambda: _Ranker(store, truth, fail_on=min(truth.users)),
+                            "index 7 is out of bounds"),
+                           (lambda: _Ranker(store, truth, leak_seen=True), "already rated")]:
+        rec = check_recovery(store, truth, model=model)
+        assert not rec.passed and rec.graph_passed and message in rec.error
+
+
 @pytest.mark.slow
 def test_planted_tastes_recovered_through_the_pixels_tagger(tmp_path):
     """Real pixels tagger on the drawn posters; its exact values stand in for the vocabulary."""
@@ -176,8 +229,9 @@ def test_planted_tastes_recovered_through_the_pixels_tagger(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
-    """`posterkg demo` on a small set: every stage, then the self-check must pass."""
+def test_demo_end_to_end(tmp_path, monkeypatch):
+    """`posterkg demo` on a small set: every stage, then the self-check must pass; with a planted
+    bad model (or one that fails to load) the same demo must fail."""
     from click.testing import CliRunner
 
     from posterkg.cli import cli
@@ -193,3 +247,32 @@ def test_demo_end_to_end(tmp_path):
     assert again.exit_code == 0 and "using the generated set" in again.output
     assert "ingest  skipped" in again.output and "tag     skipped" in again.output
     assert "SELF-CHECK PASSED" in again.output
+    model_rows = [line for line in again.output.splitlines() if line.startswith("model ")]
+    assert len(model_rows) == 2, again.output      # the trained model was checked
+
+    # a planted bad model: the real trained model, recommending its lowest-scored movies
+    from posterkg.gnn import api
+
+    real_load = api.load_model
+
+    def worst_first(store, *a, **kw):
+        model = real_load(store, *a, **kw)
+        everything = model.recommend
+        n = len(store.execute("SELECT movie_id FROM movies").fetchall())
+        model.recommend = lambda user_id, k=10: everything(user_id, n)[::-1][:k]
+        return model
+
+    demo_args = ["demo", "--dir", str(tmp_path / "demo"), "--movies", "150", "--users", "150", "--seed", "1"]
+    monkeypatch.setattr(api, "load_model", worst_first)
+    bad = CliRunner().invoke(cli, demo_args, catch_exceptions=False)
+    assert bad.exit_code == 1, bad.output
+    assert "SELF-CHECK FAILED" in bad.output and "SELF-CHECK PASSED" not in bad.output
+    assert "trained model's recommendations" in bad.output
+
+    def no_model(store, *a, **kw):
+        raise RuntimeError("state dict does not fit the graph")
+
+    monkeypatch.setattr(api, "load_model", no_model)
+    err = CliRunner().invoke(cli, demo_args, catch_exceptions=False)
+    assert err.exit_code == 1 and "SELF-CHECK PASSED" not in err.output
+    assert "could not be checked: loading the trained model failed: RuntimeError: state dict" in err.output
