@@ -77,6 +77,11 @@ class GraphConfig:
     ``"unit"`` (every interaction edge weighs 1) -- the ``edge_weight`` of interaction edges.
     ``pref_horizon``: which preferences become likes/dislikes edges of the fused graph:
     ``"long"``, ``"short"`` or ``"mix"`` (mean of both scores, a missing one counting 0).
+    ``user_interests``: where the fused graph's user -> concept edges come from: ``""`` (default)
+    = ``user_prefs``; a backend name (``"stats"``, ``"hf"``, ``"vllm"``, ``"openai"``) = the
+    interests of that backend's latest ``posterkg interests extract`` run (its whole key: backend,
+    model, vocabulary version, prompt/schema hash); a run id = the key of that run. Edge weight =
+    the interest's confidence (likes) or its negative (dislikes), per ``pref_horizon``.
     """
 
     half_life_days: float = 180.0
@@ -88,6 +93,7 @@ class GraphConfig:
     vocab_version: int | None = None
     interaction_weight: str = "rating"
     pref_horizon: str = "long"
+    user_interests: str = ""
 
     def __post_init__(self) -> None:
         if not self.half_life_days > 0:
@@ -138,6 +144,13 @@ def build_graphs(store, cfg: Any = None) -> dict[str, int]:
         "movie_concept_edges": build_movie_concept_edges(store, gc),
     }
     counts["user_prefs"] = build_user_prefs(store, gc)
+    if gc.user_interests:
+        from posterkg.graphs.preferences import interest_key
+
+        key = interest_key(store, gc.user_interests)
+        counts["user_interests"] = int(store.scalar(
+            "SELECT count(*) FROM user_interests WHERE backend = ? AND model = ? AND vocab_version = ? "
+            "AND spec_hash = ?", list(key)))
     store.execute(
         "INSERT INTO graph_info (config, counts) VALUES (?, ?)",
         [json.dumps(dataclasses.asdict(gc)), json.dumps(counts)],

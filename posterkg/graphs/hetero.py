@@ -15,6 +15,9 @@ when they are missing and the store is writable) and returns a :class:`GraphBund
       ('user', 'likes', 'concept')   preference score > 0                 weight = score
       ('user', 'dislikes', 'concept') preference score < 0                weight = -score (> 0)
 
+  (the preferences are ``user_prefs`` by default; with ``[graph] user_interests`` they are the
+  ``user_interests`` rows of that backend or run, score = +/- confidence)
+
 * every edge store has ``edge_index`` (long, 2 x E) and ``edge_weight`` (float, E); interaction
   edges also ``ts`` (long, seconds) and ``rating`` (float). Interaction ``edge_weight`` is
   ``(r-3)/2`` for liked, ``(3-r)/2`` for disliked and 1 for neutral with
@@ -151,8 +154,24 @@ def build_hetero(store, cfg: Any = None) -> GraphBundle:
     if store.table_exists("movies"):
         movies_sql = f"SELECT movie_id AS id FROM movies UNION {movies_sql}"
     movie_ids = _ids(store, f"SELECT DISTINCT id FROM ({movies_sql}) ORDER BY id")
+    # user -> concept preferences: user_prefs, or user_interests ([graph] user_interests)
+    prefs_params: list = []
+    if gc.user_interests:
+        from posterkg.graphs.preferences import interest_scores_sql
+
+        prefs_sql, prefs_params = interest_scores_sql(store, gc.user_interests, gc.pref_horizon)
+    elif gc.pref_horizon == "mix":
+        prefs_sql = ("SELECT user_id, concept_id, sum(score) / 2 AS score FROM user_prefs "
+                     "GROUP BY user_id, concept_id")
+    else:
+        prefs_sql = (f"SELECT user_id, concept_id, score FROM user_prefs "
+                     f"WHERE horizon = '{gc.pref_horizon}'")
+    p = store.execute(f"SELECT * FROM ({prefs_sql}) WHERE score <> 0 "
+                      "ORDER BY user_id, concept_id", prefs_params).fetchnumpy()
     concept_ids = _ids(store, "SELECT DISTINCT id FROM (SELECT concept_id AS id FROM "
                        "movie_concept_edges UNION SELECT concept_id FROM user_prefs) ORDER BY id")
+    if gc.user_interests and len(p["concept_id"]):
+        concept_ids = np.union1d(concept_ids, np.asarray(p["concept_id"], dtype=np.int64))
     user_index, movie_index, concept_index = _index(user_ids), _index(movie_ids), _index(concept_ids)
 
     data = HeteroData()
@@ -194,15 +213,7 @@ def build_hetero(store, cfg: Any = None) -> GraphBundle:
     _edge_store(data, ("movie", "has", "concept"), _lookup(movie_ids, mc["movie_id"]),
                 _lookup(concept_ids, mc["concept_id"]), mc["weight"])
 
-    # user -> concept preferences
-    if gc.pref_horizon == "mix":
-        prefs_sql = ("SELECT user_id, concept_id, sum(score) / 2 AS score FROM user_prefs "
-                     "GROUP BY user_id, concept_id")
-    else:
-        prefs_sql = (f"SELECT user_id, concept_id, score FROM user_prefs "
-                     f"WHERE horizon = '{gc.pref_horizon}'")
-    p = store.execute(f"SELECT * FROM ({prefs_sql}) WHERE score <> 0 "
-                      "ORDER BY user_id, concept_id").fetchnumpy()
+    # user -> concept preferences (queried above)
     pu = _lookup(user_ids, p["user_id"])
     pc = _lookup(concept_ids, p["concept_id"])
     score = np.asarray(p["score"], dtype=np.float64)

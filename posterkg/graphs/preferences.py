@@ -143,3 +143,41 @@ def build_user_prefs(store, cfg=None) -> int:
             params,
         )
     return store.count("user_prefs")
+
+
+def interest_key(store, selector: str) -> tuple[str, str, int, str]:
+    """``[graph] user_interests`` -> the (backend, model, vocab_version, spec_hash) whose
+    ``user_interests`` rows are used: the key of run ``selector``, else of the latest run of
+    backend ``selector``."""
+    if not store.table_exists("interest_runs"):
+        raise InputError(f"[graph] user_interests = {selector!r} but no interests were extracted; "
+                         "run `posterkg interests extract` first")
+    row = store.execute(
+        "SELECT backend, model, vocab_version, spec_hash FROM interest_runs WHERE run_id = ?",
+        [selector]).fetchall()
+    if not row:
+        row = store.execute(
+            "SELECT backend, model, vocab_version, spec_hash FROM interest_runs WHERE backend = ? "
+            "ORDER BY started_at DESC, run_id DESC LIMIT 1", [selector]).fetchall()
+    if not row:
+        known = [r[0] for r in store.execute("SELECT DISTINCT backend FROM interest_runs").fetchall()]
+        raise InputError(f"[graph] user_interests = {selector!r}: no interests run or backend of that "
+                         f"name (backends with runs: {', '.join(known) or 'none'}); run "
+                         f"`posterkg interests extract --backend ...`")
+    b, m, v, h = row[0]
+    return str(b), str(m), int(v), str(h)
+
+
+def interest_scores_sql(store, selector: str, pref_horizon: str) -> tuple[str, list]:
+    """SQL (and parameters) of ``(user_id, concept_id, score)`` from ``user_interests`` for the
+    fused graph: score = +confidence (likes) / -confidence (dislikes) of horizon ``pref_horizon``
+    (``mix``: the sum over both horizons / 2, as with user_prefs)."""
+    key = list(interest_key(store, selector))
+    signed = ("SELECT user_id, concept_id, horizon, CASE WHEN polarity = 'likes' THEN confidence "
+              "ELSE -confidence END AS score FROM user_interests WHERE backend = ? AND model = ? "
+              "AND vocab_version = ? AND spec_hash = ?")
+    if pref_horizon == "mix":
+        return (f"SELECT user_id, concept_id, sum(score) / 2 AS score FROM ({signed}) "
+                "GROUP BY user_id, concept_id", key)
+    return (f"SELECT user_id, concept_id, sum(score) AS score FROM ({signed}) WHERE horizon = ? "
+            "GROUP BY user_id, concept_id", key + [pref_horizon])
