@@ -269,19 +269,11 @@ def test_hetero_read_only_needs_build(tmp_path, hand_db):
         build_hetero(ro)
 
 
-@pytest.fixture
-def ml1m_split_db(request):
-    for mod in ("posterkg.ingest.movielens", "posterkg.ingest.posters", "posterkg.split"):
-        pytest.importorskip(mod, reason=f"{mod} (foundation stage) is not in this checkout yet")
-    return request.getfixturevalue("ml1m_db_copy")
-
-
 @pytest.mark.slow
-def test_build_on_ml1m_with_genre_concepts(ml1m_split_db):
+def test_build_on_ml1m_with_genre_concepts(ml1m_db_copy):
     """Real ML-1M (../shared) with genres as a stand-in concept vocabulary."""
     from posterkg.graphs.hetero import build_hetero
 
-    ml1m_db_copy = ml1m_split_db
     with open_store(ml1m_db_copy) as store:
         if not store.table_exists("concepts"):
             store.execute(VOCAB_DDL)
