@@ -62,33 +62,53 @@ def movielens(env: Env, src: str, posters_dir: str | None, full_scan: bool, show
 
 @click.command()
 @click.argument("release", type=click.Choice(["ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m",
-                                              "ml-latest-small", "ml-latest"]))
+                                              "ml-latest-small", "ml-latest", "model"]))
+@click.argument("model_id", required=False)
 @click.option("--dir", "dest", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Where the zip is saved and extracted.")
 @click.option("--no-extract", is_flag=True, help="Keep the zip only.")
 @click.option("--retries", default=5, show_default=True, help="Retries (resuming) after a dropped connection.")
 @click.option("--base-url", default=None, help="Mirror of files.grouplens.org/datasets/movielens.")
 @click.option("--md5", default=None, help="Expected MD5 (default: the published one).")
-def download(release: str, dest: str, no_extract: bool, retries: int, base_url: str | None,
-             md5: str | None) -> None:
-    """Download a MovieLens release from GroupLens (needs internet).
+@click.option("--max-bytes", type=click.IntRange(min=1), default=None,
+              help="Refuse a file bigger than this [default: 2,000,000,000].")
+@click.option("--deadline", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds the whole file may take, retries included [default: 3600].")
+def download(release: str, model_id: str | None, dest: str, no_extract: bool, retries: int,
+             base_url: str | None, md5: str | None, max_bytes: int | None, deadline: float | None) -> None:
+    """Download a MovieLens release from GroupLens, or model weights (needs internet).
 
     The download resumes where it stopped (HTTP Range) if interrupted, the MD5 is checked
     against the published one, and the zip is extracted into --dir.
+
+    `posterkg download model ID` fetches model weights (e.g. the [embed] model
+    BAAI/bge-small-en-v1.5) into the Hugging Face hub's own cache, which every HF tool shares:
+    it is the only command that downloads weights, every stage loads local files only.
 
     \b
     Examples:
       posterkg download ml-1m --dir data
       posterkg ingest movielens data/ml-1m
+      posterkg download model BAAI/bge-small-en-v1.5
     """
-    from posterkg.ingest.download import BASE_URL, download_release
+    if release == "model":
+        from posterkg.embed.encoder import download_model
+
+        if not model_id:
+            raise click.UsageError("give the model: posterkg download model BAAI/bge-small-en-v1.5")
+        click.echo(f"{model_id}: {download_model(model_id)}")
+        return
+    if model_id:
+        raise click.UsageError(f"unexpected extra argument {model_id!r} (only `download model ID` takes one)")
+    from posterkg.ingest.download import BASE_URL, DEADLINE, MAX_BYTES, download_release
 
     res = download_release(release, dest, base_url=base_url or BASE_URL, md5=md5, extract=not no_extract,
-                           retries=retries)
+                           retries=retries, max_bytes=max_bytes or MAX_BYTES, deadline=deadline or DEADLINE)
     how = "already downloaded" if res.skipped else (
         f"resumed at byte(s) {', '.join(f'{o:,}' for o in res.resumed_at)}" if res.resumed_at else "downloaded")
+    which = "the checksum given with --md5" if res.given else "the published checksum"
     click.echo(f"{res.zip_path}: {how}; MD5 {res.md5} "
-               + ("matches the published checksum" if res.checked else "(no published checksum to compare)"))
+               + (f"matches {which}" if res.checked else "(no published checksum to compare)"))
     if res.folder:
         click.echo(f"extracted to {res.folder}; next: posterkg ingest movielens {res.folder}")
 
@@ -148,6 +168,8 @@ def scan(env: Env, folder: str, full: bool, max_pixels: int | None) -> None:
 @click.option("--retries", type=int, help="Retries per request on 5xx/429/timeouts [3].")
 @click.option("--backoff", type=float, help="First retry delay in seconds, doubled each time [1.0].")
 @click.option("--timeout", type=float, help="Per-request timeout in seconds [30].")
+@click.option("--max-bytes", type=click.IntRange(min=1), help="Byte cap per poster [20,000,000].")
+@click.option("--deadline", type=float, help="Seconds one poster may take in all [120].")
 @click.option("--retry-failed", is_flag=True, help="Only the movies in table poster_fetch_failures.")
 @click.option("--limit", type=int, help="At most this many movies.")
 @click.option("--movie", "movies", type=int, multiple=True, help="Only this movie (repeatable).")

@@ -6,6 +6,11 @@ for the rest with an HTTP ``Range`` request and appends. A server that ignores `
 200) restarts the file from zero. When complete, the MD5 is checked against the known value
 (GroupLens publishes MD5 sums; for releases without a known one the ``<url>.md5`` file is used,
 when it exists), and only then is the part renamed to ``<name>.zip`` and extracted.
+
+Bounded: a file may not grow past ``max_bytes`` (default 2 GB, the largest MovieLens zip is about
+a third of that; a larger ``Content-Length`` is refused before reading, an endless body is cut
+there and the part file removed), and the whole file, retries and resumes included, must arrive
+within ``deadline`` seconds (default one hour; the part is kept so a later run resumes).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ KNOWN_MD5 = {
 RELEASES = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m", "ml-latest-small", "ml-latest")
 # the folder each zip extracts to (ML-10M's is historically named differently)
 EXTRACTS_TO = {"ml-10m": "ml-10M100K"}
+MAX_BYTES = 2_000_000_000
+DEADLINE = 3600.0
 
 
 class DownloadError(PosterkgError):
@@ -45,9 +52,10 @@ class DownloadResult:
     zip_path: Path
     folder: Path | None
     md5: str
-    checked: bool          # the MD5 was compared with a published one
+    checked: bool          # the MD5 was compared with an expected one
     resumed_at: list[int]  # byte offsets requests resumed from (empty: one clean request)
     skipped: bool = False  # the zip was already there and verified
+    given: bool = False    # the expected MD5 was the caller's (--md5), not the published one
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -62,9 +70,10 @@ def expected_md5(name: str, url: str, session, timeout: float) -> str | None:
     if name in KNOWN_MD5:
         return KNOWN_MD5[name]
     try:
-        r = session.get(url + ".md5", timeout=timeout)
-        if r.status_code == 200:
-            m = re.search(r"\b([0-9a-fA-F]{32})\b", r.text)
+        with session.get(url + ".md5", timeout=timeout, stream=True) as r:
+            head = next(r.iter_content(4096), b"") if r.status_code == 200 else b""   # bounded
+        if head:
+            m = re.search(r"\b([0-9a-fA-F]{32})\b", head.decode("ascii", errors="replace"))
             if m:
                 return m.group(1).lower()
     except Exception:  # noqa: BLE001 - a missing checksum file only means no check
@@ -73,14 +82,28 @@ def expected_md5(name: str, url: str, session, timeout: float) -> str | None:
 
 
 def fetch_file(url: str, dest: Path, *, session=None, retries: int = 5, backoff: float = 1.0,
-               timeout: float = 60.0, chunk: int = 1 << 16, desc: str = "") -> list[int]:
-    """Download ``url`` to ``dest`` (via ``dest.part``), resuming with Range; return resume offsets."""
+               timeout: float = 60.0, chunk: int = 1 << 16, desc: str = "", max_bytes: int = MAX_BYTES,
+               deadline: float = DEADLINE) -> list[int]:
+    """Download ``url`` to ``dest`` (via ``dest.part``), resuming with Range; return resume offsets.
+
+    At most ``max_bytes`` bytes in all and ``deadline`` seconds in all (see the module docstring)."""
     import requests
 
     session = session or requests.Session()
     part = dest.with_name(dest.name + ".part")
     resumed: list[int] = []
     attempt = 0
+    start = time.monotonic()
+
+    def too_big(n: int) -> DownloadError:
+        part.unlink(missing_ok=True)
+        return DownloadError(f"{url}: more than {max_bytes:,} bytes (--max-bytes); stopped, nothing kept")
+
+    def check_time(written: int) -> None:
+        if time.monotonic() - start > deadline:
+            raise DownloadError(f"{url}: not complete after {deadline:g} s (--deadline), {written:,} bytes "
+                                f"so far; {part} is kept, run again to resume")
+
     while True:
         offset = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -103,13 +126,19 @@ def fetch_file(url: str, dest: Path, *, session=None, retries: int = 5, backoff:
                 else:
                     raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason}")
                 length = r.headers.get("Content-Length")
-                total = offset + int(length) if length is not None else None
+                total = offset + int(length) if length is not None and length.isdigit() else None
+                if total is not None and total > max_bytes:
+                    raise too_big(total)
                 written = offset
                 with open(part, mode) as f, bar(total=total, desc=desc or dest.name, unit="B") as pb:
                     pb.update(offset)
                     for block in r.iter_content(chunk):
-                        f.write(block)
                         written += len(block)
+                        if written > max_bytes:
+                            f.close()
+                            raise too_big(written)
+                        check_time(written)
+                        f.write(block)
                         pb.update(len(block))
                 if total is not None and written < total:
                     raise _Retry(f"connection closed at byte {written:,} of {total:,}")
@@ -119,6 +148,7 @@ def fetch_file(url: str, dest: Path, *, session=None, retries: int = 5, backoff:
             if attempt > retries:
                 raise DownloadError(f"{url}: giving up after {retries} retries ({exc}); "
                                     f"{part} is kept, run again to resume") from exc
+            check_time(part.stat().st_size if part.exists() else 0)
             time.sleep(backoff * 2 ** (attempt - 1))
     part.replace(dest)
     return resumed
@@ -130,7 +160,8 @@ class _Retry(Exception):
 
 def download_release(name: str, dest_dir: str | Path = "data", *, base_url: str = BASE_URL,
                      md5: str | None = None, extract: bool = True, retries: int = 5,
-                     backoff: float = 1.0, timeout: float = 60.0) -> DownloadResult:
+                     backoff: float = 1.0, timeout: float = 60.0, max_bytes: int = MAX_BYTES,
+                     deadline: float = DEADLINE) -> DownloadResult:
     """Download (resuming), verify and extract GroupLens' ``<name>.zip`` into ``dest_dir``."""
     import requests
 
@@ -148,12 +179,12 @@ def download_release(name: str, dest_dir: str | Path = "data", *, base_url: str 
         skipped = True
     else:
         resumed = fetch_file(url, zip_path, session=session, retries=retries, backoff=backoff,
-                             timeout=timeout)
+                             timeout=timeout, max_bytes=max_bytes, deadline=deadline)
     got = md5sum(zip_path)
     if want and got != want:
         bad = zip_path.with_name(zip_path.name + ".bad")
         zip_path.replace(bad)
-        raise DownloadError(f"{url}: MD5 {got} does not match the published {want}; "
+        raise DownloadError(f"{url}: MD5 {got} does not match the {'given' if md5 else 'published'} {want}; "
                             f"the file was moved to {bad}; run again to download it afresh")
     folder = None
     if extract:
@@ -165,4 +196,4 @@ def download_release(name: str, dest_dir: str | Path = "data", *, base_url: str 
             raise DownloadError(f"{zip_path} is not a valid zip: {exc}") from exc
         top = EXTRACTS_TO.get(name, name)
         folder = dest / (top if top in tops else (sorted(tops)[0] if len(tops) == 1 else ""))
-    return DownloadResult(name, zip_path, folder, got, want is not None, resumed, skipped)
+    return DownloadResult(name, zip_path, folder, got, want is not None, resumed, skipped, given=bool(md5))

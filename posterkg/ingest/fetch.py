@@ -10,8 +10,13 @@ Two sources:
 
 Movies are fetched by a thread pool (``concurrency``); a request that fails with a connection
 error, a timeout, 408, 429 or a 5xx is retried with exponential backoff (``backoff * 2**k``
-seconds, ``Retry-After`` honoured up to 60 s). Every image is checked with Pillow before it is
-written (atomically) as ``<dir>/<movie_id>.jpg`` and added to ``posters``. Each movie that still
+seconds, ``Retry-After`` honoured up to 60 s). Every body is streamed to a temporary file in the
+poster folder with a byte cap (``max_bytes``, 20 MB; a larger ``Content-Length`` is refused before
+reading) and a total deadline per file (``deadline`` seconds, on top of the per-read
+``timeout``), so an endless or trickling body costs at most that much memory-free disk and time;
+either is a permanent failure (not retried). Every image is checked with Pillow (and the pixel cap
+of :func:`posterkg.ingest.posters.check_image`) before it is renamed (atomically) to
+``<dir>/<movie_id>.jpg`` and added to ``posters``. Each movie that still
 fails is recorded in the table ``poster_fetch_failures`` (movie_id, url, http_status, error,
 attempts); a normal run skips them, ``--retry-failed`` tries exactly them again, and a success
 removes the row.
@@ -48,7 +53,9 @@ class FetchConfig:
     concurrency: int = 8
     retries: int = 3               # extra attempts after the first
     backoff: float = 1.0           # seconds, doubled per retry
-    timeout: float = 30.0
+    timeout: float = 30.0          # seconds per connect / per read
+    max_bytes: int = 20_000_000    # per poster: a bigger (or endless) body is stopped and recorded
+    deadline: float = 120.0        # seconds per poster, all reads together
 
 
 @dataclasses.dataclass
@@ -106,19 +113,59 @@ class Fetcher:
         return self._local.s
 
     def _get(self, url: str, **kw):
+        """A streamed 200 response (the caller reads and closes it)."""
         import requests
 
         try:
-            r = self.session.get(url, timeout=self.cfg.timeout, **kw)
+            r = self.session.get(url, timeout=self.cfg.timeout, stream=True, **kw)
         except requests.RequestException as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}"[:300]) from exc
         if r.status_code == 200:
             return r
+        r.close()
         if r.status_code in (408, 429) or r.status_code >= 500:
             wait = r.headers.get("Retry-After")
             raise _Transient(f"HTTP {r.status_code}", r.status_code,
                              float(wait) if wait and wait.isdigit() else None)
         raise _Permanent(f"HTTP {r.status_code} {r.reason}", r.status_code)
+
+    def _stream(self, url: str, sink, limit: int, **kw) -> int:
+        """GET ``url`` into ``sink`` (a binary file) with the byte cap ``limit`` and the per-file
+        deadline; return the bytes written."""
+        import requests
+
+        r = self._get(url, **kw)
+        start = time.monotonic()
+        n = 0
+        try:
+            length = r.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > limit:
+                raise _Permanent(f"body of {int(length):,} bytes is over the cap of {limit:,} bytes "
+                                 "([fetch] max_bytes); not downloaded", 200)
+            for block in r.iter_content(1 << 16):
+                n += len(block)
+                if n > limit:
+                    raise _Permanent(f"body is over the cap of {limit:,} bytes ([fetch] max_bytes); "
+                                     "stopped", 200)
+                if time.monotonic() - start > self.cfg.deadline:
+                    raise _Permanent(f"not complete after {self.cfg.deadline:g} s ([fetch] deadline); "
+                                     f"stopped at {n:,} bytes", 200)
+                sink.write(block)
+        except requests.RequestException as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}"[:300]) from exc
+        finally:
+            r.close()
+        return n
+
+    def _json(self, url: str, **kw):
+        import json
+
+        buf = io.BytesIO()
+        self._stream(url, buf, 1 << 20, **kw)
+        try:
+            return json.loads(buf.getvalue())
+        except ValueError as exc:
+            raise _Permanent(f"answer from {url.split('?')[0]} is not JSON") from exc
 
     def _with_retries(self, fn, res: FetchResult):
         last: _Transient | None = None
@@ -148,7 +195,9 @@ class Fetcher:
             kw = {"headers": {"Authorization": f"Bearer {self.key}"}}
         else:
             kw = {"params": {"api_key": self.key}}
-        meta = self._with_retries(lambda: self._get(url, **kw), res).json()
+        meta = self._with_retries(lambda: self._json(url, **kw), res)
+        if not isinstance(meta, dict):
+            raise _Permanent("TMDB answered something that is not a JSON object")
         path = meta.get("poster_path")
         if not path:
             raise _Permanent("TMDB has no poster for this movie")
@@ -156,31 +205,45 @@ class Fetcher:
 
     def fetch_one(self, movie_id: int, tmdb_id, imdb_id) -> FetchResult:
         res = FetchResult(movie_id, False)
+        tmp = self.folder / f".{movie_id}.{os.getpid()}.{threading.get_ident()}.part"
         try:
             url = self.resolve(movie_id, tmdb_id, imdb_id, res)
             res.url = url
-            data = self._with_retries(lambda: self._get(url), res).content
-            res.path = str(self._write(movie_id, data))
+
+            def attempt() -> int:
+                with open(tmp, "wb") as f:      # each attempt starts the file afresh
+                    return self._stream(url, f, self.cfg.max_bytes)
+
+            self._with_retries(attempt, res)
+            res.path = str(self._commit(movie_id, tmp))
             res.ok, res.http_status = True, 200
         except _Permanent as exc:
             res.error, res.http_status = str(exc), exc.status
         except Exception as exc:  # noqa: BLE001 - one bad movie must not stop the others
             res.error = f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            tmp.unlink(missing_ok=True)
         return res
 
-    def _write(self, movie_id: int, data: bytes) -> Path:
+    def _commit(self, movie_id: int, tmp: Path) -> Path:
+        """Check the downloaded file is an image within the pixel cap, then rename it into place."""
         from PIL import Image
 
+        from posterkg.ingest.posters import DEFAULT_MAX_PIXELS
+
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(tmp) as im:
                 fmt = (im.format or "JPEG").upper()
+                w, h = im.size
+                if w * h > DEFAULT_MAX_PIXELS:
+                    raise _Permanent(f"downloaded image is {w}x{h}, over the pixel cap")
                 im.load()
+        except _Permanent:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise _Permanent(f"downloaded file is not a valid image ({type(exc).__name__}: {exc})"[:300]) from exc
         ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(fmt, ".jpg")
         dest = self.folder / f"{movie_id}{ext}"
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
         os.replace(tmp, dest)
         return dest
 
@@ -202,6 +265,8 @@ def fetch_posters(store: Store, cfg: FetchConfig, folder: str | Path, *, tmdb_ke
                           f"or a TMDB API key (--tmdb-key, ${ENV_KEY} or [fetch] tmdb_key)")
     if cfg.concurrency < 1 or cfg.retries < 0:
         raise ConfigError("[fetch] concurrency must be >= 1 and retries >= 0")
+    if cfg.max_bytes < 1 or cfg.deadline <= 0 or cfg.timeout <= 0:
+        raise ConfigError("[fetch] max_bytes, deadline and timeout must be > 0")
     ensure_schema(store)
     if not store.table_exists("movies"):
         raise ConfigError("no movies in the database; run `posterkg ingest movielens` first")
