@@ -34,6 +34,35 @@ def _model(store, cfg, graph_only: bool = False):
     return load_scorer(store, cfg.model_id)
 
 
+def refusal(store, user_id: int | None, movie_id: int | None = None) -> str | None:
+    """Why ``explain`` (or a user page) must not answer, or ``None``: an unknown user, an unknown
+    movie, or a movie the user already rated (outside the held-out test part), which is excluded
+    from the user's recommendations, so there is no reason to invent."""
+    def has(table: str) -> bool:
+        return store.table_exists(table)
+
+    if user_id is not None and has("users") and has("ratings"):
+        known = store.scalar("SELECT count(*) FROM users WHERE user_id = ?", [user_id]) or \
+            store.scalar("SELECT count(*) FROM ratings WHERE user_id = ?", [user_id])
+        if not known:
+            return f"user {user_id} is not in the database (no such user in table users or ratings)"
+    if movie_id is not None and has("movies"):
+        title = store.scalar("SELECT title FROM movies WHERE movie_id = ?", [movie_id])
+        if title is None:
+            return f"movie {movie_id} is not in the database (no such movie in table movies)"
+        if user_id is not None and has("ratings"):
+            rating = store.scalar("SELECT rating FROM ratings WHERE user_id = ? AND movie_id = ?",
+                                  [user_id, movie_id])
+            part = store.scalar("SELECT part FROM split WHERE user_id = ? AND movie_id = ?",
+                                [user_id, movie_id]) if has("split") else None
+            if rating is not None and part != "test":
+                where = f" (in the {part} part)" if part else ""
+                return (f"user {user_id} already rated movie {movie_id} ({title}) {rating:g} of 5{where}; "
+                        "rated movies are excluded from the user's recommendations, so there is no "
+                        "recommendation to explain")
+    return None
+
+
 model_option = click.option("--model-id", default=None, help="Model to use [default: the newest trained one].")
 
 
@@ -61,8 +90,13 @@ def explain(env: Env, user_id: int, movie_id: int, method, top_paths, as_json: b
     """
     from posterkg.explain.paths import Explainer, Knowledge
 
+    from posterkg.errors import InputError
+
     cfg = _cfg(env, method=method, top_paths=top_paths, model_id=model_id)
     with env.store(read_only=True) as store:
+        why_not = refusal(store, user_id, movie_id)
+        if why_not:
+            raise InputError(why_not)
         model, mid, note = _model(store, cfg)
         ex = Explainer(Knowledge(store), model, cfg).explain(user_id, movie_id)
     if as_json:
@@ -104,8 +138,13 @@ def profile(env: Env, user_id: int, top: int) -> None:
     from posterkg.explain.paths import Knowledge
     from posterkg.explain.profile import user_profile
 
+    from posterkg.errors import InputError
+
     cfg = _cfg(env)
     with env.store(read_only=True) as store:
+        why_not = refusal(store, user_id)
+        if why_not:
+            raise InputError(why_not)
         p = user_profile(Knowledge(store), user_id, cfg, top=top)
     click.echo(f"user {user_id} (from {p.source})")
     for ctype, g in p.by_type(top).items():
@@ -181,6 +220,11 @@ def report(env: Env, user_id, movie_id, out: str, k, method, model_id) -> None:
     over = {"report_k": k} if user_id is not None else {"similar_k": k}
     cfg = _cfg(env, method=method, model_id=model_id, **over)
     with env.store(read_only=True) as store:
+        why_not = refusal(store, user_id, movie_id if user_id is None else None)
+        if why_not:
+            from posterkg.errors import InputError
+
+            raise InputError(why_not)
         model, mid, note = _model(store, cfg)
         kn = Knowledge(store)
         if user_id is not None:

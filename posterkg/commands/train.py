@@ -87,7 +87,7 @@ def evaluate(env: Env, model_id, part) -> None:
 @common_options
 @click.option("--user", "users", type=int, multiple=True, help="User id (repeatable).")
 @click.option("--all", "all_users", is_flag=True, help="Every user of the split.")
-@click.option("-k", type=int, default=10, show_default=True, help="Movies per user.")
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="Movies per user.")
 @click.option("--model", "model_id", help="Model id [default: the most recently trained].")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write a TSV: user_id, movie_id, rank, score.")
 @pass_env
@@ -105,7 +105,7 @@ def recommend(env: Env, users, all_users, k, model_id, out) -> None:
 
     if not users and not all_users:
         raise click.UsageError("give --user U (repeatable) or --all")
-    with env.store() as store:
+    with env.store(read_only=not all_users) as store:   # --user only reads; --all stores its rows
         tm = load_model(store, model_id)
         ids = [int(u) for u in tm.user_ids] if all_users else list(users)
         if all_users:

