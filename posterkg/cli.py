@@ -8,6 +8,7 @@ costs nothing to the others.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 
@@ -86,9 +87,37 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(Env)
 
 
+def _command_name(argv: list[str]) -> str | None:
+    """The sub-command in ``argv`` (skipping the group's options and their values)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--db", "--config"):
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def no_network_unless_asked(argv: list[str]) -> None:
+    """No hub traffic unless asked: every command but ``download`` runs with the Hugging Face
+    hub offline (weights load from the local cache only); ``HF_HUB_OFFLINE=0`` set by the user
+    is respected. Must run before huggingface_hub is imported (it reads these at import)."""
+    if _command_name(argv) != "download":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _is_damaged_database(exc: BaseException) -> bool:
+    return type(exc).__module__.lstrip("_") == "duckdb" and type(exc).__name__ in (
+        "IOException", "SerializationException")
+
+
 def main() -> None:
     # torch's beta notices for the sparse CSR adjacencies the GNN uses: noise for a CLI user.
     warnings.filterwarnings("ignore", message=r"Sparse (CSR tensor support is in beta|invariant checks)")
+    no_network_unless_asked(sys.argv[1:])
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -105,3 +134,10 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if not _is_damaged_database(exc):
+            raise
+        # a database file damaged after it was opened (a read past its end ...): one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        click.echo(f"error: the database file is damaged or truncated: {first}", err=True)
+        sys.exit(1)
