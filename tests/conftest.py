@@ -1,5 +1,6 @@
 """Shared fixtures. Real data lives in ../shared/data (beside the repository); tests that need it
-skip with a clear reason when it is absent (it is always present in CI)."""
+skip with a clear reason when it is absent, and FAIL when ``CI=true`` (:func:`skip_or_fail`), as
+do the Chromium and vLLM tests: in CI every prerequisite must be present."""
 
 from __future__ import annotations
 
@@ -17,10 +18,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("POSTERKG_PROGRESS", "0")
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason``; with ``CI=true`` (where real data and Chromium must be present) fail
+    instead, so a missing prerequisite can never pass CI as a silent skip."""
+    if in_ci():
+        pytest.fail(f"CI=true, so this may not be skipped: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def ml1m_dir() -> Path:
     if not (ML1M / "ratings.dat").is_file():
-        pytest.skip(f"real MovieLens 1M not found at {ML1M} (set POSTERKG_SHARED to the shared/ folder)")
+        skip_or_fail(f"real MovieLens 1M not found at {ML1M} (set POSTERKG_SHARED to the shared/ folder)")
     return ML1M
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from _explain_world import TinyModel, build_bundle, jpeg_ok, make_db
+from conftest import skip_or_fail
 from posterkg.explain import ExplainConfig
 from posterkg.explain.paths import Knowledge
 from posterkg.explain.report import movie_report, user_report, write_report
@@ -19,7 +20,16 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage"]
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium; `make test` tries)")
+NO_CHROMIUM = "Chromium is not installed (apt-get install chromium; `make test` tries)"
+
+
+@pytest.fixture
+def chromium_present():
+    if CHROMIUM is None:
+        skip_or_fail(NO_CHROMIUM)     # CI=true: a failure, not a skip
+
+
+needs_chromium = pytest.mark.usefixtures("chromium_present")
 
 
 class Page(HTMLParser):
@@ -87,7 +97,7 @@ def test_user_report_in_chromium(world, tmp_path):
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in html and "<script" not in html   # self-contained, no JS
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; `make test` tries)")
+        skip_or_fail(NO_CHROMIUM)
     page = render(out, tmp_path)
     imgs = jpeg_imgs(page)
     # all 5 unseen movies + 2 recently liked posters, all embedded JPEGs
@@ -109,7 +119,7 @@ def test_movie_report_in_chromium(world, tmp_path):
     html = movie_report(store, 10, model, ExplainConfig(similar_k=3), knowledge=k)
     out = write_report(html, tmp_path / "movie.html")
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; `make test` tries)")
+        skip_or_fail(NO_CHROMIUM)
     page = render(out, tmp_path)
     imgs = jpeg_imgs(page)
     assert len(imgs) == 4 and all(jpeg_ok(b) for b in imgs)   # the movie + 3 neighbours
