@@ -22,6 +22,7 @@ from posterkg.vlm.base import Backend
 #: backend name -> module implementing ``create(model=None, **options)``
 BACKENDS: dict[str, str] = {
     "pixels": "posterkg.vlm.pixels",
+    "imagenet": "posterkg.vlm.imagenet",
     "hf": "posterkg.vlm.hf_backend",
     "vllm": "posterkg.vlm.vllm_backend",
     "openai": "posterkg.vlm.openai_backend",

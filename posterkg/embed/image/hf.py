@@ -78,13 +78,28 @@ class HFVisionEncoder(EncoderBase):
         else:
             from transformers import SiglipVisionModel as Model
             from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil as Proc
+        from transformers import AutoConfig
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
         try:
-            self.model = Model.from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
+            hf_logging.set_verbosity_error()   # the text tower's weights are skipped on purpose
+            if os.environ.get("POSTERKG_PROGRESS") == "0":
+                hf_logging.disable_progress_bar()   # transformers' own "Loading weights" bar
+            config = AutoConfig.from_pretrained(self.path)
+            if getattr(config, "model_type", "") == kind:     # a full CLIP / SigLIP checkpoint
+                vision = config.vision_config
+                if kind == "clip":   # the projection size lives in the top-level config
+                    vision.projection_dim = config.projection_dim
+                config = vision
+            self.model = Model.from_pretrained(self.path, config=config, dtype=self.dtype).to(self.device).eval()
         except (OSError, ValueError) as exc:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             hint = " (HF_HUB_OFFLINE=1: it must already be in the local cache)" if offline else ""
             raise EncoderUnavailable(
                 f"cannot load the {kind} vision model {self.path!r}{hint}: {str(exc).splitlines()[0]}") from exc
+        finally:
+            hf_logging.set_verbosity(level)
         cfg = self.model.config
         try:
             self.processor = Proc.from_pretrained(self.path)
