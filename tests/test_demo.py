@@ -4,6 +4,7 @@ recovered by the graph (with oracle concepts, with the real `pixels` tagger, end
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 
 import numpy as np
@@ -243,12 +244,17 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
     assert "low-key" in res.output          # the planted 'dark' trait became a concept
     # a second run finds everything up to date and checks again
     again = CliRunner().invoke(cli, ["demo", "--dir", str(tmp_path / "demo"), "--movies", "150",
-                                     "--users", "150", "--seed", "1"], catch_exceptions=False)
+                                     "--users", "150", "--seed", "1", "--json", str(tmp_path / "d.json")],
+                               catch_exceptions=False)
     assert again.exit_code == 0 and "using the generated set" in again.output
     assert "ingest  skipped" in again.output and "tag     skipped" in again.output
     assert "SELF-CHECK PASSED" in again.output
     model_rows = [line for line in again.output.splitlines() if line.startswith("model ")]
     assert len(model_rows) == 2, again.output      # the trained model was checked
+    doc = json.loads((tmp_path / "d.json").read_text())  # --json: what the README block is made from
+    assert doc["passed"] and doc["model_passed"] and doc["verdict"] in again.output
+    assert doc["params"] == {"n_movies": 150, "n_users": 150, "seed": 1}
+    assert [r["horizon"] for r in doc["rows"]].count("model") == 2
 
     # a planted bad model: the real trained model, recommending its lowest-scored movies
     from posterkg.gnn import api
@@ -264,8 +270,9 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
 
     demo_args = ["demo", "--dir", str(tmp_path / "demo"), "--movies", "150", "--users", "150", "--seed", "1"]
     monkeypatch.setattr(api, "load_model", worst_first)
-    bad = CliRunner().invoke(cli, demo_args, catch_exceptions=False)
+    bad = CliRunner().invoke(cli, demo_args + ["--json", str(tmp_path / "bad.json")], catch_exceptions=False)
     assert bad.exit_code == 1, bad.output
+    assert json.loads((tmp_path / "bad.json").read_text())["passed"] is False
     assert "SELF-CHECK FAILED" in bad.output and "SELF-CHECK PASSED" not in bad.output
     assert "trained model's recommendations" in bad.output
 

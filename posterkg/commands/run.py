@@ -58,7 +58,11 @@ def demo_config(root, seed: int = 0) -> dict:
 @click.option("--until", type=click.Choice([n for n, _ in PIPELINE]), default=None,
               help="Stop the pipeline after this stage (the check needs 'graph').")
 @click.option("--force", is_flag=True, help="Re-run every stage even if its inputs did not change.")
-def demo(out_dir: str, seed: int, movies: int, users: int, until: str | None, force: bool) -> None:
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the check (tables, verdict, timing) to this JSON file, e.g. "
+                   "benchmarks/results/demo.json, which the README's demo block is generated from.")
+def demo(out_dir: str, seed: int, movies: int, users: int, until: str | None, force: bool,
+         json_out: str | None) -> None:
     """Self-check on a generated data set: no network, no GPU, a few minutes on 2 cores.
 
     \b
@@ -77,6 +81,7 @@ def demo(out_dir: str, seed: int, movies: int, users: int, until: str | None, fo
     Examples:
       posterkg demo
       posterkg demo --dir /tmp/pk-demo --seed 3
+      posterkg demo --force --json benchmarks/results/demo.json   # the README's figures
     """
     import time
     from pathlib import Path
@@ -85,6 +90,7 @@ def demo(out_dir: str, seed: int, movies: int, users: int, until: str | None, fo
     from posterkg.store import open_store
     from posterkg.synthetic import MODEL_MIN_SHARE, check_recovery, generate, load_truth
 
+    started = time.perf_counter()
     root = Path(out_dir)
     data = root / "data"
     want = {"n_movies": movies, "n_users": users, "seed": seed}
@@ -121,17 +127,42 @@ def demo(out_dir: str, seed: int, movies: int, users: int, until: str | None, fo
                 title=f"users: planted tastes vs. what the graph recovered ({rec.users} users)")
     click.echo()
     if rec.passed:
-        click.echo("SELF-CHECK PASSED: the planted visual tastes are recovered well above chance.")
-        return
-    if rec.error:
-        click.echo(f"SELF-CHECK FAILED: the trained model could not be checked: {rec.error}")
+        verdict = "SELF-CHECK PASSED: the planted visual tastes are recovered well above chance."
+    elif rec.error:
+        verdict = f"SELF-CHECK FAILED: the trained model could not be checked: {rec.error}"
     elif not rec.graph_passed:
-        click.echo("SELF-CHECK FAILED: the graph did not recover the planted tastes well enough "
+        verdict = ("SELF-CHECK FAILED: the graph did not recover the planted tastes well enough "
                    "(see the tables above).")
     else:
-        click.echo(f"SELF-CHECK FAILED: the trained model's recommendations are not at least "
+        verdict = (f"SELF-CHECK FAILED: the trained model's recommendations are not at least "
                    f"{MODEL_MIN_SHARE:.0%} of the way from chance to the best top-10 (model rows above).")
-    raise SystemExit(1)
+    if json_out:
+        _write_demo_json(Path(json_out), rec, verdict, want, stages=rows,
+                         seconds=time.perf_counter() - started)
+    click.echo(verdict)
+    if not rec.passed:
+        raise SystemExit(1)
+
+
+def _write_demo_json(path, rec, verdict: str, params: dict, stages, seconds: float) -> None:
+    """The demo's check as JSON (``--json``): what scripts/results_tables.py renders in the README."""
+    import dataclasses
+    import datetime as dt
+    import json
+    import os
+    import platform
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "benchmark": "demo",
+        "command": f"posterkg demo --movies {params['n_movies']} --users {params['n_users']} "
+                   f"--seed {params['seed']}",
+        "params": params, "seconds": round(seconds, 1),
+        "stages": [{"stage": n, "status": st, "seconds": round(t, 2)} for n, st, t in stages],
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **dataclasses.asdict(rec), "verdict": verdict,
+    }, indent=1, default=float) + "\n", encoding="utf-8")
 
 
 def _last_available_stage() -> str:
