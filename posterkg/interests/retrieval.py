@@ -133,30 +133,61 @@ def _register_users(store, user_ids: Sequence[int]) -> None:
     store.register("_interest_users", pd.DataFrame({"user_id": [int(u) for u in user_ids]}))
 
 
-def input_hashes(store, user_ids: Sequence[int], *, extra: str = "") -> dict[int, str]:
-    """Per user: a hash of the train interactions, their movies' concepts and user_prefs."""
+def input_hashes(store, user_ids: Sequence[int], *, stats: bool = False, current_k: int = 5,
+                 concepts_per_movie: int = 8, extra: str = "") -> dict[int, str]:
+    """Per user: a hash of what the answer depends on, at the precision it is used.
+
+    * the train interactions (movie, rating, ts) in time order, each with its movie's concepts
+      (LLM: the ids shown, ``concepts_per_movie`` strongest; ``stats``: every concept and weight,
+      which choose the evidence);
+    * ``user_prefs``: LLM: the ``current_k`` strongest rows per horizon and sign with the score
+      as printed (2 decimals); ``stats``: every row's concept, horizon, sign and confidence level.
+
+    ``user_prefs`` scores move a little for every user whenever anyone's ratings change (the base
+    rate is global); hashing them at the precision the answer uses keeps those users untouched.
+    """
     if not user_ids:
         return {}
     _register_users(store, user_ids)
     try:
-        has_prefs = store.table_exists("user_prefs")
-        prefs = ("""LEFT JOIN (SELECT user_id, string_agg(concept_id || ':' || horizon || ':' ||
-                                     round(score, 9), ',' ORDER BY concept_id, horizon) AS p
-                       FROM user_prefs WHERE user_id IN (SELECT user_id FROM _interest_users)
-                       GROUP BY user_id) p USING (user_id)""" if has_prefs else "")
-        rows = store.execute(f"""
-            WITH mc AS (
-                SELECT movie_id, string_agg(concept_id || '=' || round(weight, 9), ','
+        if stats:
+            mc = """SELECT movie_id, string_agg(concept_id || '=' || round(weight, 9), ','
                                             ORDER BY concept_id) AS c
-                FROM movie_concept_edges GROUP BY movie_id),
+                    FROM movie_concept_edges GROUP BY movie_id"""
+            pr = """SELECT user_id, string_agg(concept_id || ':' || horizon || ':' || sign(score) || ':'
+                        || greatest(1, least(8, round((1 - exp(-abs(score))) * 8))), ','
+                        ORDER BY concept_id, horizon) AS p
+                    FROM user_prefs WHERE user_id IN (SELECT user_id FROM _interest_users)
+                      AND score <> 0
+                    GROUP BY user_id"""
+        else:
+            mc = f"""SELECT movie_id, string_agg(concept_id::VARCHAR, ' ' ORDER BY weight DESC, concept_id)
+                         AS c
+                     FROM (SELECT *, row_number() OVER (PARTITION BY movie_id
+                                                        ORDER BY weight DESC, concept_id) AS k
+                           FROM movie_concept_edges) WHERE k <= {int(concepts_per_movie)}
+                     GROUP BY movie_id"""
+            pr = f"""SELECT user_id, string_agg(concept_id || ':' || horizon || ':' || round(score, 2), ','
+                                            ORDER BY horizon, sign(score), abs(score) DESC, concept_id) AS p
+                     FROM (SELECT *, row_number() OVER (PARTITION BY user_id, horizon, sign(score)
+                                                        ORDER BY abs(score) DESC, concept_id) AS k
+                           FROM user_prefs WHERE user_id IN (SELECT user_id FROM _interest_users)
+                             AND score <> 0)
+                     WHERE k <= {int(current_k)}
+                     GROUP BY user_id"""
+        if not store.table_exists("user_prefs"):
+            pr = "SELECT NULL::INTEGER AS user_id, NULL::VARCHAR AS p WHERE false"
+        rows = store.execute(f"""
+            WITH mc AS ({mc}),
+            pr AS ({pr}),
             h AS (
                 SELECT e.user_id, string_agg(e.movie_id || ':' || e.rating || ':' || e.ts || ':' ||
                                              coalesce(mc.c, ''), ';' ORDER BY e.ts, e.movie_id) AS h
                 FROM user_movie_edges e LEFT JOIN mc USING (movie_id)
                 WHERE e.user_id IN (SELECT user_id FROM _interest_users)
                 GROUP BY e.user_id)
-            SELECT h.user_id, md5(h.h || '|' || {'coalesce(p.p, ' + "''" + ')' if has_prefs else "''"}
-                                  || '|' || ?) FROM h {prefs}
+            SELECT h.user_id, md5(h.h || '|' || coalesce(pr.p, '') || '|' || ?)
+            FROM h LEFT JOIN pr USING (user_id)
         """, [extra]).fetchall()
     finally:
         store.con.unregister("_interest_users")

@@ -79,7 +79,8 @@ def extract_interests(store, generator, cfg: InterestsConfig, *, users: Sequence
     shash = ST.spec_hash(cfg, short_n) if is_stats else S.spec_hash(cfg, short_n)
     key = (generator.name, generator.model, version, shash)
     selected = R.select_users(store, users, cfg.limit or None)
-    hashes = R.input_hashes(store, selected, extra=f"v{version}")
+    hashes = R.input_hashes(store, selected, stats=is_stats, current_k=cfg.current_k,
+                            concepts_per_movie=cfg.concepts_per_movie, extra=f"v{version}")
     previous = {int(u): (s, h, int(a)) for u, s, h, a in store.execute(
         "SELECT user_id, status, input_hash, attempts FROM interest_status WHERE backend = ? AND "
         "model = ? AND vocab_version = ? AND spec_hash = ?", list(key)).fetchall()}
