@@ -12,6 +12,15 @@ For a user with ``n`` ratings (users with fewer than ``min_ratings`` = 10 are dr
 The floors are computed in exact decimal arithmetic (``0.1`` is not a float there), so
 ``n = 30, test = 0.1`` gives exactly 3. The result is the ``split`` table (replaced on every
 run) and one row in ``split_info``; the same inputs always give the same split.
+
+``coldstart`` splits *movies*, not each user's ratings: the movies rated by the kept users (users
+with at least ``min_ratings`` ratings) are ordered by a seeded integer hash of (seed, movie_id)
+(:func:`movie_key`, ties by movie id); the first ``max(1, floor(M * test))`` are the test movies,
+the next ``max(1, floor(M * valid))`` the valid movies, the rest train. Every rating of a test
+movie is in ``test`` (likewise valid), so cold movies have no rating at all in ``train``: a model
+can only reach them through their posters, concepts, genres and text. ``split_info.scheme`` is
+``coldstart`` and ``valid``/``test`` are then fractions of movies. Evaluate with
+:func:`posterkg.evaluation.coldstart.coldstart_eval` (rank the cold movies of the part only).
 """
 
 from __future__ import annotations
@@ -35,17 +44,17 @@ MIGRATIONS = [
         users BIGINT, dropped_users BIGINT, created_at TIMESTAMP DEFAULT current_timestamp);""",
 ]
 
-SCHEMES = ("temporal", "random")
+SCHEMES = ("temporal", "random", "coldstart")
 
 
 @dataclasses.dataclass
 class SplitConfig:
     """``[split]`` section."""
 
-    scheme: str = "temporal"   # temporal | random
-    valid: float = 0.1         # fraction of each user's ratings for validation (at least 1)
-    test: float = 0.1          # fraction for test (at least 1), taken from the end
-    seed: int = 0              # only used by the random scheme
+    scheme: str = "temporal"   # temporal | random | coldstart
+    valid: float = 0.1         # fraction of each user's ratings for validation (at least 1); coldstart: of movies
+    test: float = 0.1          # fraction for test (at least 1), taken from the end; coldstart: of movies
+    seed: int = 0              # used by the random and coldstart schemes
     min_ratings: int = 10      # users with fewer ratings are left out of the split
 
 
@@ -72,6 +81,8 @@ def make_split(store: Store, scheme: str = "temporal", valid: float = 0.1, test:
     if not store.table_exists("ratings") or store.count("ratings") == 0:
         raise InputError("no ratings in the database; run `posterkg ingest movielens` first")
     ensure_schema(store)
+    if scheme == "coldstart":
+        return _coldstart_split(store, valid, test, seed, min_ratings)
     t0 = time.perf_counter()
     if scheme == "temporal":
         source, order = "ratings", "ts, movie_id"
@@ -108,6 +119,67 @@ def make_split(store: Store, scheme: str = "temporal", valid: float = 0.1, test:
     return {"scheme": scheme, "valid": valid, "test": test, "seed": seed, "min_ratings": min_ratings,
             "users": int(users), "dropped_users": int(all_users - users), "parts": parts,
             "seconds": time.perf_counter() - t0}
+
+
+def _n_of(total: int, frac: float) -> int:
+    """max(1, floor(total * frac)) in exact decimal arithmetic; 0 for a fraction of 0."""
+    from decimal import Decimal
+
+    if frac == 0:
+        return 0
+    return max(1, int((Decimal(total) * Decimal(repr(float(frac)))).to_integral_value(rounding="ROUND_FLOOR")))
+
+
+def movie_key(seed: int, movie_id: int) -> int:
+    """The coldstart scheme's seeded order of movies (a 32-bit integer hash, like shuffle_key)."""
+    return mix32(mix32(mix32(seed & _M32) ^ 0x9E3779B9) ^ (int(movie_id) & _M32))
+
+
+def _coldstart_split(store: Store, valid: float, test: float, seed: int, min_ratings: int) -> dict:
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    kept = f"SELECT user_id FROM ratings GROUP BY user_id HAVING count(*) >= {int(min_ratings)}"
+    movies = [int(m) for (m,) in store.execute(
+        f"SELECT DISTINCT movie_id FROM ratings WHERE user_id IN ({kept}) ORDER BY 1").fetchall()]
+    n_test, n_valid = _n_of(len(movies), test), _n_of(len(movies), valid)
+    if n_test + n_valid >= len(movies):
+        raise InputError(f"coldstart split: {len(movies)} rated movies cannot give {n_test} test + "
+                         f"{n_valid} valid movies and leave some for training")
+    order = sorted(movies, key=lambda m: (movie_key(seed, m), m))
+    parts = ["test"] * n_test + ["valid"] * n_valid + ["train"] * (len(order) - n_test - n_valid)
+    frame = pd.DataFrame({"movie_id": pd.array(order, dtype="int32"), "part": parts})
+    with store.transaction() as con:
+        store.clear("split")
+        store.register("_posterkg_movie_parts", frame)
+        try:
+            con.execute(f"""
+                INSERT INTO split
+                SELECT r.user_id, r.movie_id, p.part
+                FROM ratings r JOIN _posterkg_movie_parts p USING (movie_id)
+                WHERE r.user_id IN ({kept})
+                ORDER BY r.user_id, r.movie_id""")
+        finally:
+            con.unregister("_posterkg_movie_parts")
+        users = con.execute("SELECT count(DISTINCT user_id) FROM split").fetchone()[0]
+        all_users = con.execute("SELECT count(DISTINCT user_id) FROM ratings").fetchone()[0]
+        con.execute("DELETE FROM split_info")
+        con.execute("INSERT INTO split_info (scheme, valid, test, seed, min_ratings, users, dropped_users) "
+                    "VALUES ('coldstart', ?, ?, ?, ?, ?, ?)",
+                    [valid, test, seed, min_ratings, users, all_users - users])
+    return {"scheme": "coldstart", "valid": valid, "test": test, "seed": seed, "min_ratings": min_ratings,
+            "users": int(users), "dropped_users": int(all_users - users), "parts": split_sizes(store),
+            "movies": {"train": len(order) - n_test - n_valid, "valid": n_valid, "test": n_test},
+            "seconds": time.perf_counter() - t0}
+
+
+def coldstart_movies(store: Store, part: str = "test") -> list[int]:
+    """The movie ids of ``part`` of a coldstart split (sorted)."""
+    scheme = store.scalar("SELECT scheme FROM split_info") if store.table_exists("split_info") else None
+    if scheme != "coldstart":
+        raise InputError(f"the split is {scheme or 'missing'}, not coldstart: run `posterkg split --scheme coldstart`")
+    return [int(m) for (m,) in store.execute(
+        "SELECT DISTINCT movie_id FROM split WHERE part = ? ORDER BY 1", [part]).fetchall()]
 
 
 _M32 = 0xFFFFFFFF
@@ -156,8 +228,11 @@ def split_sizes(store: Store) -> dict[str, int]:
 
 def describe(summary: dict) -> str:
     parts = ", ".join(f"{v:,} {k}" for k, v in summary["parts"].items())
+    movies = ""
+    if "movies" in summary:
+        movies = " (movies: " + ", ".join(f"{v:,} {k}" for k, v in summary["movies"].items()) + ")"
     return (f"split ({summary['scheme']}, valid={summary['valid']}, test={summary['test']}, "
-            f"seed={summary['seed']}): {parts}; {summary['users']:,} users, "
+            f"seed={summary['seed']}): {parts}{movies}; {summary['users']:,} users, "
             f"{summary['dropped_users']:,} dropped (< {summary['min_ratings']} ratings)")
 
 
