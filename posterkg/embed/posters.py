@@ -23,8 +23,9 @@ current one.
 
 :func:`load_features` is what stages and models use: ``(movie_ids, matrix)`` sorted by movie id.
 
-``[features]`` (:class:`FeaturesConfig`) and :func:`run_embed` are ready for a pipeline stage:
-``Stage("features", stage_inputs, run_embed)``.
+``[features]`` (:class:`FeaturesConfig`) and :func:`run_embed` are ready for a pipeline stage
+(after ``ingest``, before the models): ``Stage("features", sections=("features", "embed"),
+reads=("movies", "posters"), run=run_embed)``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import time
 import uuid
@@ -470,19 +470,6 @@ def run_embed(store: Store, config, *, echo: bool = True) -> dict[str, Any]:
             if s:
                 click.echo(describe(s))
     return out
-
-
-def stage_inputs(store: Store, config) -> str:
-    """Fingerprint of the stage's inputs: ``[features]``, ``[embed] model`` and the posters."""
-    cfg = config.section("features", FeaturesConfig)
-    embed = config.data.get("embed", {}).get("model", "")
-    posters = ""
-    if store.table_exists("posters"):
-        posters = str(store.execute("SELECT count(*), sum(hash(movie_id, sha256, status)) FROM posters").fetchone())
-    movies = str(store.scalar("SELECT count(*) FROM movies")) if store.table_exists("movies") else ""
-    blob = json.dumps({"features": dataclasses.asdict(cfg), "embed": embed, "posters": posters,
-                       "movies": movies}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def describe(summary: dict[str, Any]) -> str:
