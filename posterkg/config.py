@@ -118,7 +118,7 @@ def check_fields(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown key(s) in {where}: "
+            f"{where}: unknown key(s) "
             + ", ".join(f"{k}{nearest(k, fields)}" for k in unknown)
             + f"; known: {', '.join(sorted(fields))}")
     try:

@@ -58,6 +58,24 @@ class DownloadResult:
     given: bool = False    # the expected MD5 was the caller's (--md5), not the published one
 
 
+def iter_body(r, chunk: int = 1 << 16):
+    """The body of a streamed ``requests`` response, block by block as the bytes arrive (up to
+    ``chunk`` at a time; ``iter_content`` waits for a full chunk, which would let a trickling
+    server outlast any deadline checked between chunks). urllib3 errors become requests'."""
+    import requests
+    import urllib3
+
+    read1 = getattr(r.raw, "read1", None)
+    try:
+        if read1 is None:                       # pragma: no cover - urllib3 < 2
+            yield from r.iter_content(chunk)
+            return
+        while block := read1(chunk, decode_content=True):
+            yield block
+    except urllib3.exceptions.HTTPError as exc:
+        raise requests.ConnectionError(f"{type(exc).__name__}: {exc}") from exc
+
+
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -132,7 +150,7 @@ def fetch_file(url: str, dest: Path, *, session=None, retries: int = 5, backoff:
                 written = offset
                 with open(part, mode) as f, bar(total=total, desc=desc or dest.name, unit="B") as pb:
                     pb.update(offset)
-                    for block in r.iter_content(chunk):
+                    for block in iter_body(r, chunk):
                         written += len(block)
                         if written > max_bytes:
                             f.close()

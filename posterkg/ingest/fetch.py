@@ -12,8 +12,8 @@ Movies are fetched by a thread pool (``concurrency``); a request that fails with
 error, a timeout, 408, 429 or a 5xx is retried with exponential backoff (``backoff * 2**k``
 seconds, ``Retry-After`` honoured up to 60 s). Every body is streamed to a temporary file in the
 poster folder with a byte cap (``max_bytes``, 20 MB; a larger ``Content-Length`` is refused before
-reading) and a total deadline per file (``deadline`` seconds, on top of the per-read
-``timeout``), so an endless or trickling body costs at most that much memory-free disk and time;
+reading) and a total deadline per file (``deadline`` seconds, checked as each block arrives; a
+server that sends nothing at all is cut by the per-read ``timeout``), so an endless or trickling body costs at most that much memory-free disk and time;
 either is a permanent failure (not retried). Every image is checked with Pillow (and the pixel cap
 of :func:`posterkg.ingest.posters.check_image`) before it is renamed (atomically) to
 ``<dir>/<movie_id>.jpg`` and added to ``posters``. Each movie that still
@@ -142,7 +142,9 @@ class Fetcher:
             if length and length.isdigit() and int(length) > limit:
                 raise _Permanent(f"body of {int(length):,} bytes is over the cap of {limit:,} bytes "
                                  "([fetch] max_bytes); not downloaded", 200)
-            for block in r.iter_content(1 << 16):
+            from posterkg.ingest.download import iter_body
+
+            for block in iter_body(r):
                 n += len(block)
                 if n > limit:
                     raise _Permanent(f"body is over the cap of {limit:,} bytes ([fetch] max_bytes); "
