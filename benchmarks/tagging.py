@@ -70,7 +70,7 @@ def make_db(posters: Path, n: int, workdir: Path) -> Path:
         (folder / p.name).symlink_to(p.resolve())
     db = workdir / "template.duckdb"
     with open_store(db) as store:
-        scan_posters(store, folder)
+        scan_posters(store, folder, follow_symlinks=True)   # links out of the folder, on purpose
     return db
 
 

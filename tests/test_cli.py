@@ -97,7 +97,7 @@ def test_download_command(tmp_path):
         r = _invoke("download", "ml-1m", "--dir", tmp_path / "dl", "--base-url", url,
                     "--md5", hashlib.md5(data).hexdigest())
     assert r.exit_code == 0, r.output
-    assert "matches the published checksum" in r.output
+    assert "matches the checksum given with --md5" in r.output
     assert (tmp_path / "dl" / "ml-1m" / "ratings.dat").is_file()
     r = _invoke("--db", tmp_path / "d.duckdb", "ingest", "movielens", tmp_path / "dl")
     assert r.exit_code == 0 and "5 movies" in r.output

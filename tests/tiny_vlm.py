@@ -213,7 +213,7 @@ def poster_db(tmp_path: Path, posters_dir: Path, n: int = 8) -> Path:
             link.symlink_to(f)
     db = tmp_path / "tag.duckdb"
     with open_store(db) as store:
-        scan_posters(store, folder)
+        scan_posters(store, folder, follow_symlinks=True)   # links out of the folder, on purpose
     return db
 
 

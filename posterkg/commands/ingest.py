@@ -133,8 +133,10 @@ def posters() -> None:
 @click.option("--full", is_flag=True, help="Re-check every file, not only new or changed ones.")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=None,
               help="Pixel cap per poster; bigger ones get status too_large [default: [ingest] max_pixels, 25,000,000].")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Also read symlinks that point out of FOLDER (by default they are ignored).")
 @pass_env
-def scan(env: Env, folder: str, full: bool, max_pixels: int | None) -> None:
+def scan(env: Env, folder: str, full: bool, max_pixels: int | None, follow_symlinks: bool) -> None:
     """Open and verify every {movie_id}.jpg in FOLDER; update table posters.
 
     Each image is fully decoded with Pillow; corrupt or unreadable files get that status and the
@@ -149,7 +151,8 @@ def scan(env: Env, folder: str, full: bool, max_pixels: int | None) -> None:
 
     cap = max_pixels if max_pixels is not None else env.config.section("ingest", IngestConfig).max_pixels
     with env.store() as store:
-        for line in scan_posters(store, folder, full=full, max_pixels=cap).lines():
+        for line in scan_posters(store, folder, full=full, max_pixels=cap,
+                                 follow_symlinks=follow_symlinks).lines():
             click.echo(line)
         bad = movies_with_bad_poster(store)
         if bad:

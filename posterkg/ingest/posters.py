@@ -13,7 +13,9 @@ The folder is not trusted:
 
 * only canonical names ``<movie_id>.<jpg|jpeg|png|webp>`` count (``13.jpg``; ``013.jpg`` is not
   movie 13 and is ignored, with that reason); every ignored file is listed with its reason;
-* reads stay inside the folder: a symlink whose target lies outside it is ignored;
+* reads stay inside the folder: a symlink whose target lies outside it is ignored, unless the
+  caller asks for it (``follow_symlinks=True``, ``posters scan --follow-symlinks``; e.g. a folder
+  of links to a subset of another poster folder);
 * an image of more than ``max_pixels`` pixels (``[ingest] max_pixels``, default 25 Mpx; read from
   the header, nothing is decoded) gets the status ``too_large``: a 144-Mpx file would take
   gigabytes to tag;
@@ -134,7 +136,8 @@ def check_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     return row
 
 
-def list_poster_files(folder: Path, reasons: dict[str, str] | None = None) -> tuple[dict[int, Path], list[str]]:
+def list_poster_files(folder: Path, reasons: dict[str, str] | None = None, *,
+                      follow_symlinks: bool = False) -> tuple[dict[int, Path], list[str]]:
     """movie_id -> file (preferring .jpg), and the names that were ignored (``reasons``, when
     given, receives why: not a canonical name, a duplicate id, a symlink out of the folder)."""
     found: dict[int, Path] = {}
@@ -159,7 +162,7 @@ def list_poster_files(folder: Path, reasons: dict[str, str] | None = None) -> tu
             skip(name, f"not a canonical name: a leading zero; {name} is not movie {int(digits)}, "
                        f"name it {int(digits)}{m.group(2)}")
             continue
-        if link:
+        if link and not follow_symlinks:
             target = (folder / name).resolve()
             if root not in target.parents:
                 skip(name, "a symlink to a file outside the poster folder")
@@ -175,7 +178,8 @@ def list_poster_files(folder: Path, reasons: dict[str, str] | None = None) -> tu
 
 
 def scan_posters(store: Store, posters_dir: str | Path, *, full: bool = False,
-                 workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScanSummary:
+                 workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 follow_symlinks: bool = False) -> ScanSummary:
     """Scan ``posters_dir`` into ``posters`` (see the module docstring)."""
     t0 = time.perf_counter()
     folder = Path(posters_dir).resolve()   # absolute: later stages may run from another directory
@@ -185,7 +189,7 @@ def scan_posters(store: Store, posters_dir: str | Path, *, full: bool = False,
         raise InputError(f"max_pixels must be >= 0 (0: no cap), got {max_pixels}")
     ensure_schema(store)
     reasons: dict[str, str] = {}
-    files, ignored = list_poster_files(folder, reasons)
+    files, ignored = list_poster_files(folder, reasons, follow_symlinks=follow_symlinks)
     unknown: list[int] = []
     if store.table_exists("movies") and store.count("movies"):
         movie_ids = {int(r[0]) for r in store.execute("SELECT movie_id FROM movies").fetchall()}
