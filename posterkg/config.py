@@ -1,7 +1,8 @@
 """One configuration object for every command.
 
 The configuration is a TOML file with one table per stage (``[ingest]``, ``[tag]``,
-``[embed]``, ``[schema]``, ``[graph]``, ``[gnn]``, ``[eval]`` ...). Each stage declares its own
+``[embed]``, ``[schema]``, ``[graph]``, ``[gnn]`` ...; the full list is :data:`SECTIONS`, and
+any other section or top-level key is an error naming the nearest valid one). Each stage declares its own
 settings as a dataclass with defaults and reads them with :meth:`Config.section`; unknown keys
 are an error (a typo must not be silently ignored). CLI flags override file values through
 :meth:`Config.override`.
@@ -39,8 +40,8 @@ DEFAULT_DB = "posterkg.duckdb"
 
 # Every table a configuration file may hold, and every top-level key. A stage that adds a section
 # adds its name here (one place), so a typo such as ``[tagg]`` is an error naming ``[tag]``.
-SECTIONS = {"ingest", "fetch", "download", "split", "tag", "embed", "schema", "graph", "gnn",
-            "gnn_model", "eval", "explain", "interests", "models", "train"}
+SECTIONS = {"ingest", "fetch", "split", "tag", "embed", "schema", "graph", "gnn", "gnn_model",
+            "explain", "interests", "features", "models", "train"}
 TOP_LEVEL = {"db"}
 
 
