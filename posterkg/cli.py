@@ -20,7 +20,7 @@ from posterkg.errors import PosterkgError
 
 # command name -> (module, attribute, one-line help shown by `posterkg --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "download": ("posterkg.commands.ingest", "download", "Download a MovieLens release (needs internet)."),
+    "download": ("posterkg.commands.ingest", "download", "Download a MovieLens release or model weights (needs internet)."),
     "ingest": ("posterkg.commands.ingest", "ingest", "Load MovieLens and posters into the database."),
     "posters": ("posterkg.commands.ingest", "posters", "Fetch or re-scan poster images."),
     "split": ("posterkg.commands.split", "split", "Split ratings into train/valid/test."),
