@@ -253,6 +253,7 @@ def test_embed_posters_is_idempotent_and_records_corrupt_posters(world):
         assert runs == (12, 3)
         ids, X = load_features(store, "poster", "pixels")
     assert ids.tolist() == world["ids"] and X.shape == (12, 197) and X.dtype == np.float32
+    assert X.flags.writeable and X.flags.c_contiguous and ids.dtype == np.int64
     direct = enc.encode([Image.open(world["folder"] / f"{m}.jpg") for m in world["ids"][:3]])
     np.testing.assert_allclose(X[:3], direct, atol=1e-6)
     with open_store(world["db"], read_only=True) as store:

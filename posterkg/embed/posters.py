@@ -409,10 +409,11 @@ def load_features(store: Store, kind: str = "poster", encoder: str = "efficientn
     lengths = np.unique(np.diff(vec.offsets.to_numpy()))
     if len(lengths) != 1:
         raise InputError(f"{table} for {name!r} has vectors of different lengths {lengths.tolist()}")
-    mat = vec.flatten().to_numpy().astype(np.float32, copy=False).reshape(len(ids), int(lengths[0]))
+    # a writable copy (Arrow's buffers are read-only; torch.from_numpy warns on those)
+    mat = np.array(vec.flatten().to_numpy(), dtype=np.float32).reshape(len(ids), int(lengths[0]))
     if normalize:
-        mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
-    return ids, np.ascontiguousarray(mat)
+        mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
+    return np.array(ids), mat
 
 
 # -- config and stage ------------------------------------------------------------------------------
