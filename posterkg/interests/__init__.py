@@ -101,7 +101,7 @@ class InterestsConfig:
     max_evidence: int = 3            # supporting movie ids per interest
     short_n: int = 0                 # short-term window; 0 = [graph] short_n of the last build
     current_k: int = 5               # current interest nodes shown per horizon and polarity
-    context_tokens: int = 4096       # prompt + answer must fit (the model's context)
+    context_tokens: int = 8192       # prompt + answer must fit (the model's context)
     max_prompt_tokens: int = 0       # 0 = context_tokens - the answer's budget
     max_tokens: int = 0              # 0 = the schema's guaranteed answer budget; > 0 forces a cap
     concepts_per_movie: int = 8      # strongest concepts listed per movie

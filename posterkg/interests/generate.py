@@ -214,6 +214,8 @@ def text_generator(name: str, model: str | None, options: dict[str, Any], *, con
 
     if name not in ("hf", "vllm", "openai"):
         raise ConfigError(f"unknown interests backend {name!r}; choose stats, hf, vllm or openai")
+    if name == "vllm":
+        options = {"max_model_len": context_tokens, **options}   # the engine must hold the context
     backend = get_backend(name, model, **options)
     try:
         if name == "hf":

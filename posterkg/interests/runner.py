@@ -71,6 +71,7 @@ def extract_interests(store, generator, cfg: InterestsConfig, *, users: Sequence
     """
     from posterkg.interests import stats as ST
 
+    R.require_graph(store)
     ensure_tables(store)
     short_n = short_window(store, cfg)
     version = R.vocab_version(store, cfg.vocab_version or None)
