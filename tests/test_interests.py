@@ -271,13 +271,18 @@ def test_graph_takes_user_concept_edges_from_interests(world):
     from posterkg.graphs.hetero import build_hetero
 
     db = _copy(world, "graph")
-    with open_store(db) as store:
+    with open_store(db) as store:      # only the test's users: the build below extracts them all
+        for t in ("ratings", "split"):
+            store.execute(f"DELETE FROM {t} WHERE user_id NOT IN (SELECT unnest(?::INTEGER[]))",
+                          [world["users"]])
         with pytest.raises(InputError, match="interests extract"):
-            build_graphs(store, GraphConfig(short_n=SHORT_N, user_interests="stats"))
-    _stats(db, users=world["users"])
-    with open_store(db) as store:
+            build_graphs(store, GraphConfig(short_n=SHORT_N, user_interests="vllm"))
+        # "stats" is (re-)extracted by the build itself, incrementally
         counts = build_graphs(store, GraphConfig(short_n=SHORT_N, user_interests="stats",
                                                  pref_horizon="short"))
+        assert counts["interests_extracted"] == len(world["users"])
+        assert build_graphs(store, GraphConfig(short_n=SHORT_N, user_interests="stats",
+                                               pref_horizon="short"))["interests_extracted"] == 0
         b = build_hetero(store)             # the stored settings: interests, short term
         rows = store.execute("SELECT user_id, concept_id, CASE WHEN polarity = 'likes' THEN confidence "
                              "ELSE -confidence END FROM user_interests WHERE horizon = 'short'").fetchall()

@@ -81,7 +81,9 @@ class GraphConfig:
     = ``user_prefs``; a backend name (``"stats"``, ``"hf"``, ``"vllm"``, ``"openai"``) = the
     interests of that backend's latest ``posterkg interests extract`` run (its whole key: backend,
     model, vocabulary version, prompt/schema hash); a run id = the key of that run. Edge weight =
-    the interest's confidence (likes) or its negative (dislikes), per ``pref_horizon``.
+    the interest's confidence (likes) or its negative (dislikes), per ``pref_horizon``. With
+    ``"stats"`` the build (re-)extracts the stats interests itself (incremental); the LLM backends
+    must have been run (``posterkg interests extract``) on the graph tables first.
     """
 
     half_life_days: float = 180.0
@@ -147,6 +149,14 @@ def build_graphs(store, cfg: Any = None) -> dict[str, int]:
     if gc.user_interests:
         from posterkg.graphs.preferences import interest_key
 
+        if gc.user_interests == "stats":
+            # derived from user_prefs alone: (re-)extract it here, incrementally (only users whose
+            # input changed), so `posterkg run` with user_interests = "stats" works end to end
+            from posterkg.interests import InterestsConfig
+            from posterkg.interests.runner import StatsGenerator, extract_interests
+
+            s = extract_interests(store, StatsGenerator(), InterestsConfig(short_n=gc.short_n))
+            counts["interests_extracted"] = s["done"]
         key = interest_key(store, gc.user_interests)
         counts["user_interests"] = int(store.scalar(
             "SELECT count(*) FROM user_interests WHERE backend = ? AND model = ? AND vocab_version = ? "

@@ -150,8 +150,8 @@ def interest_key(store, selector: str) -> tuple[str, str, int, str]:
     ``user_interests`` rows are used: the key of run ``selector``, else of the latest run of
     backend ``selector``."""
     if not store.table_exists("interest_runs"):
-        raise InputError(f"[graph] user_interests = {selector!r} but no interests were extracted; "
-                         "run `posterkg interests extract` first")
+        raise InputError(f"[graph] user_interests = {selector!r} but no interests were extracted; the "
+                         "graph tables are built: run `posterkg interests extract`, then the graph build again")
     row = store.execute(
         "SELECT backend, model, vocab_version, spec_hash FROM interest_runs WHERE run_id = ?",
         [selector]).fetchall()
@@ -162,8 +162,8 @@ def interest_key(store, selector: str) -> tuple[str, str, int, str]:
     if not row:
         known = [r[0] for r in store.execute("SELECT DISTINCT backend FROM interest_runs").fetchall()]
         raise InputError(f"[graph] user_interests = {selector!r}: no interests run or backend of that "
-                         f"name (backends with runs: {', '.join(known) or 'none'}); run "
-                         f"`posterkg interests extract --backend ...`")
+                         f"name (backends with runs: {', '.join(known) or 'none'}); the graph tables are "
+                         f"built: run `posterkg interests extract --backend ...`, then the graph build again")
     b, m, v, h = row[0]
     return str(b), str(m), int(v), str(h)
 
