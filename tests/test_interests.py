@@ -478,3 +478,70 @@ def test_vllm_interests_grounded_within_budget_and_truncation(world, tiny_vlm_di
     assert out["count"] == [hf_gen.count_tokens(question)]
     assert out["trunc"]["failures"] == {"truncated": 2}, out["trunc"]
     assert list(_status(trunc_db)["reason"]) == ["truncated", "truncated"]
+
+
+# -- openai (protocol, against a minimal local server) -----------------------------------------
+def test_openai_text_requests_carry_each_users_schema(world, tmp_path):
+    """One chat request per user: text-only message, the user's own schema and budget; the
+    server answers the first option of that schema, so what is stored is checkable."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from posterkg.interests.generate import text_generator
+
+    requests: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _send(self, obj):
+            data = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._send({"object": "list", "data": [{"id": "served-llm", "object": "model",
+                                                     "created": 0, "owned_by": "test"}]})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append(body)
+            b = body["response_format"]["json_schema"]["schema"]["properties"]["interests"]["items"]["anyOf"][0]
+            pr = b["properties"]
+            item = {"type": pr["type"]["const"], "concept": pr["concept"]["enum"][0],
+                    "horizon": pr["horizon"]["const"], "polarity": pr["polarity"]["const"],
+                    "confidence": 0.5, "movies": pr["movies"]["items"]["enum"][:1]}
+            self._send({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                            "role": "assistant", "content": json.dumps({"interests": [item]})}}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 42, "total_tokens": 52}})
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    db = _copy(world, "openai")
+    try:
+        gen = text_generator("openai", None, {"base_url": f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+                                              "concurrency": 2}, context_tokens=8192)
+        try:
+            s = _extract(db, gen, world["users"], context_tokens=8192)
+        finally:
+            gen.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert s["done"] == N_USERS and s["failed"] == 0 and s["interests"] == N_USERS, s
+    assert len(requests) == N_USERS and {r["model"] for r in requests} == {"served-llm"}
+    for r in requests:
+        assert r["temperature"] == 0 and r["messages"][0]["role"] == "user"
+        assert [p["type"] for p in r["messages"][0]["content"]] == ["text"]     # no image
+        schema = r["response_format"]["json_schema"]["schema"]
+        assert r["max_tokens"] == S.max_tokens(schema)
+    schemas = [json.dumps(r["response_format"]["json_schema"]["schema"]) for r in requests]
+    assert len(set(schemas)) == N_USERS                  # each user's own movie ids
+    assert _check_grounded(db, "openai") == N_USERS
+    st = _status(db)
+    assert (st["output_tokens"] == 42).all() and (st["prompt_tokens"] <= st["prompt_budget"]).all()

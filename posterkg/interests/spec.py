@@ -253,7 +253,7 @@ def build_request(user: UserData, vocab: Vocabulary, cfg: InterestsConfig, short
     """Retrieval text within the budget, the schema and its max_tokens for one user.
 
     ``count_tokens(question)`` counts the tokens of the fully rendered prompt (chat template
-    included); ``None`` counts UTF-8 bytes + :data:`TEMPLATE_MARGIN`.
+    included); when it is ``None`` or returns ``None``, UTF-8 bytes + :data:`TEMPLATE_MARGIN`.
     """
     n = len(user.history)
     req = Request(user.user_id, movies_total=n)
@@ -266,7 +266,9 @@ def build_request(user: UserData, vocab: Vocabulary, cfg: InterestsConfig, short
     answer = cfg.max_tokens or max_tokens(schema_all)
     budget = cfg.max_prompt_tokens or (cfg.context_tokens - answer)
     req.prompt_budget = budget
-    count = count_tokens or (lambda q: len(q.encode("utf-8")) + TEMPLATE_MARGIN)
+    def count(q: str) -> int:
+        n = count_tokens(q) if count_tokens is not None else None
+        return n if n is not None else len(q.encode("utf-8")) + TEMPLATE_MARGIN
 
     def size(dropped: int) -> int:
         return count(question_text(user, vocab, cfg, short_n, dropped))
