@@ -1,7 +1,7 @@
 """A hand-made world for the explanation tests: a few movies, concepts and users whose right
-explanation is known, the tables of the graph contract, a GraphBundle-like object, and a tiny
-differentiable model with the TrainedModel interface (bundle, rescore, score, recommend,
-movie_embeddings).
+explanation is known, the tables of the graph contract (and ratings + split, all train, so the
+train stage's input assembly builds the model graph from them), and a tiny linear Recommender
+(:class:`TinyModel`) served through the real :class:`~posterkg.gnn.api.TrainedModel`.
 
 User 1 liked only cool-blue posters (The Matrix, Blade Runner), disliked harsh-red ones (Red
 Planet, Crimson Tide); Gattaca is cool blue with low-key lighting; Kill Bill is harsh red;
@@ -11,13 +11,13 @@ Mixed Signals is both.
 from __future__ import annotations
 
 import io
-import types
+import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from torch_geometric.data import HeteroData
+
+from posterkg.gnn.base import Recommender
 
 CONCEPTS = [  # concept_id, type, name
     (1, "Color_Palette", "cool blue"),
@@ -86,6 +86,14 @@ def make_db(path: Path, posters_dir: Path | None = None):
         [(u, m, 1 if r >= 4 else (0 if r == 3 else -1), float(r), ts) for u, m, r, ts in RATINGS],
         columns=["user_id", "movie_id", "sign", "rating", "ts"]))
     store.insert_df("user_prefs", pd.DataFrame(PREFS, columns=["user_id", "concept_id", "horizon", "score"]).assign(support=1))
+    con.execute("CREATE TABLE ratings(user_id INTEGER, movie_id INTEGER, rating DOUBLE, ts BIGINT)")
+    con.execute("CREATE TABLE split(user_id INTEGER, movie_id INTEGER, part VARCHAR)")
+    con.execute("CREATE TABLE graph_info(built_at TIMESTAMP DEFAULT current_timestamp, config JSON, counts JSON)")
+    store.insert_df("ratings", pd.DataFrame(RATINGS, columns=["user_id", "movie_id", "rating", "ts"]).astype(
+        {"rating": float}))
+    store.insert_df("split", pd.DataFrame([(u, m, "train") for u, m, _, _ in RATINGS],
+                                          columns=["user_id", "movie_id", "part"]))
+    con.execute("INSERT INTO graph_info (config, counts) VALUES (?, ?)", [json.dumps({"pref_horizon": "long"}), "{}"])
     if posters_dir is not None:
         from PIL import Image, ImageDraw
 
@@ -103,111 +111,54 @@ def make_db(path: Path, posters_dir: Path | None = None):
     return store
 
 
-def build_bundle(store):
-    """A GraphBundle-shaped object built from the contract tables (both edge directions)."""
-    mv = store.df("SELECT movie_id FROM movies ORDER BY movie_id").movie_id.to_numpy()
-    us = store.df("SELECT user_id FROM users ORDER BY user_id").user_id.to_numpy()
-    cs = store.df("SELECT concept_id FROM concepts ORDER BY concept_id").concept_id.to_numpy()
-    mi = {int(m): i for i, m in enumerate(mv)}
-    ui = {int(u): i for i, u in enumerate(us)}
-    ci = {int(c): i for i, c in enumerate(cs)}
-    d = HeteroData()
-    d["user"].num_nodes, d["movie"].num_nodes, d["concept"].num_nodes = len(us), len(mv), len(cs)
+class TinyModel(Recommender):
+    """A linear recommender over the world's graph, differentiable in every edge weight it uses:
+    score(u, M) = h_u . h_M with one-hot concept features,
+    h_M = sum_c w(M, c) e_c * scale_c over ``has``; h_u = mean over liked h_M - mean over
+    disliked h_M (``pos``/``neg``) + sum likes w e_c - sum dislikes w e_c.
+    ``scale`` (concept index -> factor) lets a test make the model value a concept differently
+    from the graph; ``no_grad`` detaches its output (to test the fallback)."""
 
-    def put(rel, src, dst, a, b, w, rev):
-        ei = torch.tensor([a, b], dtype=torch.long).reshape(2, -1)
-        w = torch.tensor(w, dtype=torch.float32)
-        d[src, rel, dst].edge_index, d[src, rel, dst].edge_weight = ei, w
-        d[dst, rev, src].edge_index, d[dst, rev, src].edge_weight = ei.flip(0), w.clone()
+    trainer = "none"
 
-    mc = store.df("SELECT * FROM movie_concept_edges")
-    put("has", "movie", "concept", [mi[m] for m in mc.movie_id], [ci[c] for c in mc.concept_id],
-        mc.weight.tolist(), "rev_has")
-    e = store.df("SELECT * FROM user_movie_edges")
-    for sign, rel in ((1, "pos"), (0, "neu"), (-1, "neg")):
-        s = e[e.sign == sign]
-        put(rel, "user", "movie", [ui[u] for u in s.user_id], [mi[m] for m in s.movie_id],
-            [1.0] * len(s), f"rev_{rel}")
-    p = store.df("SELECT * FROM user_prefs WHERE horizon = 'long'")
-    for rel, sel in (("likes", p.score > 0), ("dislikes", p.score < 0)):
-        s = p[sel]
-        put(rel, "user", "concept", [ui[u] for u in s.user_id], [ci[c] for c in s.concept_id],
-            s.score.abs().tolist(), f"rev_{rel}")
-    return types.SimpleNamespace(data=d, user_ids=us, movie_ids=mv, concept_ids=cs,
-                                 user_index=ui, movie_index=mi, concept_index=ci)
-
-
-class TinyModel:
-    """score(u, M) = h_u . h_M with one-hot concept features:
-    h_M = sum_c w(c->M) e_c * scale_c; h_u = mean over liked h_M - mean over disliked h_M
-    + sum likes w e_c - sum dislikes w e_c. Differentiable in every edge weight it uses.
-    ``scale`` (concept id -> factor) lets a test make the model value a concept differently
-    from the graph; ``no_grad`` makes rescore hide its gradient (to test the fallback)."""
-
-    def __init__(self, bundle, scale: dict[int, float] | None = None, no_grad: bool = False,
-                 train_edges=None):
-        self.bundle = bundle
-        self.scale = torch.ones(len(bundle.concept_ids))
+    def __init__(self, inputs, scale: dict[int, float] | None = None, no_grad: bool = False):
+        super().__init__(inputs)
+        nc = inputs.graph.sizes["concept"]
+        self.scale = torch.ones(nc)
         for c, f in (scale or {}).items():
-            self.scale[bundle.concept_index[c]] = f
+            self.scale[c] = f
         self.no_grad = no_grad
 
-    def _embed(self, b, user: int | None = None):
-        """(h_u for every user, or only row ``user`` when given; h_M for every movie)."""
-        d = b.data
-        nm, nu, nc = d["movie"].num_nodes, d["user"].num_nodes, d["concept"].num_nodes
+    def embeddings(self, graph=None):
+        g = self.graph if graph is None else graph
+        nu, nm, nc = g.sizes["user"], g.sizes["movie"], g.sizes["concept"]
         E = torch.diag(self.scale)
-        st = d["concept", "rev_has", "movie"]
-        hm = torch.zeros(nm, nc).index_add(0, st.edge_index[1], st.edge_weight[:, None] * E[st.edge_index[0]])
+        has = g.get("has")
+        hm = torch.zeros(nm, nc).index_add(0, has.src, has.weight[:, None] * E[has.dst])
         hu = torch.zeros(nu, nc)
-
-        def edges(st):  # only the target user's edges when one is given (same result, faster)
-            src, dst = st.edge_index
-            w = st.edge_weight
-            if user is not None:
-                keep = dst == user
-                src, dst, w = src[keep], dst[keep], w[keep]
-            return src, dst, w
-
-        for rel, sign in (("rev_pos", 1.0), ("rev_neg", -1.0)):
-            src, dst, w = edges(d["movie", rel, "user"])
-            deg = torch.zeros(nu).index_add(0, dst, torch.ones(dst.numel())).clamp(min=1)
-            hu = hu + sign * torch.zeros(nu, nc).index_add(0, dst, w[:, None] * hm[src] / deg[dst, None])
-        for rel, sign in (("rev_likes", 1.0), ("rev_dislikes", -1.0)):
-            src, dst, w = edges(d["concept", rel, "user"])
-            hu = hu + sign * torch.zeros(nu, nc).index_add(0, dst, w[:, None] * E[src])
+        for rel, sign in (("pos", 1.0), ("neg", -1.0)):
+            r = g.get(rel)
+            deg = torch.zeros(nu).index_add(0, r.src, torch.ones(len(r))).clamp(min=1)
+            hu = hu + sign * torch.zeros(nu, nc).index_add(0, r.src, r.weight[:, None] * hm[r.dst] / deg[r.src, None])
+        for rel, sign in (("likes", 1.0), ("dislikes", -1.0)):
+            r = g.get(rel)
+            hu = hu + sign * torch.zeros(nu, nc).index_add(0, r.src, r.weight[:, None] * E[r.dst])
+        if self.no_grad:
+            return hu.detach(), hm.detach()
         return hu, hm
 
-    def rescore(self, bundle, user_id, movie_ids):
-        ctx = torch.no_grad() if self.no_grad else torch.enable_grad()
-        with ctx:
-            u = bundle.user_index[int(user_id)]
-            hu, hm = self._embed(bundle, u)
-            idx = torch.tensor([bundle.movie_index[int(m)] for m in movie_ids])
-            s = hm[idx] @ hu[u]
-        return s.detach() if self.no_grad else s
 
-    def score(self, user_ids, movie_ids=None):
-        with torch.no_grad():
-            hu, hm = self._embed(self.bundle)
-            u = torch.tensor([self.bundle.user_index[int(x)] for x in np.atleast_1d(user_ids)])
-            s = hu[u] @ hm.T
-            if movie_ids is not None:
-                s = s[:, [self.bundle.movie_index[int(m)] for m in movie_ids]]
-        return s
+def tiny_model(store, scale: dict[int, float] | None = None, no_grad: bool = False):
+    """A TrainedModel (the real class) over the world's database with a :class:`TinyModel`;
+    ``scale`` is keyed by concept id."""
+    from posterkg.gnn.api import TrainedModel
+    from posterkg.gnn.inputs import assemble
 
-    def recommend(self, user_id, k=10):
-        s = self.score([user_id])[0]
-        seen = set()
-        for rel in ("pos", "neu", "neg"):
-            ei = self.bundle.data["user", rel, "movie"].edge_index
-            seen |= set(ei[1][ei[0] == self.bundle.user_index[user_id]].tolist())
-        order = [i for i in torch.argsort(s, descending=True).tolist() if i not in seen][:k]
-        return [(int(self.bundle.movie_ids[i]), float(s[i])) for i in order]
-
-    def movie_embeddings(self):
-        with torch.no_grad():
-            return self._embed(self.bundle)[1]
+    inputs = assemble(store).inputs
+    sc = {inputs.ids.concept_index[c]: f for c, f in (scale or {}).items()}
+    model = TinyModel(inputs, sc, no_grad).eval()
+    model.name = "tiny"
+    return TrainedModel("tiny", "tiny", 0, {}, {}, model, inputs)
 
 
 def jpeg_ok(data: bytes) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from _explain_world import TinyModel, build_bundle, jpeg_ok, make_db
+from _explain_world import jpeg_ok, make_db, tiny_model
 from conftest import skip_or_fail
 from posterkg.explain import ExplainConfig
 from posterkg.explain.paths import Knowledge
@@ -85,7 +85,7 @@ def jpeg_imgs(page: Page) -> list[bytes]:
 @pytest.fixture
 def world(tmp_path):
     store = make_db(tmp_path / "w.duckdb", posters_dir=tmp_path / "posters")
-    model = TinyModel(build_bundle(store))
+    model = tiny_model(store)
     yield store, model, Knowledge(store)
     store.close()
 

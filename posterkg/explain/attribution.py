@@ -1,205 +1,178 @@
-"""Model-side weights for explanation edges, and edge deletion on a graph bundle.
+"""Model-side weights of explanation edges: gradient x input on a mask of the model's own graph.
 
-The model is anything with ``.bundle`` (a GraphBundle: ``.data`` HeteroData plus the id <-> index
-maps) and ``.rescore(bundle, user_id, movie_ids) -> tensor`` that scores movies for a user on a
-given, possibly modified, bundle: :class:`posterkg.gnn.api.TrainedModel` has both. We call this
-small interface a *scorer*.
+Everything here works in the index space of the model's :class:`~posterkg.gnn.base.IdVocab`
+(``tm.ids``); database ids appear only where the explainer (:mod:`posterkg.explain.paths`) turns
+the result into sentences.
 
-Gradient x input (the default): every edge weight ``w_e`` of the edge types we explain is
-replaced by ``w_e * m_e`` with a mask ``m_e = 1`` that requires grad; one forward and one backward
-of the movie's score give ``a_e = ds/dm_e = w_e * ds/dw_e``, the first-order estimate of how much
-the score falls when the edge is deleted (``m_e -> 0``). This needs a model whose message passing
-uses ``edge_weight`` and whose ``rescore`` keeps the autograd graph. When it does not (no grad, or
-every attribution is zero) :func:`edge_attributions` returns None and the caller falls back to
-occlusion (delete each concept's edges and re-score: exact but one forward per concept), then to
-graph-only weights.
+A *trained model* ``tm`` is a :class:`posterkg.gnn.api.TrainedModel` (``.model``, ``.graph``,
+``.ids``, ``.history``, ``.recommend``, ``.score``). Its recommender scores under any graph
+through :func:`scores_on`: ``model.score_graph(users, history, graph)`` when the model defines
+it (models whose score is more than a dot product of ``embeddings(graph)``, e.g. a sequential
+model), else the dot product of ``model.embeddings(graph)``. No copy of the model's algebra lives
+here.
+
+Gradient x input (the default): the explained relations' weights ``w_e`` are multiplied by a mask
+``m_e = 1`` that requires grad (:meth:`Graph.masked`); one forward and one backward of the
+movie's score give ``a_e = ds/dm_e = w_e * ds/dw_e``, the first-order estimate of how much the
+score falls when the edge is deleted (``m_e -> 0``). Deletion is the same call with a mask of
+zeros on the deleted edges (a zero-weight edge is an absent edge in every operator of the
+models). :class:`Attributor` runs the forward once per user and one backward per movie, so a
+report's ten explanations cost one propagation.
+
+A model without ``embeddings(graph)`` (EASE, ItemKNN: they score from the user's history, not
+from the graph) or whose score does not depend on the masked edges gets no gradient; the
+explainer then falls back to occlusion, and to graph-only weights, and says so.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-EdgeType = tuple[str, str, str]
+from posterkg.gnn.base import Recommender
+
+# relations whose edges explanations attribute: movie -> concept, user -> concept
+CONCEPT_RELATIONS = ("has", "likes", "dislikes")
+INTERACTION_RELATIONS = ("pos", "neu", "neg")
 
 
-# -- bundle surgery ------------------------------------------------------------------------------
-def edge_types(data, src: str, dst: str) -> list[EdgeType]:
-    """Edge types of ``data`` going from node type ``src`` to ``dst``."""
-    return [et for et in data.edge_types if et[0] == src and et[2] == dst]
+def scores_on(model, graph, users: torch.Tensor, history=None) -> torch.Tensor:
+    """``[len(users), n_movies]`` scores of ``model`` propagated over ``graph`` (differentiable in
+    its edge weights). Raises NotImplementedError for models that do not score from a graph."""
+    fn = getattr(model, "score_graph", None)
+    if fn is not None:
+        return fn(users, history, graph)
+    emb = model.embeddings(graph)
+    return emb[0][users] @ emb[1].T
 
 
-def is_negative(et: EdgeType) -> bool:
-    """Whether an edge type carries dislike (``neg``, ``dislikes``, ``rev_neg`` ...)."""
-    rel = et[1].lower()
-    return "neg" in rel or "dislike" in rel
+def uses_graph(tm) -> tuple[bool, str]:
+    """Whether ``tm``'s model scores from its graph (so masks can explain it), and if not why."""
+    m = tm.model
+    if getattr(m, "score_graph", None) is not None:
+        return True, ""
+    if getattr(type(m), "embeddings", None) in (None, Recommender.embeddings):
+        return False, (f"model {tm.model_id} ({tm.kind}) scores from the user's history, not from a "
+                       f"graph (no embeddings(graph))")
+    return True, ""
 
 
-def with_data(bundle, data):
-    """A shallow copy of ``bundle`` whose ``.data`` is ``data``."""
-    if dataclasses.is_dataclass(bundle) and not isinstance(bundle, type):
-        try:
-            return dataclasses.replace(bundle, data=data)
-        except TypeError:  # a field with init=False; fall through to a plain copy
-            pass
-    out = copy.copy(bundle)
-    try:
-        out.data = data
-    except (AttributeError, dataclasses.FrozenInstanceError):
-        object.__setattr__(out, "data", data)
-    return out
+def has_concept_edges(tm) -> bool:
+    g = tm.graph
+    return g is not None and "has" in g
 
 
-def edge_weight(store) -> torch.Tensor:
-    w = getattr(store, "edge_weight", None)
-    if w is None:
-        return torch.ones(store.edge_index.size(1))
-    return w
+# -- deletion ------------------------------------------------------------------------------------
+def movie_concept_edges(graph, movie: int, concepts: Iterable[int] | None = None) -> torch.Tensor:
+    """Positions in ``graph``'s ``has`` relation of the edges between ``movie`` and ``concepts``
+    (all of the movie's concept edges when ``concepts`` is None); indices, not database ids."""
+    r = graph.get("has")
+    hit = r.src == int(movie)
+    if concepts is not None:
+        hit &= torch.isin(r.dst, torch.as_tensor(list(concepts), dtype=torch.long))
+    return torch.nonzero(hit).flatten()
 
 
-def drop_edges(bundle, keep: dict[EdgeType, torch.Tensor]):
-    """A copy of ``bundle`` keeping, for each edge type in ``keep``, only the edges where the bool
-    mask is true (edge_index, edge_weight and any other per-edge tensor are filtered alike)."""
-    data = copy.copy(bundle.data)
-    for et, mask in keep.items():
-        st = bundle.data[et]
-        n = st.edge_index.size(1)
-        for key, val in st.items():
-            if torch.is_tensor(val) and val.dim() >= 1:
-                if key == "edge_index":
-                    data[et][key] = val[:, mask]
-                elif val.size(0) == n:
-                    data[et][key] = val[mask]
-    return with_data(bundle, data)
+def delete_edges(graph, edges: dict[str, torch.Tensor]):
+    """``graph`` with the edges at ``edges[rel]`` (positions) weighted 0, i.e. deleted."""
+    masks = {}
+    for rel, pos in edges.items():
+        m = torch.ones(len(graph.get(rel)))
+        m[pos] = 0.0
+        masks[rel] = m
+    return graph.masked(masks)
 
 
-def movie_concept_keep(bundle, movie_id: int, concept_ids: Iterable[int]) -> dict[EdgeType, torch.Tensor]:
-    """Keep-masks deleting the edges between ``movie_id`` and ``concept_ids``, both directions."""
-    data = bundle.data
-    mi = bundle.movie_index[int(movie_id)]
-    cidx = torch.tensor([bundle.concept_index[int(c)] for c in concept_ids if int(c) in bundle.concept_index],
-                        dtype=torch.long)
-    keep = {}
-    for et in edge_types(data, "movie", "concept") + edge_types(data, "concept", "movie"):
-        ei = data[et].edge_index
-        m_row, c_row = (ei[0], ei[1]) if et[0] == "movie" else (ei[1], ei[0])
-        hit = (m_row == mi) & torch.isin(c_row, cidx)
-        keep[et] = ~hit
-    return keep
+def delete_movie_concepts(graph, movie: int, concepts: Iterable[int]):
+    """``graph`` without the edges between ``movie`` and ``concepts`` (indices)."""
+    return delete_edges(graph, {"has": movie_concept_edges(graph, movie, concepts)})
 
 
-def delete_movie_concepts(bundle, movie_id: int, concept_ids: Iterable[int]):
-    """A copy of ``bundle`` without the edges between ``movie_id`` and ``concept_ids``."""
-    return drop_edges(bundle, movie_concept_keep(bundle, movie_id, concept_ids))
-
-
-def score_one(scorer, user_id: int, movie_id: int, bundle=None) -> float:
-    with torch.no_grad():
-        s = scorer.rescore(scorer.bundle if bundle is None else bundle, int(user_id), [int(movie_id)])
-    return float(torch.as_tensor(s).reshape(-1)[0])
+@torch.no_grad()
+def score_one(tm, user: int, movie: int, graph=None) -> float:
+    """The score of (user, movie) (indices) over ``graph`` (default: the model's own)."""
+    g = tm.graph if graph is None else graph
+    s = scores_on(tm.model, g, torch.tensor([int(user)]), tm.history)
+    return float(s[0, int(movie)])
 
 
 # -- attributions --------------------------------------------------------------------------------
 @dataclasses.dataclass
 class EdgeAttribution:
-    """Per-edge attributions of one (user, movie) score, keyed by database ids."""
+    """Per-edge attributions of one (user, movie) score, in index space."""
 
-    movie_concept: dict[tuple[int, int], float]   # (movie_id, concept_id) -> a, both directions summed
-    user_concept: dict[int, float]                # concept_id -> a of the user's likes/dislikes edges
-    user_movie: dict[int, float]                  # movie_id -> a of the user's interaction edges
+    movie_concept: dict[tuple[int, int], float]   # (movie idx, concept idx) -> a
+    user_concept: dict[int, float]                # concept idx -> a of the user's likes/dislikes edges
+    user_movie: dict[int, float]                  # movie idx -> a of the user's interaction edges
     method: str
     score: float | None = None                    # the score on the unmodified graph
 
 
-def explained_edge_types(data) -> list[EdgeType]:
-    return (edge_types(data, "movie", "concept") + edge_types(data, "concept", "movie")
-            + edge_types(data, "user", "concept") + edge_types(data, "concept", "user")
-            + edge_types(data, "user", "movie") + edge_types(data, "movie", "user"))
+class Attributor:
+    """Gradient x input of a trained model's scores w.r.t. masks on its own graph's edges.
 
+    ``interactions``: also mask the user-movie relations (pos/neu/neg), so liked/disliked paths
+    get the user's own interaction edge ``a(u, m')`` (``[explain] interactions``)."""
 
-def edge_attributions(scorer, user_id: int, movie_id: int,
-                      movies_of_interest: Sequence[int] = ()) -> EdgeAttribution | None:
-    """Gradient x input of the score of ``(user_id, movie_id)`` w.r.t. an all-ones edge mask.
+    def __init__(self, tm, *, interactions: bool = True):
+        self.tm = tm
+        self.rels = [r for r in CONCEPT_RELATIONS + (INTERACTION_RELATIONS if interactions else ())
+                     if tm.graph is not None and r in tm.graph]
+        self._fwd: tuple | None = None        # (user, masks, scores [n_movies])
+        self._edge_index: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            r: (tm.graph.get(r).src.numpy(), tm.graph.get(r).dst.numpy()) for r in self.rels}
 
-    ``movies_of_interest``: the movies whose concept edges we want (the candidate and the user's
-    liked/disliked movies); the user's own edges are always collected. Returns None when the
-    scorer's output does not depend differentiably on the edge weights.
-    """
-    bundle = scorer.bundle
-    data = copy.copy(bundle.data)
-    masks: dict[EdgeType, torch.Tensor] = {}
-    for et in explained_edge_types(bundle.data):
-        st = bundle.data[et]
-        w = edge_weight(st).detach()
-        m = torch.ones(w.size(0), dtype=w.dtype if w.is_floating_point() else torch.float32,
-                       device=w.device, requires_grad=True)
-        data[et].edge_weight = w * m
-        masks[et] = m
-    if not masks:
-        return None
-    with torch.enable_grad():
-        s = scorer.rescore(with_data(bundle, data), int(user_id), [int(movie_id)])
-        s = torch.as_tensor(s).reshape(-1)[0]
-        if not s.requires_grad:
+    def _forward(self, user: int):
+        if self._fwd is None or self._fwd[0] != user:
+            g = self.tm.graph
+            masks = {r: torch.ones(len(g.get(r)), requires_grad=True) for r in self.rels}
+            with torch.enable_grad():
+                s = scores_on(self.tm.model, g.masked(masks), torch.tensor([user]), self.tm.history)[0]
+            self._fwd = (user, masks, s)
+        return self._fwd
+
+    def attributions(self, user: int, movie: int, movies_of_interest: Sequence[int] = ()) -> EdgeAttribution | None:
+        """Attributions of the score of (user, movie) (indices) on the movie's, the movies of
+        interest's and the user's own edges; None when the score has no gradient w.r.t. them."""
+        if not self.rels:
             return None
-        grads = torch.autograd.grad(s, list(masks.values()), allow_unused=True)
-    att = {et: (g.detach().cpu().numpy() if g is not None else None) for et, g in zip(masks, grads)}
-    if all(g is None or not np.any(g) for g in att.values()):
-        return None
-    out = _collect(bundle, att, user_id, movie_id, movies_of_interest, "gradient")
-    out.score = float(s.detach())  # mask = 1: the forward pass is the unmodified score
-    return out
+        user, movie = int(user), int(movie)
+        _, masks, s = self._forward(user)
+        target = s[movie]
+        if not target.requires_grad:
+            return None
+        with torch.enable_grad():
+            grads = torch.autograd.grad(target, list(masks.values()), retain_graph=True, allow_unused=True)
+        att = {r: (g.detach().numpy() if g is not None else None) for r, g in zip(masks, grads)}
+        if all(g is None or not np.any(g) for g in att.values()):
+            return None
+        wanted = np.asarray(sorted({movie, *map(int, movies_of_interest)}), np.int64)
+        mc: dict[tuple[int, int], float] = {}
+        uc: dict[int, float] = {}
+        um: dict[int, float] = {}
+        for r, g in att.items():
+            if g is None:
+                continue
+            src, dst = self._edge_index[r]
+            if r == "has":
+                for k in np.nonzero(np.isin(src, wanted) & (g != 0))[0]:
+                    key = (int(src[k]), int(dst[k]))
+                    mc[key] = mc.get(key, 0.0) + float(g[k])
+            else:
+                for k in np.nonzero((src == user) & (g != 0))[0]:
+                    d = uc if r in ("likes", "dislikes") else um
+                    d[int(dst[k])] = d.get(int(dst[k]), 0.0) + float(g[k])
+        return EdgeAttribution(mc, uc, um, "gradient", float(target.detach()))
 
 
-def _collect(bundle, att: dict[EdgeType, np.ndarray | None], user_id: int, movie_id: int,
-             movies_of_interest: Sequence[int], method: str) -> EdgeAttribution:
-    data = bundle.data
-    ui = bundle.user_index.get(int(user_id))
-    wanted = {bundle.movie_index[int(m)] for m in [movie_id, *movies_of_interest] if int(m) in bundle.movie_index}
-    wanted_arr = np.fromiter(wanted, dtype=np.int64)
-    mids, cids = bundle.movie_ids, bundle.concept_ids
-    mc: dict[tuple[int, int], float] = {}
-    uc: dict[int, float] = {}
-    um: dict[int, float] = {}
-    for et, g in att.items():
-        if g is None:
-            continue
-        ei = data[et].edge_index.cpu().numpy()
-        src, dst = et[0], et[2]
-        if {src, dst} == {"movie", "concept"}:
-            m_row, c_row = (ei[0], ei[1]) if src == "movie" else (ei[1], ei[0])
-            sel = np.nonzero(np.isin(m_row, wanted_arr) & (g != 0))[0]
-            for k in sel:
-                key = (int(mids[m_row[k]]), int(cids[c_row[k]]))
-                mc[key] = mc.get(key, 0.0) + float(g[k])
-        elif {src, dst} == {"user", "concept"} and ui is not None:
-            u_row, c_row = (ei[0], ei[1]) if src == "user" else (ei[1], ei[0])
-            for k in np.nonzero((u_row == ui) & (g != 0))[0]:
-                c = int(cids[c_row[k]])
-                uc[c] = uc.get(c, 0.0) + float(g[k])
-        elif {src, dst} == {"user", "movie"} and ui is not None:
-            u_row, m_row = (ei[0], ei[1]) if src == "user" else (ei[1], ei[0])
-            for k in np.nonzero((u_row == ui) & (g != 0))[0]:
-                m = int(mids[m_row[k]])
-                um[m] = um.get(m, 0.0) + float(g[k])
-    return EdgeAttribution(mc, uc, um, method)
-
-
-def occlusion_attributions(scorer, user_id: int, movie_id: int, concept_ids: Sequence[int]) -> EdgeAttribution:
-    """Exact drop of the score when each concept's edges with the movie are deleted (one forward
-    per concept). Only the movie side is measured; user-side attributions are left empty."""
-    base = score_one(scorer, user_id, movie_id)
+def occlusion_attributions(tm, user: int, movie: int, concepts: Sequence[int]) -> EdgeAttribution:
+    """Exact drop of the score when each concept's edge with the movie is deleted (one forward
+    per concept; indices). Only the movie side is measured; user-side attributions are empty."""
+    base = score_one(tm, user, movie)
     mc = {}
-    for c in concept_ids:
-        s = score_one(scorer, user_id, movie_id, delete_movie_concepts(scorer.bundle, movie_id, [c]))
-        mc[(int(movie_id), int(c))] = base - s
+    for c in concepts:
+        mc[(int(movie), int(c))] = base - score_one(tm, user, movie, delete_movie_concepts(tm.graph, movie, [c]))
     return EdgeAttribution(mc, {}, {}, "occlusion", base)
-
-
-def has_concept_edges(bundle: Any) -> bool:
-    data = bundle.data
-    return bool(edge_types(data, "movie", "concept") or edge_types(data, "concept", "movie"))

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from posterkg.explain.attribution import delete_movie_concepts, score_one
 from posterkg.explain.paths import Explainer
@@ -36,11 +37,12 @@ class Case:
     drop_random: float
 
 
-def deletion_case(scorer, explainer: Explainer, user_id: int, movie_id: int,
+def deletion_case(tm, explainer: Explainer, user_id: int, movie_id: int,
                   rng: np.random.Generator, draws: int = 1) -> Case | str:
-    """One case, or the reason it was skipped."""
-    bundle = scorer.bundle
-    concepts = [c for c in explainer.k.concepts_of(movie_id) if c in bundle.concept_index]
+    """One case (database ids in, database ids out), or the reason it was skipped. The deletions
+    are masks of zeros on the model's own graph (:func:`delete_movie_concepts`, index space)."""
+    ids = tm.ids
+    concepts = [c for c in explainer.k.concepts_of(movie_id) if int(c) in ids.concept_index]
     if len(concepts) < 2:
         return "movie has fewer than 2 concept edges"
     ex = explainer.explain(user_id, movie_id)
@@ -49,29 +51,28 @@ def deletion_case(scorer, explainer: Explainer, user_id: int, movie_id: int,
         return "no concept cited"
     if len(concepts) <= len(cited):
         return "movie has no concept edge besides the cited ones"
-    base = ex.score if ex.score is not None else score_one(scorer, user_id, movie_id)
-    s_cited = score_one(scorer, user_id, movie_id, delete_movie_concepts(bundle, movie_id, cited))
+    u, m = ids.user_index[int(user_id)], ids.movie_index[int(movie_id)]
+    cidx = {c: ids.concept_index[int(c)] for c in concepts}
+    base = ex.score if ex.score is not None else score_one(tm, u, m)
+    s_cited = score_one(tm, u, m, delete_movie_concepts(tm.graph, m, [cidx[c] for c in cited]))
     drops = []
     for _ in range(draws):
         pick = rng.choice(np.array(concepts), size=len(cited), replace=False).tolist()
-        drops.append(base - score_one(scorer, user_id, movie_id, delete_movie_concepts(bundle, movie_id, pick)))
+        drops.append(base - score_one(tm, u, m, delete_movie_concepts(tm.graph, m, [cidx[c] for c in pick])))
     return Case(int(user_id), int(movie_id), base, len(concepts), cited, ex.method, base - s_cited,
                 float(np.mean(drops)))
 
 
-def run_faithfulness(scorer, explainer: Explainer, *, n: int = 1000, k: int = 10, seed: int = 0,
+def run_faithfulness(tm, explainer: Explainer, *, n: int = 1000, k: int = 10, seed: int = 0,
                      draws: int = 1, users: list[int] | None = None) -> dict[str, Any]:
-    """Explain up to ``n`` top-``k`` recommendations of randomly ordered users and run the deletion
-    test on each. Returns the summary and the cases."""
+    """Explain up to ``n`` top-``k`` recommendations of randomly ordered users (those with a
+    positive train edge in the model's graph) and run the deletion test on each. Returns the
+    summary and the cases."""
     rng = np.random.default_rng(seed)
     if users is None:
-        pos = [et for et in scorer.bundle.data.edge_types if et == ("user", "pos", "movie")]
-        if pos:
-            src = scorer.bundle.data[pos[0]].edge_index[0].unique().cpu().numpy()
-            users = [int(scorer.bundle.user_ids[i]) for i in src]
-        else:
-            users = [int(u) for u in scorer.bundle.user_ids]
-        users = rng.permutation(np.array(users, dtype=int)).tolist()
+        pos = tm.graph.get("pos").src if tm.graph is not None else torch.zeros(0, dtype=torch.long)
+        idx = pos.unique().numpy() if len(pos) else np.arange(len(tm.ids.user_ids))
+        users = rng.permutation(tm.ids.user_ids[idx].astype(int)).tolist()
     cases: list[Case] = []
     skipped: dict[str, int] = {}
     t0 = time.perf_counter()
@@ -79,10 +80,10 @@ def run_faithfulness(scorer, explainer: Explainer, *, n: int = 1000, k: int = 10
         for u in users:
             if len(cases) >= n:
                 break
-            for m, _ in scorer.recommend(int(u), k=k):
+            for m, _ in tm.recommend(int(u), k=k):
                 if len(cases) >= n:
                     break
-                r = deletion_case(scorer, explainer, int(u), int(m), rng, draws)
+                r = deletion_case(tm, explainer, int(u), int(m), rng, draws)
                 if isinstance(r, str):
                     skipped[r] = skipped.get(r, 0) + 1
                 else:

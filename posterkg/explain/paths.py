@@ -193,6 +193,7 @@ class Explainer:
         self.scorer = scorer
         self.cfg = cfg or ExplainConfig()
         self._user_cache: dict[int, tuple] = {}
+        self._attributor = None     # one forward per user, one backward per explained movie
 
     def _user(self, user_id: int):
         if user_id not in self._user_cache:
@@ -309,31 +310,51 @@ class Explainer:
         return out
 
     def _attribute(self, user_id, movie_id, mconc, movies):
-        """(method, note, EdgeAttribution | None, score)."""
+        """(method, note, EdgeAttribution keyed by database ids | None, score)."""
         from posterkg.explain import attribution as A
 
         method = self.cfg.method
-        if self.scorer is None:
+        tm = self.scorer
+        if tm is None:
             return "graph", "no trained model: paths weighted by the graph alone", None, None
-        b = self.scorer.bundle
-        if user_id not in b.user_index or movie_id not in b.movie_index:
-            return "graph", "user or movie not in the model's graph: graph weights", None, None
-        if method == "graph":
-            return "graph", "", None, A.score_one(self.scorer, user_id, movie_id)
-        if not A.has_concept_edges(b):
-            return ("graph", "the model's graph has no concept edges: graph weights", None,
-                    A.score_one(self.scorer, user_id, movie_id))
+        ids = tm.ids
+        (u,), (u_ok,) = ids.lookup("user", [user_id])
+        (m,), (m_ok,) = ids.lookup("movie", [movie_id])
+        if not (u_ok and m_ok):
+            return "graph", f"user or movie not known to model {tm.model_id}: graph weights", None, None
+        ok, why = A.uses_graph(tm)
+        if not ok or method == "graph" or not A.has_concept_edges(tm):
+            score = float(tm.score([user_id], [movie_id])[0, 0])
+            if not ok:
+                return "graph", why + ": graph weights", None, score
+            if method == "graph":
+                return "graph", "", None, score
+            return "graph", "the model's graph has no concept edges: graph weights", None, score
         if method == "gradient":
-            att = A.edge_attributions(self.scorer, user_id, movie_id, movies)
+            if self._attributor is None or self._attributor.tm is not tm:
+                self._attributor = A.Attributor(tm, interactions=self.cfg.interactions)
+            others, okk = ids.lookup("movie", movies)
+            att = self._attributor.attributions(u, m, others[okk].tolist())
             if att is not None:
-                return "gradient", "", att, att.score
-            note = "the model gives no gradient w.r.t. edge weights: occlusion used"
+                return "gradient", "", self._to_ids(att), att.score
+            note = "the model gives no gradient w.r.t. its edge weights: occlusion used"
         else:
             note = ""
-        att = A.occlusion_attributions(self.scorer, user_id, movie_id, list(mconc))
+        cidx, cok = ids.lookup("concept", list(mconc))
+        att = A.occlusion_attributions(tm, u, m, cidx[cok].tolist())
         if not any(abs(v) > 1e-12 for v in att.movie_concept.values()):
             return "graph", "the model's score does not depend on concept edges: graph weights", None, att.score
-        return "occlusion", note, att, att.score
+        return "occlusion", note, self._to_ids(att), att.score
+
+    def _to_ids(self, att):
+        """An index-space EdgeAttribution keyed by database ids (for the tables' paths)."""
+        from posterkg.explain.attribution import EdgeAttribution
+
+        ids = self.scorer.ids
+        mid, cid = ids.movie_ids, ids.concept_ids
+        return EdgeAttribution({(int(mid[m]), int(cid[c])): v for (m, c), v in att.movie_concept.items()},
+                               {int(cid[c]): v for c, v in att.user_concept.items()},
+                               {int(mid[m]): v for m, v in att.user_movie.items()}, att.method, att.score)
 
 
 def top_concepts(ex: Explanation, n: int) -> list[int]:

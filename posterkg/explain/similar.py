@@ -2,7 +2,7 @@
 two posters share.
 
 With a model, the embeddings are ``model.movie_embeddings()`` (rows in the order of
-``model.bundle.movie_ids``). Without one (``source = "concepts"``) the movies are compared by their
+``model.movie_ids``, the model's id vocabulary). Without one (``source = "concepts"``) the movies are compared by their
 concept-weight vectors (``movie_concept_edges``), which only sees the posters.
 """
 
@@ -37,7 +37,7 @@ class Similar:
         if model is not None:
             emb = model.movie_embeddings()
             emb = emb.detach().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
-            self.movie_ids = np.asarray(model.bundle.movie_ids).astype(int)
+            self.movie_ids = np.asarray(model.movie_ids).astype(int)
             self.source = "model"
         else:
             self.movie_ids = np.array(sorted(knowledge.titles), dtype=int)

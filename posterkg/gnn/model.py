@@ -44,12 +44,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-from torch_geometric.utils import to_torch_csr_tensor
 
 from posterkg.gnn import losses
-from posterkg.gnn.base import Graph, ModelInputs, Recommender
-from posterkg.gnn.data import Interactions
-from posterkg.gnn.sparse import spmm, sym_norm_adj
+from posterkg.gnn.base import Graph, ModelInputs, Recommender, Relation
+from posterkg.gnn.sparse import csr, row_norm, spmm, sym_norm_adj
 
 
 @dataclasses.dataclass
@@ -76,99 +74,76 @@ class ModelConfig:
     concepts: bool = True               # use concept nodes and edges (false: posterkg-novisual)
 
 
+# relation -> (sign, initial gate magnitude)
+RELATIONS = {
+    "pos": (1, 1.0), "neu": (1, 0.3), "neg": (-1, 0.3),
+    "has": (1, 0.5), "likes": (1, 0.5), "dislikes": (-1, 0.3),
+}
+
+
 @dataclasses.dataclass
-class GraphInputs:
-    """The knowledge side of the fused graph in :class:`Interactions` index space."""
+class Knowledge:
+    """The concept side of a graph as the posterkg model reads it: the ``has``/``likes``/
+    ``dislikes`` relations (weights may carry autograd), or the genre fallback, or nothing."""
 
     n_concepts: int
-    movie_concept: tuple[np.ndarray, np.ndarray, np.ndarray]   # movie idx, concept idx, weight
-    user_likes: tuple[np.ndarray, np.ndarray, np.ndarray]      # user idx, concept idx, weight > 0
-    user_dislikes: tuple[np.ndarray, np.ndarray, np.ndarray]   # user idx, concept idx, weight > 0
-    concept_ids: np.ndarray | None = None                      # concept idx -> concept_id
-    source: str = ""
-    # optional user-movie edges by sign (+1, 0, -1) -> (user idx, movie idx); None = the train
-    # edges of the Interactions (the same edges the graphs stage builds)
-    interactions: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
-
-    def without_concepts(self) -> "GraphInputs":
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        return GraphInputs(0, empty, empty, empty, np.zeros(0, np.int64), self.source + " minus concepts",
-                           self.interactions)
-
-    def summary(self) -> dict:
-        return {"concepts": self.n_concepts, "movie_concept": len(self.movie_concept[0]),
-                "user_likes": len(self.user_likes[0]), "user_dislikes": len(self.user_dislikes[0]),
-                "source": self.source}
+    has: Relation
+    likes: Relation
+    dislikes: Relation
+    source: str
 
 
-def _remap(ids: np.ndarray, index: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    out = np.fromiter((index.get(int(v), -1) for v in ids), dtype=np.int64, count=len(ids))
-    return out, out >= 0
+def _empty() -> Relation:
+    e = torch.zeros(0, dtype=torch.long)
+    return Relation(e, e, torch.zeros(0))
 
 
-def genre_graph(graph: Graph, data: Interactions, smoothing: float = 5.0) -> GraphInputs:
-    """Fallback knowledge graph from MovieLens' text genres (used when no visual graph is built):
+def genre_knowledge(graph: Graph, smoothing: float = 5.0) -> Knowledge:
+    """Fallback knowledge from MovieLens' text genres (a graph without concept relations):
     genres as concepts, user preferences as the smoothed lift of a genre among the user's liked
-    movies over its share among the user's disliked movies."""
+    movies (``pos``) over its share among the user's disliked movies (``neg``)."""
+    nu, nm = int(graph.sizes["user"]), int(graph.sizes["movie"])
+    n_c = int(graph.sizes.get("genre", 0))
     rel = graph.get("genre")
     m, g = rel.src.numpy(), rel.dst.numpy()
-    n_c = int(graph.sizes.get("genre", 0))
-    mc = sp.csr_matrix((np.ones(len(m), np.float32), (m, g)), shape=(data.n_movies, n_c))
-    liked = data.train_pos @ mc
-    disliked = data.train_neg @ mc
-    base = np.asarray(mc.sum(0)).ravel() / max(data.n_movies, 1)
-    n_l = np.asarray(data.train_pos.sum(1)).ravel()[:, None]
-    n_d = np.asarray(data.train_neg.sum(1)).ravel()[:, None]
+    mc = sp.csr_matrix((np.ones(len(m), np.float32), (m, g)), shape=(nm, n_c))
+
+    def mat(name):
+        r = graph.get(name)
+        x = sp.csr_matrix((r.weight.detach().cpu().numpy().astype(np.float32), (r.src.numpy(), r.dst.numpy())),
+                          shape=(nu, nm))
+        x.sum_duplicates()
+        return x
+
+    pos, neg = mat("pos"), mat("neg")
+    liked, disliked = pos @ mc, neg @ mc
+    base = np.asarray(mc.sum(0)).ravel() / max(nm, 1)
+    n_l = np.asarray(pos.sum(1)).ravel()[:, None]
+    n_d = np.asarray(neg.sum(1)).ravel()[:, None]
     p_l = (liked.toarray() + smoothing * base) / (n_l + smoothing)
     p_d = (disliked.toarray() + smoothing * base) / (n_d + smoothing)
     score = np.log(p_l / np.maximum(p_d, 1e-9))
     u, c = np.nonzero(np.abs(score) > 0.1)
     s = score[u, c].astype(np.float32)
     like, dis = s > 0, s < 0
-    return GraphInputs(n_c, (m, g, np.ones(len(m), np.float32)), (u[like], c[like], s[like]),
-                       (u[dis], c[dis], -s[dis]), np.arange(n_c), "genres")
+
+    def r(a, b, w):
+        return Relation(torch.as_tensor(a, dtype=torch.long), torch.as_tensor(b, dtype=torch.long),
+                        torch.as_tensor(w, dtype=torch.float32))
+
+    return Knowledge(n_c, r(m, g, np.ones(len(m), np.float32)), r(u[like], c[like], s[like]),
+                     r(u[dis], c[dis], -s[dis]), "genres")
 
 
-def graph_inputs(graph: Graph, data: Interactions, *, concepts: bool = True) -> GraphInputs:
-    """The knowledge side of ``graph`` for the posterkg model: its concept relations when it has
-    any, else the genre fallback; none with ``concepts = False``."""
-    def rel(name):
-        r = graph.get(name)
-        return r.src.numpy(), r.dst.numpy(), r.weight.detach().numpy().astype(np.float32)
-
-    inter = {sign: tuple(x.numpy() for x in (graph.get(name).src, graph.get(name).dst))
-             for name, sign in (("pos", 1), ("neu", 0), ("neg", -1))}
+def knowledge(graph: Graph, *, concepts: bool = True) -> Knowledge:
+    """The concept side of ``graph``: its concept relations when it has any, else the genre
+    fallback; none with ``concepts = False``."""
     if not concepts:
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        return GraphInputs(0, empty, empty, empty, np.zeros(0, np.int64), "no concepts", inter)
+        return Knowledge(0, _empty(), _empty(), _empty(), "no concepts")
     if "has" in graph:
-        return GraphInputs(int(graph.sizes["concept"]), rel("has"), rel("likes"), rel("dislikes"),
-                           None, "graph tables", inter)
-    gi = genre_graph(graph, data)
-    gi.interactions = inter
-    return gi
-
-
-def _csr(rows, cols, vals, shape) -> torch.Tensor:
-    idx = torch.stack([torch.as_tensor(np.asarray(rows), dtype=torch.long),
-                       torch.as_tensor(np.asarray(cols), dtype=torch.long)])
-    return to_torch_csr_tensor(idx, torch.as_tensor(np.asarray(vals), dtype=torch.float32), size=shape)
-
-
-def _row_norm(rows, cols, w, shape) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-normalised weights as CSR, and its transpose."""
-    w = np.asarray(w, np.float32)
-    rows = np.asarray(rows, np.int64)
-    tot = np.bincount(rows, weights=w, minlength=shape[0])
-    val = w / np.maximum(tot[rows], 1e-12)
-    return _csr(rows, cols, val, shape), _csr(cols, rows, val, (shape[1], shape[0]))
-
-
-# relation name -> (dst type, src type, sign, initial gate magnitude)
-RELATIONS = {
-    "pos": (1, 1.0), "neu": (1, 0.3), "neg": (-1, 0.3),
-    "has": (1, 0.5), "likes": (1, 0.5), "dislikes": (-1, 0.3),
-}
+        return Knowledge(int(graph.sizes.get("concept", 0)), graph.get("has"), graph.get("likes"),
+                         graph.get("dislikes"), "graph tables")
+    return genre_knowledge(graph)
 
 
 def _inv_softplus(y: float) -> float:
@@ -176,89 +151,90 @@ def _inv_softplus(y: float) -> float:
 
 
 class PosterKG(Recommender):
+    """The two-stage model (module docstring). Its graph is an argument: :meth:`embeddings`
+    derives every operator from the :class:`~posterkg.gnn.base.Graph` it is given (cached on that
+    graph when no edge weight carries a gradient), so a masked graph (explanations) or one with
+    deleted edges is scored by the same code."""
+
     Config = ModelConfig
 
     def __init__(self, inputs: ModelInputs, cfg: ModelConfig | None = None):
         super().__init__(inputs, cfg)
-        data = inputs.data
         dim = self.dim = self.cfg.dim
-        graph = graph_inputs(inputs.graph, data, concepts=self.cfg.concepts)
+        n_concepts = knowledge(inputs.graph, concepts=self.cfg.concepts).n_concepts
         self.user = nn.Embedding(self.n_users, dim)
         self.movie = nn.Embedding(self.n_movies, dim)
-        self.concept = nn.Embedding(max(graph.n_concepts, 1), dim)
+        self.concept = nn.Embedding(max(n_concepts, 1), dim)
         for e in (self.user, self.movie, self.concept):
             nn.init.normal_(e.weight, std=self.cfg.init_std)
         self.side_scale = nn.Parameter(torch.tensor([0.5, 0.5]))     # user-side, item-side
         self.gate = nn.ParameterDict({r: nn.Parameter(torch.tensor(_inv_softplus(g)))
                                       for r, (_, g) in RELATIONS.items()})
-        # per relation and direction ("<rel>:<dst>") an attention scoring vector, zero = uniform
+        # per relation and direction ("<rel>_<dst>") an attention scoring vector, zero = uniform
         self.att = nn.ParameterDict()
         for r in RELATIONS:
             for dst in ("user", "movie", "concept"):
                 self.att[f"{r}_{dst}"] = nn.Parameter(torch.zeros(dim))
-        self._data = data
-        self.set_graph(data, graph)
-        self._built_for = inputs.graph
+        self._stage1 = None
+        self._kg_edges = None
 
     @property
     def wants_hard_negatives(self) -> bool:
         return self.cfg.hard_negative_weight > 0 or self.cfg.struct_weight > 0
 
-    # -- graph -------------------------------------------------------------------------------
-    def set_graph(self, data: Interactions, graph: GraphInputs) -> None:
-        """(Re)build every sparse operator from ``data``'s train edges and ``graph``; used at
-        construction and to re-score under a modified graph (edge-deletion experiments)."""
-        self.graph = graph
-        nu, nm, nc = self.n_users, self.n_movies, graph.n_concepts
-        if nc > self.concept.num_embeddings:
-            raise ValueError("graph has more concepts than the model was built with")
+    # -- operators from the graph ----------------------------------------------------------
+    def operators(self, graph: Graph) -> dict:
+        """Every sparse operator of ``graph`` the model propagates with (see :meth:`_build`);
+        cached on the graph unless an edge weight requires grad."""
         dev = self.user.weight.device
-        n = nu + nm
-        self._ops: dict[str, torch.Tensor] = {}
-        inter = {}
-        for name, sign in (("pos", 1), ("neu", 0), ("neg", -1)):
-            u, m = graph.interactions[sign] if graph.interactions is not None else data.train_edges(sign)
-            inter[name] = (u, m)
-            self._ops[f"sym_{name}"] = sym_norm_adj(n, u, nu + m)
-        mc_m, mc_c, mc_w = graph.movie_concept
-        lu, lc, lw = graph.user_likes
-        du, dc, dw = graph.user_dislikes
-        if nc:
-            for name, (r, c, w, nr) in {"item_side": (mc_m, mc_c, mc_w, nm), "user_like": (lu, lc, lw, nu),
-                                        "user_dislike": (du, dc, dw, nu)}.items():
-                self._ops[name], self._ops[name + "_t"] = _row_norm(r, c, w, (nr, nc))
-        # stage-2 relations: (relation, dst type, src type) -> CSR [dst x src] of edge weights
-        self._rels: list[tuple[str, str, str]] = []
-        pairs = {"pos": (inter["pos"], "user", "movie"), "neu": (inter["neu"], "user", "movie"),
-                 "neg": (inter["neg"], "user", "movie")}
-        if nc:
-            pairs.update({"has": ((mc_m, mc_c, mc_w), "movie", "concept"),
-                          "likes": ((lu, lc, lw), "user", "concept"),
-                          "dislikes": ((du, dc, dw), "user", "concept")})
-        sizes = {"user": nu, "movie": nm, "concept": nc}
-        for rel, (edges, a, b) in pairs.items():
-            if len(edges[0]) == 0:
-                continue
-            if rel == "neu" and self.cfg.neutral_weight <= 0:
-                continue
-            if not self.cfg.signed_gates and RELATIONS[rel][0] < 0:
-                continue
-            w = edges[2] if len(edges) == 3 else np.ones(len(edges[0]), np.float32)
-            self._ops[f"r_{rel}_{a}"] = _csr(edges[0], edges[1], w, (sizes[a], sizes[b]))
-            self._ops[f"r_{rel}_{b}"] = _csr(edges[1], edges[0], w, (sizes[b], sizes[a]))
-            self._rels += [(rel, a, b), (rel, b, a)]
-        self._mc = tuple(torch.as_tensor(np.asarray(x)) for x in (mc_m, mc_c, mc_w))
-        self._ops = {k: v.to(dev) for k, v in self._ops.items()}
+        key = (f"posterkg:{self.cfg.concepts}:{self.cfg.signed_gates}:{self.cfg.neutral_weight > 0}:"
+               f"{self.n_users}:{self.n_movies}:{dev}")
+        return graph.cached(key, lambda: self._build(graph, dev))
 
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        if hasattr(self, "_ops"):
-            self._ops = {k: fn(v) for k, v in self._ops.items()}
-        return out
+    def _build(self, graph: Graph, dev) -> dict:
+        cfg = self.cfg
+        nu, nm = self.n_users, self.n_movies
+        kg = knowledge(graph, concepts=cfg.concepts)
+        nc = kg.n_concepts
+        if nc > self.concept.num_embeddings or (nc and nc != self.concept.num_embeddings):
+            raise ValueError(f"the graph has {nc} concepts, the model was built with "
+                             f"{self.concept.num_embeddings}")
+        ops: dict = {}
+        inter = {name: graph.get(name) for name in ("pos", "neu", "neg")}
+        for name, r in inter.items():
+            ops[f"sym_{name}"] = sym_norm_adj(nu + nm, r.src, nu + r.dst, r.weight)
+        sides = {"item_side": (kg.has, nm), "user_like": (kg.likes, nu), "user_dislike": (kg.dislikes, nu)}
+        if nc:
+            for name, (r, n_rows) in sides.items():
+                ops[name], ops[name + "_t"] = row_norm(r.src, r.dst, r.weight, (n_rows, nc))
+        # stage-2 relations: (relation, dst type, src type) -> CSR [dst x src] of edge weights
+        rels: list[tuple[str, str, str]] = []
+        pairs = {name: (r, "user", "movie") for name, r in inter.items()}
+        if nc:
+            pairs.update({"has": (kg.has, "movie", "concept"), "likes": (kg.likes, "user", "concept"),
+                          "dislikes": (kg.dislikes, "user", "concept")})
+        sizes = {"user": nu, "movie": nm, "concept": nc}
+        for rel, (r, a, b) in pairs.items():
+            if len(r) == 0:
+                continue
+            if rel == "neu" and cfg.neutral_weight <= 0:
+                continue
+            if not cfg.signed_gates and RELATIONS[rel][0] < 0:
+                continue
+            ops[f"r_{rel}_{a}"] = csr(r.src, r.dst, r.weight, (sizes[a], sizes[b]))
+            ops[f"r_{rel}_{b}"] = csr(r.dst, r.src, r.weight, (sizes[b], sizes[a]))
+            rels += [(rel, a, b), (rel, b, a)]
+        ops = {k: v.to(dev) for k, v in ops.items()}
+        ops["rels"] = rels
+        ops["n_concepts"] = nc
+        ops["source"] = kg.source
+        # movie-concept edges for the structure loss (no gradient needed there)
+        ops["kg_edges"] = (kg.has.src, kg.has.dst, kg.has.weight.detach())
+        return ops
 
     # -- propagation -------------------------------------------------------------------------
-    def stage1(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cfg, ops = self.cfg, self._ops
+    def stage1(self, ops: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
         eu, em, ec = self.user.weight, self.movie.weight, self.concept.weight
         x = torch.cat([eu, em])
         if cfg.interaction_side:
@@ -287,19 +263,19 @@ class PosterKG(Recommender):
             return torch.ones((), device=self.user.weight.device)
         return RELATIONS[rel][0] * nn.functional.softplus(self.gate[rel])
 
-    def stage2(self, xs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def stage2(self, xs: dict[str, torch.Tensor], ops: dict) -> dict[str, torch.Tensor]:
         acc = dict(xs)
         for _ in range(self.cfg.stage2_layers):
             new = {t: torch.zeros_like(v) for t, v in xs.items()}
-            for rel, dst, src in self._rels:
-                r = self._ops[f"r_{rel}_{dst}"]
+            for rel, dst, src in ops["rels"]:
+                r = ops[f"r_{rel}_{dst}"]
                 x = xs[src]
                 if self.cfg.attention:
                     logit = torch.tanh(x @ self.att[f"{rel}_{dst}"]) * 2.0     # in [-2, 2]
                     e = torch.exp(logit).unsqueeze(1)
                 else:
                     e = torch.ones(len(x), 1, device=x.device)
-                agg = spmm(r, torch.cat([e * x, e], 1), self._ops[f"r_{rel}_{src}"] if src != dst else None)
+                agg = spmm(r, torch.cat([e * x, e], 1), ops[f"r_{rel}_{src}"] if src != dst else None)
                 msg = agg[:, :-1] / agg[:, -1:].clamp(min=1e-12)
                 new[dst] = new[dst] + self._gate(rel) * msg
             xs = new
@@ -307,14 +283,17 @@ class PosterKG(Recommender):
         return {t: v / (self.cfg.stage2_layers + 1) for t, v in acc.items()}
 
     def embeddings(self, graph: Graph | None = None):
-        if graph is not None and graph is not self._built_for:
-            self.set_graph(self._data, graph_inputs(graph, self._data, concepts=self.cfg.concepts))
-            self._built_for = graph
-        zu, zm, zc = self.stage1()
+        """(users, movies, concepts) final embeddings propagated over ``graph`` (default: the
+        graph the model was built with)."""
+        ops = self.operators(graph if graph is not None else self.graph)
+        zu, zm, zc = self.stage1(ops)
         self._stage1 = (zu, zm)
-        if self.cfg.stage2 and self._rels:
-            out = self.stage2({"user": zu, "movie": zm, "concept": zc})
+        self._kg_edges = ops["kg_edges"] if ops["n_concepts"] else None
+        if self.cfg.stage2 and ops["rels"]:
+            out = self.stage2({"user": zu, "movie": zm, "concept": zc}, ops)
+            self._has_stage2 = True
             return out["user"], out["movie"], out["concept"]
+        self._has_stage2 = False
         return zu, zm, zc
 
     def ego(self, users, movies):
@@ -322,6 +301,7 @@ class PosterKG(Recommender):
 
     # -- extra losses ------------------------------------------------------------------------
     def extra_loss(self, batch: dict, emb: tuple) -> dict[str, torch.Tensor]:
+        """Terms beyond BPR for the graph of the last :meth:`embeddings` call."""
         cfg = self.cfg
         u, m, c = emb
         users, pos = batch["users"], batch["pos"]
@@ -329,7 +309,7 @@ class PosterKG(Recommender):
         if cfg.hard_negative_weight > 0 and "hard" in batch and bool(batch["hard_mask"].any()):
             out["hard"] = cfg.hard_negative_weight * losses.bpr(
                 u[users], m[pos], m[batch["hard"]], batch["hard_mask"])
-        if cfg.cl_weight > 0 and self.cfg.stage2 and self._rels:
+        if cfg.cl_weight > 0 and getattr(self, "_has_stage2", False):
             su, sm = self._stage1
             uu = torch.unique(users)[:2048]
             mm = torch.unique(pos)[:2048]
@@ -341,11 +321,12 @@ class PosterKG(Recommender):
             if hm is not None and bool(hm.any()):
                 un, mn = u[users[hm]], m[batch["hard"][hm]]
             mc = cc = cw = None
-            if self.graph.n_concepts and len(self._mc[0]):
-                pick = torch.randint(0, len(self._mc[0]), (min(cfg.struct_batch, len(self._mc[0])),))
+            kg = self._kg_edges
+            if kg is not None and len(kg[0]):
+                pick = torch.randint(0, len(kg[0]), (min(cfg.struct_batch, len(kg[0])),))
                 dev = u.device
-                mc = m[self._mc[0][pick].to(dev)]
-                cc = c[self._mc[1][pick].to(dev)]
-                cw = self._mc[2][pick].to(dev).float()
+                mc = m[kg[0][pick].to(dev)]
+                cc = c[kg[1][pick].to(dev)]
+                cw = kg[2][pick].to(dev).float()
             out["struct"] = cfg.struct_weight * losses.structure(u[users], m[pos], un, mn, mc, cc, cw)
         return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from _explain_world import TinyModel, build_bundle, make_db
+from _explain_world import make_db, tiny_model
+from torch_threads import one_torch_thread  # noqa: F401
 from posterkg.explain import ExplainConfig
 from posterkg.explain.paths import Explainer, Knowledge
 from posterkg.explain.sentences import concept_phrase
@@ -13,17 +14,25 @@ from posterkg.explain.sentences import concept_phrase
 BLUE, LOWKEY, RED, TYPO = 1, 2, 3, 4
 
 
+def _score_without(tm, user_id, movie_id, concept_ids):
+    """The score after deleting the movie's edges to ``concept_ids`` (database ids in)."""
+    from posterkg.explain.attribution import delete_movie_concepts, score_one
+
+    u, m = tm.ids.user_index[user_id], tm.ids.movie_index[movie_id]
+    cs = [tm.ids.concept_index[c] for c in concept_ids]
+    return score_one(tm, u, m, delete_movie_concepts(tm.graph, m, cs))
+
+
 @pytest.fixture
 def world(tmp_path):
     store = make_db(tmp_path / "w.duckdb")
-    bundle = build_bundle(store)
-    yield store, bundle, Knowledge(store)
+    yield store, tiny_model(store), Knowledge(store)
     store.close()
 
 
 def test_top_path_cites_the_liked_concept_and_movies(world):
-    store, bundle, k = world
-    ex = Explainer(k, TinyModel(bundle)).explain(1, 10)  # Gattaca: cool blue + low-key + typography
+    store, tm, k = world
+    ex = Explainer(k, tm).explain(1, 10)  # Gattaca: cool blue + low-key + typography
     assert ex.method == "gradient", ex.note
     assert ex.paths[0].concept_id == BLUE
     assert ex.cited[0].concept_id == BLUE
@@ -39,8 +48,8 @@ def test_top_path_cites_the_liked_concept_and_movies(world):
 
 
 def test_negative_explanation_cites_the_disliked_concept(world):
-    store, bundle, k = world
-    ex = Explainer(k, TinyModel(bundle)).explain(1, 12)  # Mixed Signals: blue + harsh red
+    store, tm, k = world
+    ex = Explainer(k, tm).explain(1, 12)  # Mixed Signals: blue + harsh red
     assert ex.cited[0].concept_id == BLUE
     assert ex.against[0].concept_id == RED
     assert ex.against[0].relevance < 0
@@ -49,15 +58,15 @@ def test_negative_explanation_cites_the_disliked_concept(world):
     assert neg.startswith("Ranked down because you disliked posters with a harsh red palette")
     assert "Red Planet" in neg and "Crimson Tide" in neg
     # Kill Bill is mostly red: ranked down, and below Gattaca for this user
-    kb = Explainer(k, TinyModel(bundle)).explain(1, 11)
+    kb = Explainer(k, tm).explain(1, 11)
     assert kb.against and kb.against[0].concept_id == RED
-    assert kb.score < ex.score < Explainer(k, TinyModel(bundle)).explain(1, 10).score
+    assert kb.score < ex.score < Explainer(k, tm).explain(1, 10).score
 
 
 def test_model_weighting_is_used_not_just_the_graph(world):
-    store, bundle, k = world
+    store, tm, k = world
     # a model that values lighting 10x: the graph still says "blue", the model says "low-key"
-    ex_model = Explainer(k, TinyModel(bundle, scale={LOWKEY: 10.0})).explain(1, 10)
+    ex_model = Explainer(k, tiny_model(store, scale={LOWKEY: 10.0})).explain(1, 10)
     ex_graph = Explainer(k, None).explain(1, 10)
     assert ex_graph.method == "graph" and ex_graph.cited[0].concept_id == BLUE
     assert ex_model.method == "gradient" and ex_model.cited[0].concept_id == LOWKEY
@@ -65,28 +74,25 @@ def test_model_weighting_is_used_not_just_the_graph(world):
 
 
 def test_gradient_x_input_matches_edge_deletion_for_a_linear_model(world):
-    from posterkg.explain.attribution import delete_movie_concepts, score_one
-
-    store, bundle, k = world
-    model = TinyModel(bundle)
-    ex = Explainer(k, model).explain(1, 10)
+    store, tm, k = world
+    ex = Explainer(k, tm).explain(1, 10)
     for e in ex.concepts:
-        drop = score_one(model, 1, 10) - score_one(model, 1, 10, delete_movie_concepts(bundle, 10, [e.concept_id]))
+        drop = ex.score - _score_without(tm, 1, 10, [e.concept_id])
         assert drop == pytest.approx(e.movie_edge, rel=1e-4, abs=1e-6)
 
 
 def test_occlusion_fallback_when_the_model_hides_its_gradient(world):
-    store, bundle, k = world
-    ex = Explainer(k, TinyModel(bundle, no_grad=True)).explain(1, 10)
+    store, tm, k = world
+    ex = Explainer(k, tiny_model(store, no_grad=True)).explain(1, 10)
     assert ex.method == "occlusion" and "gradient" in ex.note
     assert ex.cited[0].concept_id == BLUE
-    occ = Explainer(k, TinyModel(bundle), ExplainConfig(method="occlusion")).explain(1, 12)
+    occ = Explainer(k, tm, ExplainConfig(method="occlusion")).explain(1, 12)
     assert occ.method == "occlusion" and occ.against[0].concept_id == RED
 
 
 def test_no_shared_concept_says_so(world):
-    store, bundle, k = world
-    ex = Explainer(k, TinyModel(bundle)).explain(1, 13)  # Sunny Side: cheerful, high-key
+    store, tm, k = world
+    ex = Explainer(k, tm).explain(1, 13)  # Sunny Side: cheerful, high-key
     # high-key lighting is a long-term like of user 1: a pref path exists
     assert ex.cited and ex.cited[0].concept_id == 7
     assert "long-term taste leans to posters with high-key lighting" in ex.sentences[0]
@@ -106,7 +112,7 @@ def test_concept_phrases():
 def test_profile_long_vs_short(world):
     from posterkg.explain.profile import user_profile
 
-    store, bundle, k = world
+    store, tm, k = world
     p = user_profile(k, 1)
     assert p.source == "user_prefs"
     sh = p.shares.set_index("concept_id")
@@ -126,7 +132,7 @@ def test_profile_long_vs_short(world):
 def test_profile_from_interactions_when_prefs_are_missing(world):
     from posterkg.explain.profile import user_profile
 
-    store, bundle, _ = world
+    store, _, _ = world
     store.execute("DROP TABLE user_prefs")
     p = user_profile(Knowledge(store), 1, ExplainConfig(recent=1))
     assert p.source == "interactions"
@@ -138,8 +144,7 @@ def test_profile_from_interactions_when_prefs_are_missing(world):
 def test_deletion_of_cited_concepts_hurts_more_than_random(world):
     from posterkg.explain.faithfulness import run_faithfulness
 
-    store, bundle, k = world
-    model = TinyModel(bundle)
+    store, model, k = world
     res = run_faithfulness(model, Explainer(k, model), n=50, k=5, seed=0, draws=3, users=[1, 2, 3])
     s = res["summary"]
     assert s["cases"] >= 5
@@ -173,7 +178,35 @@ def test_cli_commands_graph_only(tmp_path):
     r = run(cli, ["report", "--db", str(db), "--user", "1", "--out", str(out)])
     assert r.exit_code == 0 and out.is_file() and "Recommended because" in out.read_text(), r.output
     r = run(cli, ["explain", "--db", str(db), "--user", "1", "--movie", "999"])
-    assert r.exit_code != 0 and "unknown movie 999" in str(r.exception)
+    assert r.exit_code != 0 and "movie 999 is not in the database" in str(r.exception)
+
+
+def test_cli_explain_and_report_with_a_trained_model(tmp_path):
+    """The commands load the stored posterkg GNN and explain with gradient x input on its graph."""
+    from click.testing import CliRunner
+
+    from posterkg.cli import cli
+    from posterkg.gnn.api import save_model
+    from posterkg.gnn.inputs import assemble
+    from posterkg.gnn.train import TrainConfig, train
+
+    db = tmp_path / "w.duckdb"
+    store = make_db(db, posters_dir=tmp_path / "posters")
+    inputs = assemble(store).inputs
+    save_model(store, train(inputs, TrainConfig(dim=8, epochs=2, batch_size=8, patience=2, threads=1)), inputs)
+    store.close()
+    run = CliRunner().invoke
+    r = run(cli, ["explain", "--db", str(db), "--user", "1", "--movie", "10"])
+    assert r.exit_code == 0, r.output
+    assert "model posterkg-seed0" in r.output and "weights: gradient" in r.output, r.output
+    r = run(cli, ["explain", "--db", str(db), "--user", "1", "--movie", "10", "--method", "occlusion"])
+    assert r.exit_code == 0 and "weights: occlusion" in r.output, r.output
+    out = tmp_path / "r.html"
+    r = run(cli, ["report", "--db", str(db), "--user", "1", "--out", str(out)])
+    assert r.exit_code == 0 and out.is_file(), r.output
+    assert "Top 5 of model posterkg-seed0" in out.read_text() and "gradient" in out.read_text()
+    r = run(cli, ["similar", "--db", str(db), "--movie", "10", "-k", "2"])
+    assert r.exit_code == 0 and "by model posterkg-seed0" in r.output, r.output
 
 
 # -- ../shared data: real ratings, real posters tagged by the pixel tagger, the real graph stage ----
@@ -183,7 +216,6 @@ def real(request, tmp_path_factory):
 
     from _explain_world import concepts_from_points
     from posterkg.graphs import build_graphs
-    from posterkg.graphs.hetero import build_hetero
     from posterkg.store import open_store
     from posterkg.vlm.backends import get_backend
     from posterkg.vlm.knowledge import load_schema
@@ -199,17 +231,13 @@ def real(request, tmp_path_factory):
                 batch_size=16)
     concepts_from_points(store)
     build_graphs(store)
-    bundle = build_hetero(store)
-    yield store, bundle, Knowledge(store)
+    yield store, tiny_model(store), Knowledge(store)
     store.close()
 
 
 @pytest.mark.slow
 def test_real_data_explanations(real):
-    from posterkg.explain.attribution import delete_movie_concepts, score_one
-
-    store, bundle, k = real
-    model = TinyModel(bundle)  # an untrained but real message-passing scorer over the real graph
+    store, model, k = real   # an untrained but real graph scorer over the real graph
     users = store.df("""SELECT user_id FROM user_movie_edges e JOIN movie_concept_edges USING (movie_id)
                         WHERE sign = 1 GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 3""").user_id
     ex_ = Explainer(k, model)
@@ -229,7 +257,7 @@ def test_real_data_explanations(real):
                 assert title in ex.sentences[0]
             # the attribution of the movie's own edge is the first-order deletion effect; this
             # scorer is linear in each edge weight, so it is exact
-            drop = score_one(model, u, m) - score_one(model, u, m, delete_movie_concepts(bundle, m, [c.concept_id]))
+            drop = ex.score - _score_without(model, int(u), m, [c.concept_id])
             assert drop == pytest.approx(c.movie_edge, rel=1e-3, abs=1e-4)
             n_checked += 1
     assert n_checked == 9
@@ -241,7 +269,7 @@ def test_real_data_profile_similar_faithfulness(real):
     from posterkg.explain.profile import user_profile
     from posterkg.explain.similar import Similar
 
-    store, bundle, k = real
+    store, model, k = real
     u = int(store.scalar("SELECT user_id FROM user_prefs GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1"))
     p = user_profile(k, u)
     assert p.source == "user_prefs" and len(p.shares) > 0
@@ -249,7 +277,6 @@ def test_real_data_profile_similar_faithfulness(real):
         for col in ("long_share", "short_share"):
             assert g[col].sum() == pytest.approx(1.0) or g[col].sum() == 0
     assert p.summary()
-    model = TinyModel(bundle)
     m = int(store.scalar("SELECT movie_id FROM movie_concept_edges GROUP BY movie_id ORDER BY movie_id LIMIT 1"))
     nb = Similar(k, model).neighbours(m, 5)
     assert len(nb) == 5 and all(n.shared for n in nb[:3])
@@ -262,20 +289,20 @@ def test_real_data_profile_similar_faithfulness(real):
 
 @pytest.mark.slow
 def test_real_data_reports_in_chromium(real, tmp_path):
-    from test_report import CHROMIUM, jpeg_imgs, render
+    from conftest import skip_or_fail
+    from test_report import CHROMIUM, NO_CHROMIUM, jpeg_imgs, render
 
     from _explain_world import jpeg_ok
     from posterkg.explain.report import movie_report, user_report, write_report
 
-    store, bundle, k = real
-    model = TinyModel(bundle)
+    store, model, k = real
     u = int(store.scalar("SELECT user_id FROM user_prefs GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1"))
     cfg = ExplainConfig(report_k=4, recent_posters=6, similar_k=4)
     uh = write_report(user_report(store, u, model, cfg, knowledge=k), tmp_path / "u.html")
     m = model.recommend(u, 1)[0][0]
     mh = write_report(movie_report(store, m, model, cfg, knowledge=k), tmp_path / "m.html")
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; `make test` tries)")
+        skip_or_fail(NO_CHROMIUM)     # CI=true: a failure, not a skip
     page = render(uh, tmp_path)
     imgs = jpeg_imgs(page)
     assert len(imgs) == 10 and all(jpeg_ok(b) for b in imgs)   # real posters: 4 recommended + 6 liked
@@ -287,25 +314,26 @@ def test_real_data_reports_in_chromium(real, tmp_path):
 
 @pytest.mark.slow
 def test_real_gnn_gradient_explanations(real):
-    """The real posterkg GNN, trained for one epoch on the real graph: gradient x input through
-    our adapter, checked against TrainedModel.rescore, and deletion faithfulness."""
+    """The real posterkg GNN, trained for one epoch on the real graph and stored: explanations
+    take gradient x input on masks of the model's own graph, the explained score is the one
+    recommend ranks by, and the cited concepts' deletion hurts more than random ones."""
     from posterkg.explain.faithfulness import run_faithfulness
     from posterkg.explain.model import load_scorer
     from posterkg.gnn.api import save_model
-    from posterkg.gnn.data import load_interactions
+    from posterkg.gnn.inputs import assemble
     from posterkg.gnn.train import TrainConfig, train
 
-    store, bundle, k = real
-    if store.count("models") == 0:
-        result = train(load_interactions(store), TrainConfig(epochs=1, patience=1, dim=32), store=store)
-        save_model(store, result)
-    scorer, mid, note = load_scorer(store, required=True)
-    assert scorer.differentiable, scorer.reason   # the adapter reproduces TrainedModel.rescore
+    store, _, k = real
+    inputs = assemble(store).inputs
+    result = train(inputs, TrainConfig(epochs=1, patience=1, dim=32, threads=1))
+    save_model(store, result, inputs)
+    tm, mid, note = load_scorer(store, required=True)
+    assert mid == "posterkg-seed0" and note == ""
     u = int(store.scalar("SELECT user_id FROM user_prefs GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1"))
-    m, s = next((m, s) for m, s in scorer.recommend(u, 50) if k.concepts_of(m))  # a tagged poster
-    ex = Explainer(k, scorer).explain(u, m)
+    m, s = next((m, s) for m, s in tm.recommend(u, 50) if k.concepts_of(m))  # a tagged poster
+    ex = Explainer(k, tm).explain(u, m)
     assert ex.method == "gradient" and ex.score == pytest.approx(s, rel=1e-4)
     assert ex.concepts and any(abs(e.movie_edge) > 0 for e in ex.concepts)
-    res = run_faithfulness(scorer, Explainer(k, scorer), n=20, k=10, seed=0)["summary"]
+    res = run_faithfulness(tm, Explainer(k, tm), n=20, k=10, seed=0)["summary"]
     assert res["cases"] == 20 and res["methods"] == {"gradient": 20}
     assert res["mean_drop_cited"] > res["mean_drop_random"]
