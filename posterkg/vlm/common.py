@@ -16,7 +16,6 @@ from ``[(PosterJob, image), ...]`` to one :class:`~posterkg.vlm.base.TagResult` 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 from posterkg.errors import ConfigError
@@ -30,13 +29,11 @@ Generate = Callable[[Ready, TagSpec], list[TagResult]]
 
 
 def parse_options(cls: type, options: dict[str, Any], section: str):
-    """Build an options dataclass; unknown keys are a :class:`ConfigError` naming the known ones."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(known))}")
-    opts = cls(**options)
+    """Build an options dataclass; unknown keys and values of the wrong type are a
+    :class:`ConfigError` naming the key (the one validator, :func:`posterkg.config.check_fields`)."""
+    from posterkg.config import check_fields
+
+    opts = cls(**check_fields(cls, options, f"[{section}]"))
     if getattr(opts, "min_pixels", 0) and getattr(opts, "max_pixels", 0) and opts.min_pixels > opts.max_pixels:
         raise ConfigError(f"[{section}]: min_pixels {opts.min_pixels} > max_pixels {opts.max_pixels}")
     return opts
