@@ -519,6 +519,15 @@ def test_gnn_config_of_the_wrong_type(tmp_path, capsys, synth_db):
     assert code == 1 and "[gnn] epochs = 'ten': expected an integer" in err, err
 
 
+def test_backend_options_of_the_wrong_type(tmp_path, capsys, synth_db):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[tag]\nbackend = "openai"\n[tag.openai]\nconcurrency = "x"\n')
+    before = counts(synth_db)
+    code, out, err = cli(capsys, "--config", cfg, "--db", synth_db, "tag")
+    assert code == 1 and "[tag.openai] concurrency = 'x': expected an integer, got str" in err, err
+    assert len(err.strip().splitlines()) == 1 and counts(synth_db) == before
+
+
 def test_cp1252_bom_and_truncated_last_line_in_movielens(tmp_path, capsys):
     movies = (b"\xef\xbb\xbf1::Toy Story (1995)::Animation\n2::Caf\x80 \x93Noir\x94 (1996)::Comedy\n"
               b"3::Heat (1995)::Action\n4::Se\xe7en (1995)::Thriller\n")
