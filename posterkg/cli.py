@@ -77,7 +77,8 @@ def cli(ctx: click.Context) -> None:
       posterkg ingest movielens ml-1m --posters ml-1m/posters
       posterkg split --scheme temporal
       posterkg tag --backend pixels          # or vllm / hf / openai on a GPU
-      posterkg schema discover && posterkg schema freeze && posterkg schema project
+      posterkg schema discover --model minilm   # minilm ships with posterkg; other weights:
+      posterkg schema freeze && posterkg schema project   # `posterkg download model ID` once
       posterkg graph build
       posterkg train && posterkg evaluate
       posterkg recommend --user 42 -k 10 && posterkg explain --user 42 --movie 1196

@@ -286,7 +286,7 @@ def local_model_path(model: str) -> str:
         raise EncoderUnavailable(
             f"embedding model {model!r} is not in the local Hugging Face cache and posterkg never "
             f"downloads without being asked: fetch it once with `posterkg download model {model}` "
-            "(needs internet), or use [embed] model = \"minilm\" (shipped with posterkg, offline) "
+            "(needs internet), or use [embed] model = \"minilm\" / --model minilm (shipped with posterkg, offline) "
             "or a local folder") from exc
 
 
