@@ -105,6 +105,7 @@ class SASRec(Recommender):
         dropout: float = 0.2
         inputs: str = "positives"     # "positives" | "all" (every rated movie, with its sign)
         weight_decay: float = 0.0
+        horizon: int = 1              # targets: the liked movies among the next `horizon` positions
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -172,10 +173,11 @@ class SASRec(Recommender):
 
     # -- training --------------------------------------------------------------------------------
     def _train_windows(self, history):
-        """Training windows: for each user, chunks of max_len + 1 consecutive tokens (the most
-        recent chunk first); inputs are tokens [:-1], targets tokens [1:] where liked."""
+        """Training windows of max_len + 1 consecutive tokens per user (the most recent chunk
+        first, then earlier ones): [N, L + 1] movie index + 1 (0 = padding, left) and rating
+        signs + 2 (0 = padding)."""
         L = self.cfg.max_len
-        toks, sgns, tgts = [], [], []
+        wins, sgns = [], []
         pos_only = self.cfg.inputs == "positives"
         for u in range(history.n_users):
             a, b = history.indptr[u], history.indptr[u + 1]
@@ -183,53 +185,61 @@ class SASRec(Recommender):
             if pos_only:
                 keep = r >= 4.0
                 m, r = m[keep], r[keep]
-            if len(m) < 2:
-                continue
             end = len(m)
             while end >= 2:
                 start = max(0, end - (L + 1))
-                mm, rr = m[start:end], r[start:end]
-                n = len(mm) - 1
-                t = np.zeros(L, np.int64)
-                s = np.zeros(L, np.int64)
-                y = np.full(L, -100, np.int64)
-                t[L - n:] = mm[:-1] + 1
-                s[L - n:] = signs(rr[:-1]) + 2
-                y[L - n:] = np.where(rr[1:] >= 4.0, mm[1:], -100)
-                toks.append(t)
-                sgns.append(s)
-                tgts.append(y)
+                n = end - start
+                w = np.zeros(L + 1, np.int64)
+                sg = np.zeros(L + 1, np.int64)
+                w[L + 1 - n:] = m[start:end] + 1
+                sg[L + 1 - n:] = signs(r[start:end]) + 2
+                wins.append(w)
+                sgns.append(sg)
                 end = start + 1 if start > 0 else 0
-        return (torch.from_numpy(np.stack(toks)), torch.from_numpy(np.stack(sgns)),
-                torch.from_numpy(np.stack(tgts)))
+        return torch.from_numpy(np.stack(wins)), torch.from_numpy(np.stack(sgns))
 
-    def train_loss(self, tok, sgn, tgt) -> torch.Tensor:
+    def train_loss(self, win, wsg) -> torch.Tensor:
+        """Cross-entropy over the catalogue: the state at position t predicts each liked movie
+        among the next ``horizon`` positions (horizon 1 = classic next-item SASRec)."""
         table = self.movie_table(self.graph)
-        h = self.user_states(tok, sgn, table)
-        sel = tgt >= 0
-        logits = h[sel] @ table.T
-        return F.cross_entropy(logits, tgt[sel])
+        tok, sgn = win[:, :-1], wsg[:, :-1]
+        h = self.user_states(tok, sgn, table)                      # [B, L, d]
+        L, K = tok.shape[1], max(1, int(self.cfg.horizon))
+        nxt = win[:, 1:] - 1                                       # movie index, -1 = padding
+        liked = (wsg[:, 1:] == 3) & (nxt >= 0)
+        # targets [B, L, K]: the movies at t+1 .. t+K (within the window) when liked
+        pad_t = torch.cat([nxt, torch.full((nxt.shape[0], K - 1), -1, dtype=nxt.dtype)], 1)
+        pad_l = torch.cat([liked, torch.zeros(nxt.shape[0], K - 1, dtype=torch.bool)], 1)
+        tgt = pad_t.unfold(1, K, 1)[:, :L]                          # [B, L, K]
+        ok = pad_l.unfold(1, K, 1)[:, :L] & (tok > 0).unsqueeze(-1)
+        rows = ok.any(-1)
+        if not bool(rows.any()):
+            return h.sum() * 0.0
+        logp = torch.log_softmax(h[rows] @ table.T, dim=-1)        # [P, n_movies]
+        t, o = tgt[rows].clamp(min=0), ok[rows]
+        picked = logp.gather(1, t)
+        return -(picked * o).sum() / o.sum()
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
         from posterkg.gnn.train import EarlyStopping, log_row
 
         device = next(self.parameters()).device
-        tok, sgn, tgt = self._train_windows(inputs.data.history("valid"))
+        win, wsg = self._train_windows(inputs.data.history("valid"))
         gen = torch.Generator().manual_seed(train_cfg.seed)
         opt = torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
         stop = EarlyStopping(train_cfg.patience)
         history, secs = [], 0.0
         bs = train_cfg.batch_size
-        n_batches = (len(tok) + bs - 1) // bs
+        n_batches = (len(win) + bs - 1) // bs
         for epoch in range(1, train_cfg.epochs + 1):
             self.train()
             t0 = time.perf_counter()
-            order = torch.randperm(len(tok), generator=gen)
+            order = torch.randperm(len(win), generator=gen)
             total = 0.0
-            for start in bar(range(0, len(tok), bs), total=n_batches, desc=f"{self.name} epoch {epoch}",
+            for start in bar(range(0, len(win), bs), total=n_batches, desc=f"{self.name} epoch {epoch}",
                              unit="batch", disable=not verbose or None):
                 idx = order[start:start + bs]
-                loss = self.train_loss(tok[idx].to(device), sgn[idx].to(device), tgt[idx].to(device))
+                loss = self.train_loss(win[idx].to(device), wsg[idx].to(device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -262,6 +272,7 @@ class PosterKGSeq(SASRec):
         dropout: float = 0.2
         inputs: str = "all"
         weight_decay: float = 0.0
+        horizon: int = 1
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"
