@@ -231,6 +231,9 @@ def describe(summary: dict) -> str:
     movies = ""
     if "movies" in summary:
         movies = " (movies: " + ", ".join(f"{v:,} {k}" for k, v in summary["movies"].items()) + ")"
+    if summary["scheme"] == "files":
+        return (f"split (files: valid={summary['valid']}, test={summary['test']}): {parts}; "
+                f"{summary['users']:,} users, {summary['dropped_users']:,} users of the ratings not in it")
     return (f"split ({summary['scheme']}, valid={summary['valid']}, test={summary['test']}, "
             f"seed={summary['seed']}): {parts}{movies}; {summary['users']:,} users, "
             f"{summary['dropped_users']:,} dropped (< {summary['min_ratings']} ratings)")
@@ -248,3 +251,83 @@ def _run(store: Store, config: Config) -> dict:
 # reads its own output too: a split re-made by hand (`posterkg split --scheme random`) is redone
 # from the config by `posterkg run`, and everything after it with it
 STAGE = Stage("split", sections=("split",), reads=("ratings", "split"), run=_run)
+
+
+# -- a split given as files ------------------------------------------------------------------------
+
+def _read_split_file(store: Store, path) -> "object":
+    """(user_id, movie_id) rows of a TSV/CSV split file: ``user, item[, rating, timestamp]`` with
+    or without a header; RecBole's atomic ``.inter`` headers (``user_id:token``) are understood."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"split file not found: {p}")
+    first = p.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
+    if not first:
+        raise InputError(f"{p}: empty split file")
+    delim = "\t" if "\t" in first[0] else ","
+    cells = [c.strip().split(":")[0].lower() for c in first[0].split(delim)]
+    header = not all(c.replace(".", "", 1).isdigit() for c in cells[:2])
+    try:
+        df = store.con.execute(
+            "SELECT * FROM read_csv(?, delim = ?, header = ?, all_varchar = true)",
+            [str(p), delim, header]).df()
+    except Exception as exc:  # duckdb.Error: a malformed file
+        raise InputError(f"{p}: cannot read as {'TSV' if delim == chr(9) else 'CSV'}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    if df.shape[1] < 2:
+        raise InputError(f"{p}: needs at least two columns (user, item)")
+    names = [str(c).split(":")[0].lower() for c in df.columns]
+    ucol = next((i for i, n in enumerate(names) if n in ("user_id", "userid", "user", "uid")), 0)
+    icol = next((i for i, n in enumerate(names) if n in ("item_id", "movie_id", "movieid", "item", "iid")), 1)
+    import pandas as pd
+
+    try:
+        out = pd.DataFrame({"user_id": pd.to_numeric(df.iloc[:, ucol]).astype("int64"),
+                            "movie_id": pd.to_numeric(df.iloc[:, icol]).astype("int64")})
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{p}: user and item columns must be integer ids ({exc})") from None
+    return out
+
+
+def import_split(store: Store, train, valid, test) -> dict:
+    """Write the ``split`` table from three files (reproduce exactly the split a paper or
+    another toolkit used). Every (user, movie) must be a rating of the database; rows that are
+    not, and (user, movie) pairs given in two parts, are errors (counted in the message)."""
+    import pandas as pd
+
+    if not store.table_exists("ratings") or store.count("ratings") == 0:
+        raise InputError("no ratings in the database; run `posterkg ingest movielens` first")
+    ensure_schema(store)
+    t0 = time.perf_counter()
+    frames = []
+    for part, path in (("train", train), ("valid", valid), ("test", test)):
+        frames.append(_read_split_file(store, path).assign(part=part))
+    rows = pd.concat(frames, ignore_index=True)
+    dup = rows.duplicated(["user_id", "movie_id"]).sum()
+    if dup:
+        first = rows[rows.duplicated(["user_id", "movie_id"], keep=False)].iloc[0]
+        raise InputError(f"{dup} (user, movie) pairs appear twice in the split files (e.g. user "
+                         f"{first.user_id}, movie {first.movie_id})")
+    with store.transaction() as con:
+        con.register("_posterkg_split_rows", rows)
+        try:
+            missing = con.execute("SELECT count(*) FROM _posterkg_split_rows s ANTI JOIN ratings r "
+                                  "USING (user_id, movie_id)").fetchone()[0]
+            if missing:
+                raise InputError(f"{missing} rows of the split files are not ratings of this database "
+                                 f"(ingest the same data first)")
+            store.clear("split")
+            con.execute("INSERT INTO split SELECT user_id, movie_id, part FROM _posterkg_split_rows "
+                        "ORDER BY user_id, movie_id")
+        finally:
+            con.unregister("_posterkg_split_rows")
+        users = con.execute("SELECT count(DISTINCT user_id) FROM split").fetchone()[0]
+        all_users = con.execute("SELECT count(DISTINCT user_id) FROM ratings").fetchone()[0]
+        con.execute("DELETE FROM split_info")
+        con.execute("INSERT INTO split_info (scheme, valid, test, seed, min_ratings, users, dropped_users) "
+                    "VALUES ('files', NULL, NULL, NULL, NULL, ?, ?)", [users, all_users - users])
+    return {"scheme": "files", "valid": str(valid), "test": str(test), "seed": None, "min_ratings": None,
+            "users": int(users), "dropped_users": int(all_users - users), "parts": split_sizes(store),
+            "seconds": time.perf_counter() - t0}
