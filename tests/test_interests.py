@@ -545,3 +545,56 @@ def test_openai_text_requests_carry_each_users_schema(world, tmp_path):
     assert _check_grounded(db, "openai") == N_USERS
     st = _status(db)
     assert (st["output_tokens"] == 42).all() and (st["prompt_tokens"] <= st["prompt_budget"]).all()
+
+
+# -- a text-only model through hf ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_text_lm(tmp_path_factory):
+    """A tiny random Qwen2 causal LM (the architecture of Qwen2.5-Instruct), with the tests' byte-
+    level tokenizer and a ChatML template, saved to a folder like a hub repository."""
+    import torch
+    from tiny_vlm import build_tokenizer
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-qwen2-text")
+    tok = build_tokenizer()
+    eos = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+    cfg = Qwen2Config(vocab_size=(len(tok) + 63) // 64 * 64, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                      max_position_embeddings=8192, tie_word_embeddings=False, initializer_range=0.2,
+                      bos_token_id=eos[1], eos_token_id=eos[0], pad_token_id=eos[1])
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos[1], do_sample=False)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_text_only_model_through_hf(world, tiny_text_lm):
+    import torch
+
+    from posterkg.interests.generate import HFText, is_text_model, text_generator
+
+    assert is_text_model(str(tiny_text_lm)) and not is_text_model(None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    db = _copy(world, "text-lm")
+    try:
+        gen = text_generator("hf", str(tiny_text_lm), {"device": "cpu"}, context_tokens=3072)
+        assert isinstance(gen, HFText)
+        q = "Which posters does this user like?"
+        assert gen.prompt(q) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                                 f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n")
+        try:
+            s = _extract(db, gen, world["users"][:2])
+        finally:
+            gen.close()
+    finally:
+        torch.set_num_threads(threads)
+    assert s["done"] + s["failed"] == 2 and s["done"] >= 1, s
+    assert _check_grounded(db, "hf") >= 1
+    st = _status(db)
+    assert (st["prompt_tokens"] <= st["prompt_budget"]).all()
+    assert (st["output_tokens"] < st["max_tokens"]).all()

@@ -18,6 +18,11 @@ only its public attributes (``lm``, ``tokenizer``, ``stop_ids``, ``device``, ``f
   schema and budget; the engine was built with ``disable_any_whitespace``);
 * ``openai``: one chat request per user, concurrently, ``response_format`` = the user's schema.
 
+A text-only model (a local folder or cached id whose config.json is no VLM family, e.g.
+Qwen2.5-Instruct) goes through ``hf`` as ``AutoModelForCausalLM`` with its own chat template
+(:class:`_TextLM`); ``vllm`` and ``openai`` serve the VLM families (a text model under ``vllm``
+is untested).
+
 Each adapter has ``name``, ``model``, ``count_tokens(question) -> int | None`` (tokens of the
 rendered prompt, None when the server tokenizes) and ``generate(requests) -> list[dict]`` with
 ``raw``, ``finish_reason``, ``output_tokens``, ``error``, ``reason`` per request.
@@ -58,6 +63,8 @@ class HFText:
         self.compiler = xgr.GrammarCompiler(info, cache_enabled=False)
 
     def prompt(self, question: str) -> str:
+        if isinstance(self.backend, _TextLM):
+            return self.backend.prompt(question)
         return chat.text_prompt_text(question, self.backend.family)
 
     def count_tokens(self, question: str) -> int:
@@ -129,6 +136,72 @@ class HFText:
 
     def close(self) -> None:
         self.backend.close()
+
+
+class _TextLM:
+    """A text-only causal LM (``AutoModelForCausalLM``, e.g. Qwen2.5-Instruct) with the attributes
+    :class:`HFText` uses (``lm``, ``tokenizer``, ``stop_ids``, ``device``); its prompt is the
+    model's own chat template. Options: ``device``, ``dtype``, ``attn_implementation``,
+    ``trust_remote_code`` (the keys of ``[tag.hf]`` that apply to a text model)."""
+
+    name = "hf"
+    KNOWN = {"device", "dtype", "attn_implementation", "trust_remote_code", "family", "max_tokens",
+             "min_pixels", "max_pixels"}
+
+    def __init__(self, model: str, **options: Any):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        unknown = sorted(set(options) - self.KNOWN)
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [interests.hf]: {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(self.KNOWN))}")
+        self.model = model
+        dev = options.get("device", "auto")
+        self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if dev == "auto" else dev))
+        dtype = options.get("dtype", "auto")
+        if dtype == "auto":
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            dtype = getattr(torch, dtype, None)
+            if not isinstance(dtype, torch.dtype):
+                raise ConfigError(f"[interests.hf] dtype {options['dtype']!r} is not a torch dtype")
+        trust = bool(options.get("trust_remote_code", False))
+        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust)
+        self.tokenizer.padding_side = "left"
+        if not self.tokenizer.chat_template:
+            raise ConfigError(f"text model {model!r} has no chat template in its tokenizer")
+        kw: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
+        if options.get("attn_implementation"):
+            kw["attn_implementation"] = options["attn_implementation"]
+        self.lm = AutoModelForCausalLM.from_pretrained(model, **kw).to(self.device).eval()
+        ids: list[int] = []
+        gen_eos = getattr(self.lm.generation_config, "eos_token_id", None)
+        ids += [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        ids += [vocab[t] for t in ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>") if t in vocab]
+        self.stop_ids = [int(i) for i in dict.fromkeys(ids)]
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token_id = self.stop_ids[0]
+
+    def prompt(self, question: str) -> str:
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                                  add_generation_prompt=True, tokenize=False)
+
+    def close(self) -> None:
+        self.lm = None
+
+
+def is_text_model(model: str | None) -> bool:
+    """A local (or locally cached) model whose config.json is not one of the VLM families."""
+    if not model:
+        return False
+    cfg = chat._local_config(model)
+    return cfg is not None and cfg.get("model_type") not in chat.MODEL_TYPES \
+        and "vision_config" not in cfg
 
 
 class VLLMText:
@@ -214,6 +287,13 @@ def text_generator(name: str, model: str | None, options: dict[str, Any], *, con
 
     if name not in ("hf", "vllm", "openai"):
         raise ConfigError(f"unknown interests backend {name!r}; choose stats, hf, vllm or openai")
+    if name == "hf" and is_text_model(model):
+        backend = _TextLM(model, **options)       # a text-only model id: its own chat template
+        try:
+            return HFText(backend)
+        except BaseException:
+            backend.close()
+            raise
     if name == "vllm":
         options = {"max_model_len": context_tokens, **options}   # the engine must hold the context
     backend = get_backend(name, model, **options)
