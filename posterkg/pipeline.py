@@ -43,9 +43,10 @@ def _no_files(store: Store, config: Config) -> list[Path]:
 class Stage:
     """A pipeline stage and what it depends on (see the module docstring).
 
-    ``Stage(name, sections=(...), reads=(...), files=callable, run=callable)``. The older form
-    ``Stage(name, inputs, run)``, where ``inputs(store, config)`` returns a hand-made fingerprint
-    part, is still accepted (it is added to the declared parts) while stages move over.
+    ``Stage(name, sections=(...), reads=(...), files=callable, run=callable)``. An optional
+    ``inputs(store, config) -> str`` (second positional argument) adds a part a declaration
+    cannot say, e.g. a dependency that holds only under some setting (the graph stage reads
+    ``user_interests`` only with ``[graph] user_interests``); it is hashed with the rest.
     """
 
     def __init__(self, name: str, inputs: Callable[[Store, Config], str] | None = None,

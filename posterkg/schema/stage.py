@@ -92,6 +92,6 @@ def run_schema(store: Store, config: Config, *, db_path: Path | None = None) -> 
     return summary
 
 
-# reads raw_points (the tagger's answers) and the vocabulary file beside the database
-STAGE = Stage("schema", sections=("schema", "embed"), reads=("raw_points",), files=_files,
+# reads the tagger's answers (raw_points, tag_runs) and the vocabulary file beside the database
+STAGE = Stage("schema", sections=("schema", "embed"), reads=("raw_points", "tag_runs"), files=_files,
               run=lambda store, config: run_schema(store, config))
