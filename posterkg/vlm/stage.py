@@ -46,6 +46,7 @@ class TagConfig:
     hf: dict = dataclasses.field(default_factory=dict)
     vllm: dict = dataclasses.field(default_factory=dict)
     openai: dict = dataclasses.field(default_factory=dict)
+    imagenet: dict = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
         if self.mode not in ("open", "closed"):
@@ -54,7 +55,7 @@ class TagConfig:
             raise ConfigError("[tag] batch_size must be >= 1")
         if self.limit < 0 or self.vocab_version < 0:
             raise ConfigError("[tag] limit and vocab_version must be >= 0")
-        for name in ("pixels", "hf", "vllm", "openai"):
+        for name in ("pixels", "hf", "vllm", "openai", "imagenet"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"[tag.{name}] must be a table")
 
