@@ -48,6 +48,7 @@ _ENTRIES = [
     Entry("sasrec", "posterkg.gnn.sequential:SASRec",
           "SASRec: self-attentive next-item model over each user's time-ordered positives",
           train={"lr": 0.001, "epochs": 200, "patience": 10, "batch_size": 128}),
+    Entry("vbpr", "posterkg.gnn.vbpr:VBPR", "VBPR: id factors plus a learned projection of the poster feature and a visual bias", train={"lr": 0.005}, uses_visual=True),
     Entry("posterkg", "posterkg.gnn.model:PosterKG",
           "the posterkg two-stage relation-aware GNN over users, movies and visual concepts",
           uses_visual=True),
