@@ -102,8 +102,37 @@ def render_demo(doc: dict) -> str:
     return "\n".join([caption, "", "```", *lines, "", doc["verdict"], "```"]) + "\n"
 
 
+def _pm(row: dict, key: str) -> str:
+    v, sd = row.get(key), row.get(key + "_std")
+    if v is None:
+        return ""
+    return f"{v:.4f} ± {sd:.4f}" if row.get("seeds", 1) > 1 else f"{v:.4f}"
+
+
+def render_accuracy(doc: dict) -> str:
+    """``benchmarks/accuracy.py``: one row per model, the shipped fold-in column first, then the
+    train-only and robustness NDCG@20 columns, best test NDCG@20 in bold."""
+    rows = doc["summary"]
+    best = max(r["ndcg@20"] for r in rows)
+    out = []
+    for r in rows:
+        nd = _pm(r, "ndcg@20")
+        out.append([f"`{r['model']}`", r["seeds"], _pm(r, "recall@10"), _pm(r, "recall@20"), _pm(r, "ndcg@10"),
+                    f"**{nd}**" if r["ndcg@20"] == best else nd, f"{r['coverage@20']:.3f}",
+                    _pm(r, "trainonly:ndcg@20"), _pm(r, "robust:ndcg@20"), f"{r['valid_ndcg@20']:.4f}",
+                    f"{r['s_per_epoch']:.1f}", f"{r['epochs']:.0f}"])
+    n = doc["runs"][0]["test"]["n_users"] if doc.get("runs") else 0
+    lines = markdown_table(out, ["model", "seeds", "Recall@10", "Recall@20", "NDCG@10", "NDCG@20", "Cov@20",
+                                 "NDCG@20 train-only", "NDCG@20 robust", "valid NDCG@20", "s/epoch", "epochs"])
+    caption = (f"`benchmarks/accuracy.py` (`{Path(doc.get('config', 'configs/ml1m.toml')).name}` settings), "
+               f"test part, {n:,} evaluated users; mean ± std over the seeds; seconds per epoch on "
+               f"{doc['machine']['cpus']} shared CPU cores (noisy):")
+    return "\n".join([caption, "", *lines]) + "\n"
+
+
 TABLES: dict[str, Table] = {
     "demo": Table("benchmarks/results/demo.json", render_demo),
+    "accuracy": Table("benchmarks/results/accuracy.json", render_accuracy),
 }
 
 

@@ -39,6 +39,11 @@ class _ItemItem(Recommender):
         super().__init__(inputs, cfg)
         self.register_buffer("S", torch.zeros(0))   # set by fit (dense [n, n] or sparse CSR)
 
+    def load_state_dict(self, state, *args, **kwargs):
+        if "S" in state:     # the item-item matrix is sized by fit: take the stored one's shape
+            self.S = torch.empty_like(state["S"])
+        return super().load_state_dict(state, *args, **kwargs)
+
     @torch.no_grad()
     def score(self, users: torch.Tensor, history=None) -> torch.Tensor:
         x = _history_matrix(history, self.cfg.history)[users.cpu().numpy()]

@@ -1,0 +1,83 @@
+"""Seconds per training epoch of several models side by side, in one process, rotated rounds.
+
+    .venv/bin/python benchmarks/epoch_speed.py                       # lightgcn posterkg sasrec posterkg-seq
+    .venv/bin/python benchmarks/epoch_speed.py --models lightgcn posterkg-seq --rounds 3
+
+Each round trains every model for exactly one epoch (no early stopping, no evaluation) in a
+rotated order, so machine noise hits every model alike; prints min and median seconds per epoch
+and each model's ratio to the first model's (the LightGCN baseline), and writes
+benchmarks/results/epoch_speed.json. Uses the accuracy benchmark's cached database
+(``benchmarks/accuracy.py --prepare-only``) and configs/ml1m.toml's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["lightgcn", "posterkg", "sasrec", "posterkg-seq"])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--db", type=Path, default=HERE / "results" / "accuracy-ml1m.duckdb")
+    p.add_argument("--config", type=Path, default=HERE.parent / "configs" / "ml1m.toml")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "epoch_speed.json")
+    args = p.parse_args(argv)
+    os.environ.setdefault("POSTERKG_PROGRESS", "0")
+    import torch
+
+    from posterkg.config import Config
+    from posterkg.gnn.inputs import assemble
+    from posterkg.gnn.stage import model_configs
+    from posterkg.gnn.train import train
+    from posterkg.store import open_store
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.db.is_file():
+        print(f"no database at {args.db}: run benchmarks/accuracy.py --prepare-only first", file=sys.stderr)
+        return 2
+    cfg = Config.load(args.config)
+    with open_store(args.db, read_only=True) as store:
+        inputs = assemble(store).inputs
+    times: dict[str, list[float]] = {m: [] for m in args.models}
+    load = []
+    for r in range(args.rounds):
+        order = args.models[r % len(args.models):] + args.models[: r % len(args.models)]
+        for kind in order:
+            tcfg, mcfg = model_configs(cfg, kind)
+            tcfg = dataclasses.replace(tcfg, epochs=1, patience=1, eval_every=10 ** 6, seed=r)
+            t0 = time.perf_counter()
+            res = train(inputs, tcfg, model_cfg=mcfg)
+            times[kind].append(res.seconds_per_epoch)
+            print(f"round {r} {kind:<14} {res.seconds_per_epoch:6.2f} s/epoch "
+                  f"({time.perf_counter() - t0:.1f} s with set-up)", flush=True)
+        load.append(os.getloadavg()[0])
+    base = statistics.median(times[args.models[0]])
+    rows = [{"model": m, "min_s": min(v), "median_s": statistics.median(v),
+             "ratio_to_" + args.models[0]: statistics.median(v) / base} for m, v in times.items()]
+    print(f"\n{'model':<16}{'min s/epoch':>12}{'median':>10}{'x ' + args.models[0]:>16}")
+    for row in rows:
+        print(f"{row['model']:<16}{row['min_s']:>12.2f}{row['median_s']:>10.2f}"
+              f"{row['ratio_to_' + args.models[0]]:>16.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "epoch_speed", "rounds": args.rounds, "threads": torch.get_num_threads(),
+                                    "cpus": os.cpu_count(), "load_average": load, "rows": rows,
+                                    "seconds": times}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
