@@ -71,6 +71,7 @@ PIPELINE: list[tuple[str, str]] = [
     ("ingest", "posterkg.ingest.stage"),
     ("split", "posterkg.split"),
     ("tag", "posterkg.vlm.stage"),
+    ("features", "posterkg.embed.stage"),
     ("schema", "posterkg.schema.stage"),
     ("graph", "posterkg.graphs.stage"),
     ("train", "posterkg.gnn.stage"),

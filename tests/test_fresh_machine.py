@@ -144,7 +144,7 @@ def test_run_from_an_empty_folder_downloads_then_finishes(served_set, tmp_path):
         again = _posterkg(cfg, tmp_path)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert hits == before
-        assert "== " not in again.stdout and again.stdout.count("skipped") == 6
+        assert "== " not in again.stdout and again.stdout.count("skipped") == 7
 
 
 def test_no_network_fails_fast_with_one_clear_message(tmp_path):

@@ -472,9 +472,9 @@ def test_pipeline_runs_with_no_network_at_all(tmp_path):
     p = subprocess.run([unshare, "-n", POSTERKG, "run", "--config", str(tmp_path / "c.toml")],
                        capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
-    table = p.stdout.splitlines()[-6:]
+    table = p.stdout.splitlines()[-7:]
     assert [ln.split()[:2] for ln in table] == [[s, "ran"] for s in
-                                                ("ingest", "split", "tag", "schema", "graph", "train")]
+                                                ("ingest", "split", "tag", "features", "schema", "graph", "train")]
 
 
 # -- 5/6. clear errors: config, files, arguments, databases ------------------------------------------
