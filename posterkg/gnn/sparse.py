@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch_geometric.utils import to_torch_csr_tensor
+
+
+def to_torch_csr_tensor(index: torch.Tensor, value: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """COO ``index`` [2, E] and ``value`` [E] as a CSR tensor, duplicates summed (what PyG's
+    function of that name does, in plain torch: importing torch_geometric costs seconds of
+    start-up in every interactive command). ``value`` may carry autograd."""
+    n_rows, n_cols = int(size[0]), int(size[1])
+    key = index[0] * n_cols + index[1]
+    key, perm = torch.sort(key, stable=True)
+    value = value[perm]
+    uniq, inv = torch.unique_consecutive(key, return_inverse=True)
+    if len(uniq) != len(key):
+        value = torch.zeros(len(uniq), dtype=value.dtype).index_add(0, inv, value)
+    rows = uniq // n_cols
+    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    return torch.sparse_csr_tensor(crow, uniq % n_cols, value, size=(n_rows, n_cols))
 
 
 class _SpMM(torch.autograd.Function):
