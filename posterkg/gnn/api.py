@@ -69,12 +69,15 @@ def state_to_bytes(model: torch.nn.Module) -> bytes:
     return _to_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
-def _final_of(model: Recommender):
+def _final_of(model: Recommender, inputs: ModelInputs):
+    """Final embeddings to store: over the train graph, and folded over train + valid (what
+    ``recommend`` uses), so recommending needs no propagation."""
     try:
         emb = model.final_embeddings()
+        fold = model.history_embeddings(inputs.data.history("test"))
     except NotImplementedError:
         return None
-    return [e.detach().cpu() for e in emb[:2]]
+    return {"train": [e.detach().cpu() for e in emb[:2]], "test": [e.detach().cpu() for e in fold[:2]]}
 
 
 def save_model(store: Store, result: TrainResult, inputs: ModelInputs, *, test: dict | None = None,
@@ -93,7 +96,7 @@ def save_model(store: Store, result: TrainResult, inputs: ModelInputs, *, test: 
                "seconds": result.seconds, "history": result.history, **(extra or {})}
     if test and "test_robust" in test:
         metrics["test_robust"] = test["test_robust"]
-    final = _final_of(result.model.eval())
+    final = _final_of(result.model.eval(), inputs)
     with store.transaction():
         store.execute("DELETE FROM models WHERE model_id = ?", [model_id])
         store.execute(
@@ -144,7 +147,11 @@ class TrainedModel:
 
     @property
     def graph(self):
-        return self.inputs.graph
+        """The graph recommendations come from: the model's graph with the user-movie edges of
+        the train + valid history (the fold-in rule), so explanations mask what was scored."""
+        if getattr(self, "_graph", None) is None:
+            self._graph = self.inputs.graph.with_history(self.history) if self.inputs.graph is not None else None
+        return self._graph
 
     @property
     def movie_ids(self) -> np.ndarray:
@@ -255,7 +262,10 @@ def load_model(store: Store, model_id: str | None = None) -> TrainedModel:
                             f"({str(exc).splitlines()[0]})") from None
     model.eval()
     if final is not None:
-        model._final = tuple(_from_bytes(final))
+        saved = _from_bytes(final)
+        model._final = tuple(saved["train"])
+        hist = asm.inputs.data.history("test")
+        model._folded[("test", len(hist))] = tuple(saved["test"])
     return TrainedModel(mid, kind, int(seed), config, metrics, model, asm.inputs, asm.unknown)
 
 

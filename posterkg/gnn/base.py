@@ -183,6 +183,22 @@ class Graph:
                                        torch.cat([old.weight, w]))
         return out
 
+    def with_history(self, history) -> "Graph":
+        """A copy whose user-movie relations (pos/neu/neg) are the interactions of ``history``
+        (a :class:`~posterkg.gnn.data.History`) by the one rating rule: the fold-in of the
+        valid ratings at test time (graph models propagate over them)."""
+        from posterkg.ratings import signs
+
+        out = Graph(self.sizes)
+        out.relations = dict(self.relations)
+        sg = signs(history.ratings)
+        for name, sign in (("pos", 1), ("neu", 0), ("neg", -1)):
+            keep = sg == sign
+            out.relations[name] = Relation(torch.as_tensor(history.users[keep], dtype=torch.long),
+                                           torch.as_tensor(history.movies[keep], dtype=torch.long),
+                                           torch.ones(int(keep.sum())))
+        return out
+
     def summary(self) -> dict[str, int]:
         return {**{f"n_{k}": v for k, v in self.sizes.items()},
                 **{k: len(r) for k, r in self.relations.items()}}
@@ -236,6 +252,7 @@ class Recommender(nn.Module):
         self.n_users, self.n_movies = inputs.n_users, inputs.n_movies
         self.graph = inputs.graph           # the default graph embeddings() propagates over
         self._final = None                  # cached final embeddings (eval mode)
+        self._folded: dict = {}             # final embeddings over the graph + a later history
 
     # -- dot-product models ----------------------------------------------------------------
     def embeddings(self, graph: Graph | None = None) -> tuple[torch.Tensor, ...]:
@@ -265,20 +282,36 @@ class Recommender(nn.Module):
             self._final = out
         return self._final
 
+    def history_embeddings(self, history=None) -> tuple[torch.Tensor, ...]:
+        """The final embeddings for scoring with ``history``: the train graph's for the valid
+        history (what the model was trained on); for a later history (test: train + valid) the
+        same parameters propagated over the graph with those interactions as edges (the
+        harness's fold-in rule for graph models; no refit). Cached per history."""
+        part = getattr(history, "part", None)
+        if history is None or part in (None, "valid") or self.graph is None or self.training:
+            return self.final_embeddings()
+        key = (part, len(history))
+        if key not in self._folded:
+            with torch.no_grad():
+                self._folded[key] = tuple(x.detach() for x in self.embeddings(self.graph.with_history(history)))
+        return self._folded[key]
+
     def train(self, mode: bool = True):
         self._final = None
+        self._folded = {}
         return super().train(mode)
 
     def load_state_dict(self, *args, **kwargs):
         self._final = None
+        self._folded = {}
         return super().load_state_dict(*args, **kwargs)
 
     # -- every model -------------------------------------------------------------------------
     @torch.no_grad()
     def score(self, users: torch.Tensor, history=None) -> torch.Tensor:
-        """``[len(users), n_movies]`` scores; ``history`` is the users' known interactions
-        (unused by models whose state already holds them, e.g. graph models trained on train)."""
-        emb = self.final_embeddings()
+        """``[len(users), n_movies]`` scores; ``history`` is the users' known interactions: graph
+        models propagate over them when they go beyond train (:meth:`history_embeddings`)."""
+        emb = self.history_embeddings(history)
         return emb[0][users] @ emb[1].T
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn: Callable[["Recommender"], dict]) -> FitInfo:

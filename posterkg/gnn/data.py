@@ -55,6 +55,7 @@ class History:
     movies: np.ndarray
     ratings: np.ndarray
     ts: np.ndarray
+    part: str | None = None      # the part this history predicts ("valid": train rows; "test": train + valid)
 
     def __post_init__(self) -> None:
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(self.users, minlength=self.n_users))]).astype(np.int64)
@@ -169,7 +170,7 @@ class Interactions:
             r = np.concatenate([p.ratings for p in ps])
             t = np.concatenate([p.ts for p in ps])
             order = np.lexsort((m, t, u))          # by user, then (timestamp, movie id)
-            self._cache[key] = History(self.n_users, self.n_movies, u[order], m[order], r[order], t[order])
+            self._cache[key] = History(self.n_users, self.n_movies, u[order], m[order], r[order], t[order], part)
         return self._cache[key]
 
     def restricted(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> tuple["Interactions", dict]:

@@ -133,10 +133,10 @@ def test_save_load_round_trip_and_new_movies(fitted, world_db, tmp_path):
 def test_mask_of_ones_leaves_scores_unchanged(fitted):
     name, res, inputs, s = fitted
     model = res.model.eval()
-    g = inputs.graph
-    masks = {r: torch.ones(len(rel), requires_grad=True) for r, rel in g.relations.items()}
     users = torch.arange(inputs.n_users)
     hist = inputs.data.history("test")
+    g = inputs.graph.with_history(hist)      # test scores fold the valid edges in (base.history_embeddings)
+    masks = {r: torch.ones(len(rel), requires_grad=True) for r, rel in g.relations.items()}
     with torch.enable_grad():
         if getattr(model, "score_graph", None) is not None:
             got = model.score_graph(users, hist, g.masked(masks))
