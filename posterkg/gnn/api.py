@@ -171,7 +171,7 @@ class TrainedModel:
     def movie_embeddings(self) -> torch.Tensor:
         """[n_movies, dim] final movie embeddings; row i is movie ``self.movie_ids[i]``."""
         try:
-            return self.model.final_embeddings()[1].detach()
+            return self.model.movie_vectors().detach()
         except NotImplementedError:
             raise InputError(f"model {self.model_id} ({self.kind}) has no movie embeddings") from None
 

@@ -282,6 +282,10 @@ class Recommender(nn.Module):
             self._final = out
         return self._final
 
+    def movie_vectors(self) -> torch.Tensor:
+        """[n_movies, d] the model's learned movie representations (``similar``, reports)."""
+        return self.final_embeddings()[1]
+
     def history_embeddings(self, history=None) -> tuple[torch.Tensor, ...]:
         """The final embeddings for scoring with ``history``: the train graph's for the valid
         history (what the model was trained on); for a later history (test: train + valid) the

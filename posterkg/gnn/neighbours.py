@@ -45,6 +45,11 @@ class _ItemItem(Recommender):
         return super().load_state_dict(state, *args, **kwargs)
 
     @torch.no_grad()
+    def movie_vectors(self) -> torch.Tensor:
+        """Each movie's column of the item-item matrix (who it is recommended from)."""
+        return self.S.T.contiguous()
+
+    @torch.no_grad()
     def score(self, users: torch.Tensor, history=None) -> torch.Tensor:
         x = _history_matrix(history, self.cfg.history)[users.cpu().numpy()]
         xt = torch.from_numpy(x.toarray()).to(self.S.device)

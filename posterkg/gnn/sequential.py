@@ -133,6 +133,10 @@ class SASRec(Recommender):
         """[n_movies, dim] movie representations (inputs and outputs)."""
         return self.item.weight[1:]
 
+    @torch.no_grad()
+    def movie_vectors(self) -> torch.Tensor:
+        return self.movie_table(self.graph).detach()
+
     # -- user side -------------------------------------------------------------------------------
     def encode(self, tok: torch.Tensor, sgn: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, dim] of token windows (left-padded)."""
