@@ -18,9 +18,13 @@ ingest     ``ingest movielens DATA`` (ratings.csv, movies.csv, links.csv)
 posters    ``posters scan DATA/posters`` (full decode of every poster)
 split      ``split --scheme temporal``
 tag        ``tag --backend pixels --limit N`` (a sample of ``--tag-sample`` posters)
+embed      ``embed posters --encoder efficientnet-lite0 --limit N`` (``--embed-sample`` posters)
 vocab      ``schema discover`` (agglomerative, MiniLM from the wheel) + ``freeze`` + ``project``
 graph      ``graph build``
-train-lightgcn, train-posterkg   ``train --model M --epochs E`` (bounded: ``--epochs``, big batches)
+train-mostpop    ``train --model mostpop`` (gives evaluate/recommend a model when training is skipped)
+train-lightgcn, train-posterkg   ``train --model M --epochs E`` (bounded: ``--epochs``, and big
+           batches: a step is one full-graph propagation whatever the batch, so the batch size
+           sets the steps per epoch)
 evaluate   ``evaluate`` (every trained model, every test user)
 recommend  ``recommend --all -k 10 --out FILE`` (every user of the split)
 =========  ===========================================================================
@@ -40,7 +44,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
-STAGES = ["ingest", "posters", "split", "tag", "vocab", "graph", "train-lightgcn", "train-posterkg",
+STAGES = ["ingest", "posters", "split", "tag", "embed", "vocab", "graph", "train-mostpop", "train-lightgcn",
+          "train-posterkg",
           "evaluate", "recommend"]
 GOALS = {"ingest+split": 120.0, "graph": 180.0}
 MEM_GOAL_GB = 16.0
@@ -83,10 +88,13 @@ def stage_commands(stage: str, data: Path, work: Path, a) -> list[list[str]]:
         "posters": [["posters", "scan", str(data / "posters")]],
         "split": [["split", "--scheme", "temporal"]],
         "tag": [["tag", "--backend", "pixels", "--limit", str(a.tag_sample)]],
+        "embed": [["embed", "posters", "--encoder", "efficientnet-lite0", "--device", "cpu",
+                   "--limit", str(a.embed_sample)]],
         "vocab": [["schema", "discover", "--sample", "1.0", "--method", "agglomerative",
                    "--min-concepts", "1", "--force"],
                   ["schema", "freeze"], ["schema", "project"]],
         "graph": [["graph", "build"]],
+        "train-mostpop": [["train", "--model", "mostpop"]],
         "train-lightgcn": [["train", "--model", "lightgcn", "--epochs", str(a.epochs), "-v"]],
         "train-posterkg": [["train", "--model", a.model, "--epochs", str(a.epochs), "-v"]],
         "evaluate": [["evaluate"]],
@@ -128,6 +136,16 @@ def load_results() -> dict:
     return {"runs": {}}
 
 
+def save(label: str, run: dict) -> None:
+    """Merge this label's run into the results file as it is now (other labels may be running)."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    fresh = load_results()
+    fresh["runs"][label] = run
+    tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(fresh, indent=1), encoding="utf-8")
+    os.replace(tmp, RESULTS)
+
+
 def print_table(label: str, run: dict) -> None:
     print(f"\n{label}: {run.get('data_stats', {}).get('ratings', '?'):,} ratings" if isinstance(
         run.get("data_stats", {}).get("ratings"), int) else f"\n{label}")
@@ -150,7 +168,31 @@ def print_table(label: str, run: dict) -> None:
     print(f"largest peak RSS: {peak:.2f} GB (goal < {MEM_GOAL_GB:.0f} GB per stage)")
 
 
+def markdown(labels: list[str]) -> str:
+    """The stored results as one markdown table (for docs/scale.md)."""
+    runs = load_results()["runs"]
+    labels = [lb for lb in labels if lb in runs]
+    head = "| stage | " + " | ".join(f"{lb} wall | {lb} CPU | {lb} peak RSS" for lb in labels) + " |"
+    out = [head, "|---|" + "---:|---:|---:|" * len(labels)]
+    for name in STAGES:
+        cells = []
+        for lb in labels:
+            r = runs[lb]["stages"].get(name)
+            if not r:
+                cells += ["", "", ""]
+                continue
+            bad = "" if r["rc"] == 0 else f" (rc {r['rc']})"
+            cells += [f"{r['wall_s']:.0f} s{bad}", f"{r['cpu_s']:.0f} s",
+                      f"{(r['peak_rss_bytes'] or 0) / 2**30:.2f} GB"]
+        if any(cells):
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--markdown":
+        print(markdown(sys.argv[2:] or list(load_results()["runs"])))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, type=Path, help="folder written by make_ml25m.py")
     ap.add_argument("--work", type=Path, default=None, help="database and logs [<data>.work]")
@@ -158,6 +200,7 @@ def main(argv=None) -> None:
     ap.add_argument("--stages", nargs="*", default=None, help=f"subset of {' '.join(STAGES)}")
     ap.add_argument("--fresh", action="store_true", help="delete the database first")
     ap.add_argument("--tag-sample", type=int, default=2000)
+    ap.add_argument("--embed-sample", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=262144, help="BPR pairs per step")
     ap.add_argument("--dim", type=int, default=64)
@@ -188,7 +231,7 @@ def main(argv=None) -> None:
         run["data_stats"] = json.loads(gen.read_text())
     run["machine"] = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0],
                       "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-    run["settings"] = {"tag_sample": a.tag_sample, "epochs": a.epochs, "batch_size": a.batch_size,
+    run["settings"] = {"tag_sample": a.tag_sample, "embed_sample": a.embed_sample, "epochs": a.epochs, "batch_size": a.batch_size,
                        "dim": a.dim, "model": a.model}
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
@@ -207,6 +250,7 @@ def main(argv=None) -> None:
                "cpu_s": round(sum(r["cpu_s"] or 0 for r in rows), 1),
                "peak_rss_bytes": max((r["peak_rss_bytes"] or 0) for r in rows) or None,
                "load_avg": round((load0 + os.getloadavg()[0]) / 2, 1),
+               "settings": dict(run["settings"]), "commands": [" ".join(c) for c in stage_commands(stage, data, work, a)],
                "tail": rows[-1]["tail"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         run["stages"][stage] = res
         print(f"{stage}: rc={res['rc']} {res['wall_s']:.1f}s "
@@ -214,8 +258,7 @@ def main(argv=None) -> None:
         if res["rc"] != 0:
             print("  " + "\n  ".join(res["tail"]), flush=True)
         if not a.no_save:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=1), encoding="utf-8")
+            save(label, run)
     print_table(label, run)
 
 
