@@ -35,7 +35,7 @@ class ExplainConfig:
     recent_posters: int = 12   # recently liked posters shown in a user report
     thumb_width: int = 120     # poster thumbnail width in the report (pixels)
     model_id: str | None = None  # model to use; default: the newest in the models table
-    interactions: bool = True  # gradient: also mask the user's interaction edges (liked-path weights)
+    interactions: bool = False  # gradient: also mask the user's interaction edges (slow on big graphs)
 
     def __post_init__(self) -> None:
         from posterkg.errors import ConfigError

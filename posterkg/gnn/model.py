@@ -177,6 +177,7 @@ class PosterKG(Recommender):
                 self.att[f"{r}_{dst}"] = nn.Parameter(torch.zeros(dim))
         self._stage1 = None
         self._kg_edges = None
+        self._op_cache: dict = {}      # relation operators shared between graphs (see _shared)
 
     @property
     def wants_hard_negatives(self) -> bool:
@@ -191,6 +192,24 @@ class PosterKG(Recommender):
                f"{self.n_users}:{self.n_movies}:{dev}")
         return graph.cached(key, lambda: self._build(graph, dev))
 
+    def _shared(self, name: str, rels: tuple[Relation, ...], build):
+        """An operator of the relations ``rels``: rebuilt when one of their weights carries a
+        gradient, else shared by every graph holding the very same relation tensors, so a
+        masked or edge-deleted copy of a graph (explanations, deletion tests) rebuilds only the
+        operators of the relations it changed."""
+        if any(r.weight.requires_grad for r in rels):
+            return build()
+        tensors = tuple(t for r in rels for t in (r.src, r.dst, r.weight))
+        key = (name,) + tuple(id(t) for t in tensors)
+        hit = self._op_cache.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], tensors)):
+            return hit[1]
+        op = build()
+        self._op_cache[key] = (tensors, op)        # holds the tensors, so their ids stay unique
+        while len(self._op_cache) > 64:
+            self._op_cache.pop(next(iter(self._op_cache)))
+        return op
+
     def _build(self, graph: Graph, dev) -> dict:
         cfg = self.cfg
         nu, nm = self.n_users, self.n_movies
@@ -202,11 +221,14 @@ class PosterKG(Recommender):
         ops: dict = {}
         inter = {name: graph.get(name) for name in ("pos", "neu", "neg")}
         for name, r in inter.items():
-            ops[f"sym_{name}"] = sym_norm_adj(nu + nm, r.src, nu + r.dst, r.weight)
+            ops[f"sym_{name}"] = self._shared(f"sym:{dev}", (r,), lambda r=r: sym_norm_adj(
+                nu + nm, r.src, nu + r.dst, r.weight).to(dev))
         sides = {"item_side": (kg.has, nm), "user_like": (kg.likes, nu), "user_dislike": (kg.dislikes, nu)}
         if nc:
             for name, (r, n_rows) in sides.items():
-                ops[name], ops[name + "_t"] = row_norm(r.src, r.dst, r.weight, (n_rows, nc))
+                op, op_t = self._shared(f"row:{n_rows}:{nc}:{dev}", (r,), lambda r=r, n=n_rows: tuple(
+                    x.to(dev) for x in row_norm(r.src, r.dst, r.weight, (n, nc))))
+                ops[name], ops[name + "_t"] = op, op_t
         # stage-2 relations: (relation, dst type, src type) -> CSR [dst x src] of edge weights
         rels: list[tuple[str, str, str]] = []
         pairs = {name: (r, "user", "movie") for name, r in inter.items()}
@@ -221,10 +243,12 @@ class PosterKG(Recommender):
                 continue
             if not cfg.signed_gates and RELATIONS[rel][0] < 0:
                 continue
-            ops[f"r_{rel}_{a}"] = csr(r.src, r.dst, r.weight, (sizes[a], sizes[b]))
-            ops[f"r_{rel}_{b}"] = csr(r.dst, r.src, r.weight, (sizes[b], sizes[a]))
+            shape = (sizes[a], sizes[b])
+            ops[f"r_{rel}_{a}"], ops[f"r_{rel}_{b}"] = self._shared(
+                f"adj:{shape}:{dev}", (r,), lambda r=r, shape=shape: (
+                    csr(r.src, r.dst, r.weight, shape).to(dev),
+                    csr(r.dst, r.src, r.weight, (shape[1], shape[0])).to(dev)))
             rels += [(rel, a, b), (rel, b, a)]
-        ops = {k: v.to(dev) for k, v in ops.items()}
         ops["rels"] = rels
         ops["n_concepts"] = nc
         ops["source"] = kg.source

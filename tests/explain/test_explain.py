@@ -42,9 +42,20 @@ def test_top_path_cites_the_liked_concept_and_movies(world):
     assert ex.cited[0].movie_edge > 0
     s = ex.sentences[0]
     assert s.startswith("Recommended because you recently liked posters with a cool blue palette")
-    assert "(The Matrix, Blade Runner)" in s and "low-key lighting" in s
-    assert ex.against == []  # nothing disliked on Gattaca
-    assert len(ex.sentences) == 1
+    # both liked movies show cool blue at weight 1: equal paths, the newer one (Blade Runner) first
+    assert "(Blade Runner, The Matrix)" in s and "low-key lighting" in s
+    # Gattaca's bold typography costs a little: the user disliked Red Planet (typography 0.6)
+    # more than they liked The Matrix (0.5); the model's edge says so and the sentence follows it
+    assert [e.concept_id for e in ex.against] == [TYPO]
+    assert ex.against[0].movie_edge == pytest.approx(0.6 * (0.5 / 2 - 0.6 / 2), rel=1e-4)
+    assert ex.against[0].disliked[0][1] == "Red Planet"
+    # with the user's interaction edges masked too, the liked path through The Matrix also gets
+    # its interaction edge's attribution, larger because The Matrix's poster is closer to Gattaca's,
+    # and typography's liked path outweighs its disliked one
+    ex_i = Explainer(k, tm, ExplainConfig(interactions=True)).explain(1, 10)
+    assert ex_i.sentences[0].startswith("Recommended because you recently liked posters with a cool blue palette")
+    assert "(The Matrix, Blade Runner)" in ex_i.sentences[0]
+    assert ex_i.score == pytest.approx(ex.score) and ex_i.against == [] and len(ex_i.sentences) == 1
 
 
 def test_negative_explanation_cites_the_disliked_concept(world):
