@@ -20,8 +20,9 @@ The score is exposed as a dot product (the contract's ``embeddings(graph)``): us
 evaluation) works unchanged.
 
 **Cold movies.** A movie with no train rating has no id information: its ``gamma_i`` is fixed at
-zero (in training, where such a movie is only ever a sampled negative, and in scoring), so its
-score comes from its feature alone: ``theta_u . (E f_i) + beta' . f_i``. That is a forward pass,
+zero, so its score comes from its feature alone: ``theta_u . (E f_i) + beta' . f_i``. While
+training, such a movie (only ever a sampled negative) scores zero altogether: its feature is not
+learnt against, so a movie added after training and one held out for cold-start are alike. That is a forward pass,
 no retraining: what the cold-start protocol (:mod:`posterkg.evaluation.coldstart`) measures. The
 ``warm`` buffer (movies with a train rating) is saved with the model.
 
@@ -102,6 +103,11 @@ class VBPR(Recommender):
         ones = torch.ones(self.n_users, 1, device=self.user.weight.device)
         users = torch.cat([self.user.weight, self.theta.weight, ones], 1)
         movies = torch.cat([self.movie.weight * self.warm, self.visual(), self.beta(self.feat)], 1)
+        if self.training:
+            # a movie without train ratings is unknown while training, even as a sampled
+            # negative: its feature is not learnt against (else a high-dimensional feature lets
+            # the model memorise "never liked" for exactly the movies cold-start asks about)
+            movies = movies * self.warm
         return users, movies
 
     def ego(self, users, movies):
