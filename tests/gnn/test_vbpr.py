@@ -103,6 +103,11 @@ def test_cold_movie_scores_from_its_feature_alone():
     parts = model.score_parts(users, torch.tensor([cold]))
     assert torch.all(parts["id"] == 0)
     torch.testing.assert_close(parts["visual"] + parts["bias"], before[:, [cold]], rtol=1e-5, atol=1e-5)
+    # while training, the cold movie is unknown: a zero row, so its feature is not learnt against
+    model.train()
+    _, rows = model.embeddings(None)
+    assert torch.all(rows[cold] == 0) and torch.any(rows[warm] != 0)
+    model.eval()
     # a different poster feature gives a different score: the feature is what scores it
     with torch.no_grad():
         model.feat[cold] = -model.feat[cold]
