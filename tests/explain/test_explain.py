@@ -292,8 +292,8 @@ def test_real_data_profile_similar_faithfulness(real):
     nb = Similar(k, model).neighbours(m, 5)
     assert len(nb) == 5 and all(n.shared for n in nb[:3])
     assert [n.similarity for n in nb] == sorted((n.similarity for n in nb), reverse=True)
-    res = run_faithfulness(model, Explainer(k, model), n=40, k=5, seed=1)["summary"]
-    assert res["cases"] == 40
+    res = run_faithfulness(model, Explainer(k, model), n=20, k=5, seed=1)["summary"]
+    assert res["cases"] == 20
     assert res["mean_drop_cited"] > res["mean_drop_random"]
     assert res["share_cited_ge_random"] > 0.5
 
