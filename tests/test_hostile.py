@@ -415,7 +415,9 @@ def test_schema_discover_with_the_default_model_fails_fast_offline_with_the_hint
     assert p.returncode == 1, p.stderr[-2000:]
     assert "posterkg download model BAAI/bge-small-en-v1.5" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
-    assert took - baseline < 5, f"took {took:.1f} s ({baseline:.1f} s of it start-up)"
+    # 5 s beyond start-up on a quiet machine (about 1.3 s in all there); on a loaded one the
+    # allowance grows with the start-up itself. The old code retried the hub for about 70 s.
+    assert took - baseline < max(5.0, baseline), f"took {took:.1f} s ({baseline:.1f} s of it start-up)"
     assert seen == []
 
 
@@ -472,9 +474,10 @@ def test_pipeline_runs_with_no_network_at_all(tmp_path):
     p = subprocess.run([unshare, "-n", POSTERKG, "run", "--config", str(tmp_path / "c.toml")],
                        capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
-    table = p.stdout.splitlines()[-7:]
-    assert [ln.split()[:2] for ln in table] == [[s, "ran"] for s in
-                                                ("ingest", "split", "tag", "features", "schema", "graph", "train")]
+    from posterkg.pipeline import PIPELINE
+
+    table = p.stdout.splitlines()[-len(PIPELINE):]
+    assert [ln.split()[:2] for ln in table] == [[name, "ran"] for name, _ in PIPELINE]
 
 
 # -- 5/6. clear errors: config, files, arguments, databases ------------------------------------------
