@@ -179,3 +179,46 @@ def occlusion_attributions(tm, user: int, movie: int, concepts: Sequence[int]) -
     for c in concepts:
         mc[(int(movie), int(c))] = base - score_one(tm, user, movie, delete_movie_concepts(tm.graph, movie, [c]))
     return EdgeAttribution(mc, {}, {}, "occlusion", base)
+
+
+# -- short- vs long-term (models with explain_parts: posterkg-seq) -----------------------------------
+@dataclasses.dataclass
+class HorizonSplit:
+    """How a sequence model's score of (user, movie) splits into its short-term part (the
+    self-attention over the user's recent ratings) and its long-term part (the running taste),
+    overall and per concept edge of the movie (gradient x input of each part on the movie's
+    ``has`` edges, keyed by concept index)."""
+
+    short: float
+    long: float
+    gate: float
+    concepts: dict[int, tuple[float, float]]     # concept index -> (a_short, a_long)
+
+
+def horizon_split(tm, user: int, movie: int) -> HorizonSplit | None:
+    """The model's own short/long split (None for models without ``explain_parts``)."""
+    model = tm.model
+    if getattr(model, "explain_parts", None) is None:
+        return None
+    g = tm.graph
+    masks = {}
+    has = g.get("has") if g is not None else None
+    if has is not None and len(has):
+        masks["has"] = torch.ones(len(has), requires_grad=True)
+    gm = g.masked(masks) if g is not None else None
+    with torch.enable_grad():
+        parts = model.explain_parts(torch.tensor([user]), tm.history, torch.tensor([movie]), graph=gm)
+        s, lo = parts["short"].sum(), parts["long"].sum()
+        concepts: dict[int, tuple[float, float]] = {}
+        if masks and (s.requires_grad or lo.requires_grad):
+            def grad(x):
+                if not x.requires_grad:
+                    return None
+                return torch.autograd.grad(x, masks["has"], retain_graph=True, allow_unused=True)[0]
+
+            gs, gl = grad(s), grad(lo)
+            sel = (has.src == movie).nonzero().flatten()
+            for e in sel.tolist():
+                c = int(has.dst[e])
+                concepts[c] = (float(gs[e]) if gs is not None else 0.0, float(gl[e]) if gl is not None else 0.0)
+    return HorizonSplit(float(s.detach()), float(lo.detach()), float(parts["gate"].detach().reshape(-1)[0]), concepts)

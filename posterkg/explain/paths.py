@@ -156,6 +156,10 @@ class ConceptEvidence:
     pref_short: float
     liked: list[tuple[int, str, bool]]     # (movie_id, title, recent), strongest first
     disliked: list[tuple[int, str, bool]]
+    # the model's own horizon for this concept (sequence models): "short" when its short-term part
+    # carries more of the movie edge's attribution than its long-term part, else "long"; None when
+    # the model has no such split
+    model_horizon: str | None = None
 
     @property
     def on_positive_path(self) -> bool:
@@ -179,6 +183,8 @@ class Explanation:
     cited: list[ConceptEvidence]       # concepts the positive sentence cites
     against: list[ConceptEvidence]     # concepts the negative sentence cites
     sentences: list[str] = dataclasses.field(default_factory=list)
+    # sequence models: the score's short-term and long-term parts ({"short", "long", "gate"})
+    horizon: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -280,6 +286,13 @@ class Explainer:
                 movie_edge=float(edge), pref_long=pref.get(c, {}).get("long", 0.0),
                 pref_short=pref.get(c, {}).get("short", 0.0),
                 liked=self._examples(ps, "liked"), disliked=self._examples(ps, "disliked")))
+        split = self._horizon(user_id, movie_id)
+        if split is not None:
+            cidx = {int(c): i for i, c in enumerate(self.scorer.ids.concept_ids.tolist())}
+            for e in evidence:
+                a = split.concepts.get(cidx.get(int(e.concept_id), -1))
+                if a is not None:
+                    e.model_horizon = "short" if abs(a[0]) >= abs(a[1]) else "long"
         evidence.sort(key=lambda e: -e.relevance)
         # cite a concept for the movie only when the movie's own edge to it pushes the score the
         # same way as its paths ("this one shares it" must help); rank by path relevance or by
@@ -291,9 +304,24 @@ class Explainer:
                          key=key)[: self.cfg.cite]
         paths.sort(key=lambda p: -abs(p.weight))
         ex = Explanation(user_id, movie_id, self.k.title(movie_id), score, method, note, paths,
-                         evidence, cited, against)
+                         evidence, cited, against,
+                         horizon=None if split is None else {"short": split.short, "long": split.long,
+                                                             "gate": split.gate})
         ex.sentences = explain_sentences(ex, self.cfg)
         return ex
+
+    def _horizon(self, user_id: int, movie_id: int):
+        """The model's own short/long split of this score (sequence models), else None."""
+        from posterkg.explain import attribution as A
+
+        tm = self.scorer
+        if tm is None or getattr(tm.model, "explain_parts", None) is None:
+            return None
+        (u,), (u_ok,) = tm.ids.lookup("user", [user_id])
+        (m,), (m_ok,) = tm.ids.lookup("movie", [movie_id])
+        if not (u_ok and m_ok):
+            return None
+        return A.horizon_split(tm, int(u), int(m))
 
     def _path(self, kind, c, horizon, via, recent, gw) -> Path:
         return Path(kind=kind, concept_id=c, concept=self.k.name(c), ctype=self.k.ctype(c), horizon=horizon,

@@ -74,12 +74,19 @@ def positive_sentence(ex, cfg: ExplainConfig) -> str:
                 "liked), not for a visual concept you are known to like.")
     first, rest = ex.cited[0], ex.cited[1:]
     ph = concept_phrase(first.ctype, first.concept)
-    if first.liked:
-        recently = any(r for _, _, r in first.liked[: cfg.examples]) or first.pref_short > 0
-        s = (f"Recommended because you {'recently ' if recently else ''}liked posters with {ph}"
-             f"{_titles(first.liked, cfg.examples)} and this one shares it")
+    if first.model_horizon is not None:
+        # the model's own split (sequence models): its short-term part carries this concept
+        recently = first.model_horizon == "short"
+        examples = sorted(first.liked, key=lambda x: -int(x[2])) if recently else first.liked
     else:
-        when = "recent" if first.pref_short > 0 else "long-term"
+        recently = any(r for _, _, r in first.liked[: cfg.examples]) or first.pref_short > 0
+        examples = first.liked
+    if first.liked:
+        when = "recently " if recently else ("over time " if first.model_horizon == "long" else "")
+        s = (f"Recommended because you {when}liked posters with {ph}"
+             f"{_titles(examples, cfg.examples)} and this one shares it")
+    else:
+        when = "recent" if recently else "long-term"
         s = f"Recommended because your {when} taste leans to posters with {ph} and this one has it"
     if rest:
         s += "".join(f" and its {concept_phrase(e.ctype, e.concept, article=False)}" for e in rest)
@@ -100,11 +107,30 @@ def negative_sentence(ex, cfg: ExplainConfig) -> str | None:
     return s + "."
 
 
+def horizon_sentence(ex) -> str | None:
+    """Sequence models: how much of the score comes from the user's recent ratings."""
+    h = getattr(ex, "horizon", None)
+    if not h:
+        return None
+    s, lo = h["short"], h["long"]
+    tot = abs(s) + abs(lo)
+    if tot <= 0:
+        return None
+    share = 100 * abs(s) / tot
+    lead = "mostly from your recent ratings" if share >= 50 else "mostly from your long-term taste"
+    return (f"The model's score comes {lead}: {share:.0f}% from its short-term part (your latest "
+            f"ratings, self-attention) and {100 - share:.0f}% from its long-term part.")
+
+
 def explain_sentences(ex, cfg: ExplainConfig | None = None) -> list[str]:
-    """The positive sentence, then the negative one when a disliked concept counts against."""
+    """The positive sentence, then the negative one when a disliked concept counts against, then
+    (sequence models) the model's own short- vs long-term split."""
     cfg = cfg or ExplainConfig()
     out = [positive_sentence(ex, cfg)]
     neg = negative_sentence(ex, cfg)
     if neg:
         out.append(neg)
+    hz = horizon_sentence(ex)
+    if hz:
+        out.append(hz)
     return out
