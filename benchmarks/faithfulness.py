@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="rank cited concepts by path relevance or by the movie's own edge")
     ap.add_argument("--draws", type=int, default=1, help="random deletions averaged per case")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-interactions", action="store_true",
-                    help="gradient: mask only the concept edges, not the user's interaction edges")
+    ap.add_argument("--interactions", action="store_true",
+                    help="gradient: also mask the user's interaction edges ([explain] interactions; slow)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     ap.add_argument("--out", default=str(RESULTS / "faithfulness.json"))
     args = ap.parse_args(argv)
@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     with open_store(args.db, read_only=True) as store:
         model, mid, note = load_scorer(store, args.model_id, required=True)
         cfg = ExplainConfig(method=args.method, cite=args.cite, rank=args.rank,
-                            interactions=not args.no_interactions)
+                            interactions=args.interactions)
         res = run_faithfulness(model, Explainer(Knowledge(store), model, cfg), n=args.n, k=args.k,
                                seed=args.seed, draws=args.draws)
     s = res["summary"]
     res["summary"].update(model_id=mid, db=str(args.db), method_asked=args.method, cite=args.cite, rank=args.rank,
-                          interactions=not args.no_interactions)
+                          interactions=args.interactions)
     rows = [
         ("cases", s["cases"]),
         ("mean score drop, cited concepts deleted", s["mean_drop_cited"]),
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     w = max(len(r[0]) for r in rows)
     print(f"faithfulness of explanations, model {mid}, method {args.method}, rank {args.rank}, cite {args.cite}, "
-          f"interaction edges masked: {not args.no_interactions}")
+          f"interaction edges masked: {args.interactions}")
     for k, v in rows:
         print(f"  {k.ljust(w)}  {v:.4f}" if isinstance(v, float) else f"  {k.ljust(w)}  {v}")
     out = Path(args.out)
