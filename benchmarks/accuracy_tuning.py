@@ -4,7 +4,8 @@ VALID NDCG@20 (never test) and time per epoch in benchmarks/results/accuracy_tun
     .venv/bin/python benchmarks/accuracy_tuning.py --name pk-b32k-lr05 --model posterkg \
         --train batch_size=32768 lr=0.05 --mcfg neg_weight=0.1
 
-Uses the cached benchmark database of benchmarks/accuracy.py (run that with --prepare-only first).
+Uses the cached benchmark database of benchmarks/accuracy.py (run that with --prepare-only first)
+and its settings (configs/ml1m.toml + the registry), then the overrides given here.
 Several processes may append to the same JSON (a file lock serialises the writes).
 """
 
@@ -46,29 +47,31 @@ def main(argv=None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--model", default="posterkg")
     p.add_argument("--train", nargs="*", default=[], help="TrainConfig key=value (JSON values)")
-    p.add_argument("--mcfg", nargs="*", default=[], help="ModelConfig key=value (JSON values)")
-    p.add_argument("--db", type=Path, default=RESULTS / "accuracy.duckdb")
+    p.add_argument("--mcfg", nargs="*", default=[], help="the model's Config key=value (JSON values)")
+    p.add_argument("--config", type=Path, default=HERE.parent / "configs" / "ml1m.toml",
+                   help="settings below the overrides (as benchmarks/accuracy.py)")
+    p.add_argument("--db", type=Path, default=RESULTS / "accuracy-ml1m.duckdb")
     p.add_argument("--out", type=Path, default=RESULTS / "accuracy_tuning.json")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("POSTERKG_PROGRESS", "0")
 
-    from posterkg.gnn.data import load_interactions
-    from posterkg.gnn.model import ModelConfig, graph_inputs
-    from posterkg.gnn.train import TrainConfig, train
+    from posterkg.config import Config
+    from posterkg.gnn import registry
+    from posterkg.gnn.inputs import assemble
+    from posterkg.gnn.stage import feature_spec, model_configs
+    from posterkg.gnn.train import train
     from posterkg.store import open_store
 
-    base = {"dim": 64, "epochs": 30, "patience": 3, "batch_size": 32768, "lr": 0.05, "reg": 1e-4,
-            "layers": 3, "threads": 1, "seed": 0}
-    cfg = TrainConfig(model=args.model, **{**base, **_kv(args.train)})
-    mcfg = ModelConfig(**_kv(args.mcfg))
+    tcfg, mcfg = model_configs(Config.load(args.config), args.model)
+    cfg = dataclasses.replace(tcfg, seed=0, **_kv(args.train))
+    mcfg = registry.model_config(args.model, {**dataclasses.asdict(mcfg), **_kv(args.mcfg)})
     t0 = time.perf_counter()
     with open_store(args.db, read_only=True) as store:
-        data = load_interactions(store)
-        graph = graph_inputs(store, data) if args.model.startswith("posterkg") else None
-        res = train(data, cfg, store=store, graph=graph, model_cfg=mcfg, verbose=args.verbose)
+        inputs = assemble(store, features=feature_spec(mcfg)).inputs
+        res = train(inputs, cfg, model_cfg=mcfg, verbose=args.verbose)
     entry = {"name": args.name, "model": args.model, "train": dataclasses.asdict(cfg),
-             "model_config": dataclasses.asdict(mcfg) if args.model.startswith("posterkg") else None,
+             "model_config": dataclasses.asdict(res.model.cfg),
              "changed": {**_kv(args.train), **_kv(args.mcfg)},
              "valid_ndcg@20": res.valid.get("ndcg@20"), "valid": res.valid, "best_epoch": res.best_epoch,
              "epochs_run": res.epochs_run, "seconds_per_epoch": res.seconds_per_epoch,

@@ -213,9 +213,13 @@ class TrainedModel:
         uidx = self.user_index(user_ids)
         hist = self.history
         scores = self.model.score(uidx, hist).clone().float()
-        seen = hist.csr()[uidx.numpy()]
-        rows = np.repeat(np.arange(len(uidx)), np.diff(seen.indptr))
-        scores[torch.from_numpy(rows), torch.from_numpy(seen.indices.astype(np.int64))] = float("-inf")
+        # the users' own history slices (no users x movies matrix: recommending for one user
+        # touches only that user's rows)
+        ui = uidx.numpy()
+        starts, ends = hist.indptr[ui], hist.indptr[ui + 1]
+        rows = np.repeat(np.arange(len(ui)), ends - starts)
+        cols = np.concatenate([hist.movies[a:b] for a, b in zip(starts, ends)]) if len(ui) else np.zeros(0, np.int64)
+        scores[torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64))] = float("-inf")
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         out = {}
         for i, u in enumerate(user_ids):
