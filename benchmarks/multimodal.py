@@ -35,7 +35,11 @@ train + valid as history). Cold-start split: :func:`posterkg.evaluation.coldstar
 (each user with a relevant cold test movie, ranking all cold test movies). A movie with no train
 rating has no id information, so for the cold-start scores its id embedding is set to zero (the
 model is otherwise unchanged: a forward pass; VBPR does this itself); the scores with the trained
-(never positive) id embeddings are kept in the JSON as ``coldstart_raw_ids``. The id-only row
+(never positive) id embeddings are kept in the JSON as ``coldstart_raw_ids``. For posterkg-seq rows with
+dense features, the cold movies' features are hidden while training (zero rows, so the
+full-catalogue softmax cannot learn "never liked" from a near-unique 1280-d feature: a leak a
+movie ingested after training would not have) and put back for scoring with the training
+standardisation; VBPR hides movies without train ratings itself. The id-only row
 gets the documented random fallback (:func:`posterkg.evaluation.random_scores`), the floor.
 """
 
@@ -229,7 +233,27 @@ def run_one(args, row: str, split: str, seed: int, cache: dict) -> dict:
                 "best_epoch": 0, "epochs_run": 0, "seconds_per_epoch": 0.0, "seconds": 0.0,
                 "test": test, "coldstart_raw_ids": test, "coldstart_model": test, "fallback": "random",
                 "n_cold_test_movies": int(test["n_candidates"])}
-    res = train(inputs, tcfg, model_cfg=mcfg, verbose=args.verbose)
+    cold = np.asarray(data.matrix("train").sum(0)).ravel() == 0
+    hide = split == "coldstart" and kind == SEQ and bool(inputs.features)
+    if hide:
+        # movies without train ratings are unknown while training (their dense features are
+        # not learnt against as softmax negatives); they come back for scoring, standardised
+        # with the statistics the model computed at init (PosterKGSeq's rule: mean/std over
+        # every row of the matrix it was given)
+        shown = dataclasses.replace(inputs, features={k: np.where(cold[:, None], 0.0, v).astype(np.float32)
+                                                       for k, v in inputs.features.items()},
+                                    feature_mask={k: v & ~cold for k, v in inputs.feature_mask.items()})
+        res = train(shown, tcfg, model_cfg=mcfg, verbose=args.verbose)
+        with torch.no_grad():
+            for name in res.model.proj:
+                seen = torch.from_numpy(shown.features[name])
+                mean, std = seen.mean(0), seen.std(0).clamp(min=1e-6)
+                full = (torch.from_numpy(inputs.features[name]) - mean) / std
+                full[~torch.from_numpy(inputs.feature_mask[name])] = 0.0
+                buf = getattr(res.model, f"feat_{name}")
+                buf[torch.from_numpy(cold)] = full[torch.from_numpy(cold)]
+    else:
+        res = train(inputs, tcfg, model_cfg=mcfg, verbose=args.verbose)
     model = res.model.eval()
     out = {"row": row, "split": split, "seed": seed, "model": kind, "valid": res.valid,
            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
@@ -243,7 +267,7 @@ def run_one(args, row: str, split: str, seed: int, cache: dict) -> dict:
         def score(u):
             return model.score(u, hist)
         raw = coldstart_eval(score, data, "test")
-        cold = np.asarray(data.matrix("train").sum(0)).ravel() == 0
+        out["cold_features_hidden_in_training"] = hide or kind == "vbpr"
         if hasattr(model, "item"):                      # posterkg-seq: ids of cold movies unknown
             model.item.weight[1:][torch.from_numpy(cold)] = 0.0
             model._final = None
@@ -376,7 +400,7 @@ def main(argv=None) -> int:
                 r = run_one(args, row, split, seed, cache)
                 runs.append(r)
                 print(f"{split:<9} {row:<26} seed {seed}: ndcg@20 {r['test']['ndcg@20']:.4f} "
-                      f"valid {r['valid']['ndcg@20']:.4f} best epoch {r['best_epoch']}/{r['epochs_run']} "
+                      f"valid {r['valid'].get('ndcg@20', float('nan')):.4f} best epoch {r['best_epoch']}/{r['epochs_run']} "
                       f"{r['seconds_per_epoch']:.1f}s/epoch", flush=True)
                 write(args, info, runs)
     tables = write(args, info, runs)
