@@ -147,6 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--seeds", type=int, default=3, help="seeds of stochastic models (deterministic: 1)")
+    p.add_argument("--only-seeds", type=int, nargs="+", default=None,
+                   help="run only these seeds (e.g. one seed per process, then --merge)")
     p.add_argument("--epochs", type=int, default=None, help="override every model's epoch cap")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--merge", nargs="+", type=Path, default=None,
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
     done = {(r["model"], r["seed"]) for r in runs}
     cache: dict = {}
     with open_store(db, read_only=True) as store:
-        for seed in range(args.seeds):
+        for seed in (args.only_seeds if args.only_seeds is not None else range(args.seeds)):
             for kind in args.models:
                 if (kind, seed) in done or (seed > 0 and not REGISTRY[kind].stochastic):
                     continue
