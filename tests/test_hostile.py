@@ -289,9 +289,9 @@ def test_ingest_by_hand_after_a_run_reruns_split_and_everything_after(tmp_path):
     config = Config(data=demo_config(tmp_path, seed=0))
     with open_store(config.db) as store:
         first = run_pipeline(store, config, until="graph")
-        assert [s for _, s, _ in first] == ["ran"] * 5
+        assert [s for _, s, _ in first] == ["ran"] * 6
         again = run_pipeline(store, config, until="graph")
-        assert [s for _, s, _ in again] == ["skipped"] * 5
+        assert [s for _, s, _ in again] == ["skipped"] * 6
         # by hand: the same movies, a different set of ratings (every user's first rating dropped)
         other = tmp_path / "other"
         other.mkdir()
@@ -309,7 +309,8 @@ def test_ingest_by_hand_after_a_run_reruns_split_and_everything_after(tmp_path):
         third = dict((n, s) for n, s, _ in run_pipeline(store, config, until="graph"))
         # split sees other ratings; every stage after it re-runs (fingerprints are chained; the
         # tagger and the vocabulary resume, so they do no work again)
-        assert third == {"ingest": "skipped", "split": "ran", "tag": "ran", "schema": "ran", "graph": "ran"}
+        assert third == {"ingest": "skipped", "split": "ran", "tag": "ran", "features": "ran", "schema": "ran",
+                         "graph": "ran"}
         # the split now has exactly the ratings behind it
         assert store.scalar("SELECT count(*) FROM split s ANTI JOIN ratings r USING (user_id, movie_id)") == 0
         assert store.count("split") == len(kept) - store.scalar(
