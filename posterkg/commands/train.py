@@ -22,18 +22,24 @@ SHOWN = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20"]
 @click.option("-v", "--verbose", is_flag=True, help="Print one line per epoch.")
 @pass_env
 def train(env: Env, kind, seed, epochs, device, model_id, verbose) -> None:
-    """Train the posterkg GNN or a baseline, evaluate it on test, and store it.
+    """Train a registered model, evaluate it on test, and store it.
 
-    Trains on the train part of the split with BPR (full-graph propagation, mini-batches),
-    stops early on valid NDCG@20, then evaluates on test with the fixed protocol (see
-    `posterkg evaluate --help`). The model, its config and metrics go to the `models` and
-    `eval_results` tables. Settings: `[gnn]` (training) and `[gnn_model]` (posterkg model parts).
+    Models (posterkg/gnn/registry.py): posterkg-seq (the time-aware posterkg: short-term
+    self-attention + long-term taste over movies as id + visual concepts + genres), posterkg
+    (the relation-aware GNN), their -novisual ablations, and the baselines mostpop, itemknn,
+    ease, bprmf, lightgcn, lightgcn-genre, sasrec, vbpr. Each trains on the train part with
+    its own trainer (BPR, closed form, or next-item cross-entropy), stops early on valid
+    NDCG@20, then is evaluated on test with the fixed protocol, reading the user's train +
+    valid ratings as history (see `posterkg evaluate --help`); the test_robust row drops test
+    ratings in the same second as the user's last valid one. The model, its id vocabulary,
+    config and metrics go to the `models` and `eval_results` tables. Settings: `[gnn]` (all
+    models), `[train.<model>]` (training, one model), `[models.<model>]` (the model's own).
 
     \b
     Examples:
-      posterkg train                              # the posterkg model, seed 0
-      posterkg train --model lightgcn --seed 1
-      posterkg train --model posterkg-novisual    # ablation: no concept nodes or edges
+      posterkg train                              # [gnn] model (configs/ml1m.toml: posterkg-seq)
+      posterkg train --model sasrec --seed 1 -v   # -v: one line per epoch
+      posterkg train --model posterkg-seq-novisual  # ablation: no concepts, no poster features
     """
     from posterkg.gnn.stage import configs, train_and_store
 
