@@ -225,7 +225,7 @@ class SASRec(Recommender):
         return -(picked * o).sum() / o.sum()
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
-        from posterkg.gnn.train import EarlyStopping, log_row
+        from posterkg.gnn.train import EarlyStopping
 
         device = next(self.parameters()).device
         win, wsg = self._train_windows(inputs.data.history("valid"))
@@ -250,14 +250,7 @@ class SASRec(Recommender):
                 total += float(loss.detach()) / n_batches
             secs += time.perf_counter() - t0
             row = {"epoch": epoch, "loss": total, "seconds": time.perf_counter() - t0}
-            done = False
-            if epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs:
-                valid = valid_fn(self)
-                row["valid_ndcg@20"] = valid["ndcg@20"]
-                done = stop.update(epoch, valid, self)
-            history.append(row)
-            log_row(row, verbose)
-            if done:
+            if stop.end_epoch(epoch, row, train_cfg, valid_fn, self, history, verbose):
                 break
         stop.restore(self)
         self.eval()

@@ -169,6 +169,19 @@ class EarlyStopping:
             self.stale += 1
         return self.stale >= self.patience
 
+    def end_epoch(self, epoch: int, row: dict, cfg: "TrainConfig", valid_fn, model: torch.nn.Module,
+                  history: list, verbose: bool) -> bool:
+        """The end of one epoch for every trainer: evaluate on valid when due, record the row,
+        log it; return True when training should stop."""
+        done = False
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            valid = valid_fn(model)
+            row["valid_ndcg@20"] = valid["ndcg@20"]
+            done = self.update(epoch, valid, model)
+        history.append(row)
+        log_row(row, verbose)
+        return done
+
     def restore(self, model: torch.nn.Module) -> None:
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
@@ -241,14 +254,7 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
         train_seconds += time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch, "loss": sum(totals.values()), **totals,
                                "seconds": time.perf_counter() - t0}
-        done = False
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            valid = valid_fn(model)
-            row["valid_ndcg@20"] = valid["ndcg@20"]
-            done = stop.update(epoch, valid, model)
-        history.append(row)
-        log_row(row, verbose)
-        if done:
+        if stop.end_epoch(epoch, row, cfg, valid_fn, model, history, verbose):
             break
     stop.restore(model)
     model.eval()
