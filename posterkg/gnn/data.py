@@ -203,33 +203,60 @@ class Interactions:
                 "train_pos": int(self.train_pos.nnz), "train_neg": int(self.train_neg.nnz)}
 
 
+PART_CODE = {name: i for i, name in enumerate(PARTS)}   # the part as a UTINYINT code in SQL
+
+
+def read_split_rows(store: Store) -> dict[str, np.ndarray]:
+    """``split`` joined with ``ratings`` as numpy columns, ordered by user, then (timestamp, movie
+    id): ``user_id``/``movie_id`` int32, ``part`` uint8 (the index in :data:`PARTS`; 3 for any
+    other label), ``rating`` float32 (NaN when NULL), ``ts`` int64 (0 when NULL). DuckDB fills
+    the arrays directly (``fetchnumpy``): no per-row Python object (25M ratings: 0.4 GB of
+    columns instead of 4.6 GB with ``part`` as Python strings)."""
+    case = " ".join(f"WHEN '{name}' THEN {code}" for name, code in PART_CODE.items())
+    cols = store.execute(
+        f"SELECT s.user_id::INTEGER AS user_id, s.movie_id::INTEGER AS movie_id, "
+        f"(CASE s.part {case} ELSE {len(PARTS)} END)::UTINYINT AS part, "
+        f"r.rating::FLOAT AS rating, coalesce(r.ts, 0)::BIGINT AS ts FROM split s "
+        f"JOIN ratings r USING (user_id, movie_id) ORDER BY s.user_id, r.ts, s.movie_id"
+    ).fetchnumpy()
+    out = {}
+    for name, dtype, fill in (("user_id", np.int32, 0), ("movie_id", np.int32, 0), ("part", np.uint8, len(PARTS)),
+                              ("rating", np.float32, np.nan), ("ts", np.int64, 0)):
+        col = cols[name]
+        if isinstance(col, np.ma.MaskedArray):
+            col = col.filled(fill)
+        out[name] = np.ascontiguousarray(col, dtype=dtype)
+    return out
+
+
 def load_interactions(store: Store, *, relevant_min: float = RELEVANT_MIN) -> Interactions:
     """Read ``split`` + ``ratings`` (and the ``movies`` catalogue) into :class:`Interactions`."""
     for table in ("movies", "ratings", "split"):
         if not store.table_exists(table):
             raise InputError(f"table {table} is missing: run `posterkg ingest` and `posterkg split` first")
-    movie_ids = store.df("SELECT movie_id FROM movies ORDER BY movie_id")["movie_id"].to_numpy(np.int64)
-    rows = store.df(
-        "SELECT s.user_id, s.movie_id, s.part, r.rating, r.ts FROM split s "
-        "JOIN ratings r USING (user_id, movie_id) ORDER BY s.user_id, r.ts, s.movie_id"
-    )
-    if len(rows) == 0:
+    movie_ids = np.asarray(store.execute("SELECT movie_id FROM movies ORDER BY movie_id").fetchnumpy()["movie_id"],
+                           np.int64)
+    rows = read_split_rows(store)
+    if len(rows["user_id"]) == 0:
         raise InputError("the split table is empty: run `posterkg split` first")
-    user_ids = np.unique(rows["user_id"].to_numpy(np.int64))
-    u_idx = np.searchsorted(user_ids, rows["user_id"].to_numpy(np.int64))
-    mids = rows["movie_id"].to_numpy(np.int64)
+    uid = rows.pop("user_id")
+    # rows are ordered by user: the distinct ids and each row's index without a sort
+    first = np.flatnonzero(np.r_[True, uid[1:] != uid[:-1]])
+    user_ids = uid[first].astype(np.int64)
+    u_idx = np.repeat(np.arange(len(first), dtype=np.int64), np.diff(np.r_[first, len(uid)]))
+    del uid
+    mids = rows.pop("movie_id")
     m_idx = np.searchsorted(movie_ids, mids)
-    m_idx_c = np.minimum(m_idx, len(movie_ids) - 1)
-    unknown = movie_ids[m_idx_c] != mids
+    m_idx_c = np.minimum(m_idx, max(len(movie_ids) - 1, 0))
+    unknown = (movie_ids[m_idx_c] != mids) if len(movie_ids) else np.ones(len(mids), bool)
     if unknown.any():
         raise InputError(f"{int(unknown.sum())} split rows name movies missing from the movies table "
                          f"(e.g. movie {int(mids[unknown][0])})")
-    ratings = rows["rating"].to_numpy(np.float32)
-    ts = rows["ts"].to_numpy(np.int64)
-    part_col = rows["part"].to_numpy()
+    del mids, m_idx_c, unknown
+    ratings, ts, part_col = rows["rating"], rows["ts"], rows["part"]
     parts = {}
-    for name in PARTS:
-        keep = part_col == name
+    for code, name in enumerate(PARTS):
+        keep = part_col == code
         parts[name] = Part(u_idx[keep], m_idx[keep], ratings[keep], ts[keep])
     return Interactions(user_ids, movie_ids, parts, relevant_min)
 
