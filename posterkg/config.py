@@ -41,7 +41,8 @@ DEFAULT_DB = "posterkg.duckdb"
 # Every table a configuration file may hold, and every top-level key. A stage that adds a section
 # adds its name here (one place), so a typo such as ``[tagg]`` is an error naming ``[tag]``.
 SECTIONS = {"ingest", "fetch", "split", "tag", "embed", "schema", "graph", "gnn", "gnn_model",
-            "explain", "interests", "features", "models", "train"}
+            "explain", "interests", "features", "models", "train",
+            "semantic_ids"}   # [semantic_ids.<version>] tables: posterkg/semantic/ids.py
 TOP_LEVEL = {"db"}
 
 

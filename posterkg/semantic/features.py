@@ -1,0 +1,174 @@
+"""Item features of the RQ-VAE: blocks read from the database, standardised, L2-normalised, concatenated.
+
+Blocks (any combination, in the order given):
+
+* ``poster``: the movie's row of ``poster_embeddings`` for the poster encoder;
+* ``text``: its row of ``text_embeddings`` for the text encoder;
+* ``concepts``: its bag over concept ids from ``movie_concept_edges`` (|weight| per concept);
+* ``genres``: multi-hot over ``movies.genres``.
+
+Each block is standardised per dimension (mean and standard deviation over the movies that have
+it; a constant dimension keeps its scale) and each row of it L2-normalised, so every block weighs
+the same in the concatenation. A movie without a requested feature gets zeros for that block
+(counted in ``missing``). The :class:`Normaliser` (means, standard deviations and the concept /
+genre vocabularies of the build) is stored with the version, so a movie ingested later is
+encoded exactly as the build's movies were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from posterkg.errors import ConfigError, InputError
+
+FEATURES = ("poster", "text", "concepts", "genres")
+
+
+@dataclasses.dataclass
+class Block:
+    name: str
+    encoder: str                    # stored encoder name ("" for concepts / genres)
+    vocab: list                     # concept ids / genre names ([] for dense blocks)
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return len(self.mean)
+
+
+@dataclasses.dataclass
+class Normaliser:
+    blocks: list[Block]
+
+    @property
+    def dim(self) -> int:
+        return sum(b.dim for b in self.blocks)
+
+    def to_state(self) -> dict:
+        import torch
+
+        return {"blocks": [{"name": b.name, "encoder": b.encoder, "vocab": list(b.vocab),
+                            "mean": torch.as_tensor(b.mean), "std": torch.as_tensor(b.std)}
+                           for b in self.blocks]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Normaliser":
+        return cls([Block(d["name"], d["encoder"], list(d["vocab"]), d["mean"].numpy().astype(np.float32),
+                          d["std"].numpy().astype(np.float32)) for d in state["blocks"]])
+
+
+def check_features(features) -> list[str]:
+    if not isinstance(features, (list, tuple)) or not features:
+        raise ConfigError(f"semantic-id features must be a non-empty list of {', '.join(FEATURES)}; "
+                          f"got {features!r}")
+    bad = [f for f in features if f not in FEATURES]
+    if bad:
+        raise ConfigError(f"unknown semantic-id feature(s) {', '.join(map(repr, bad))}; known: {', '.join(FEATURES)}")
+    if len(set(features)) != len(features):
+        raise ConfigError(f"semantic-id features repeat a block: {features!r}")
+    return list(features)
+
+
+def _raw_dense(store, kind: str, encoder: str, movie_ids: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+    from posterkg.embed.posters import load_features, resolve_feature_encoder
+
+    table = {"poster": "poster_embeddings", "text": "text_embeddings"}[kind]
+    if not store.table_exists(table):
+        raise InputError(f"table {table} is missing: run `posterkg embed {kind}s` first")
+    name = resolve_feature_encoder(kind, encoder)
+    ids, mat = load_features(store, kind, name)
+    pos = {int(m): i for i, m in enumerate(movie_ids)}
+    out = np.zeros((len(movie_ids), mat.shape[1]), np.float32)
+    has = np.zeros(len(movie_ids), bool)
+    for j, m in enumerate(ids):
+        i = pos.get(int(m))
+        if i is not None:
+            out[i] = mat[j]
+            has[i] = True
+    return name, out, has
+
+
+def _raw_concepts(store, movie_ids: np.ndarray, vocab: list | None):
+    if not store.table_exists("movie_concept_edges"):
+        raise InputError("table movie_concept_edges is missing: run `posterkg graph build` first")
+    mc = store.execute("SELECT movie_id, concept_id, weight FROM movie_concept_edges").fetchnumpy()
+    if vocab is None:
+        vocab = sorted(int(c) for c in np.unique(mc["concept_id"]))
+    if not vocab:
+        raise InputError("movie_concept_edges is empty: run `posterkg graph build` after `posterkg schema`")
+    cpos = {c: j for j, c in enumerate(vocab)}
+    pos = {int(m): i for i, m in enumerate(movie_ids)}
+    out = np.zeros((len(movie_ids), len(vocab)), np.float32)
+    for m, c, w in zip(mc["movie_id"], mc["concept_id"], mc["weight"]):
+        i, j = pos.get(int(m)), cpos.get(int(c))
+        if i is not None and j is not None:
+            out[i, j] = abs(float(w))
+    return vocab, out, out.any(1)
+
+
+def _raw_genres(store, movie_ids: np.ndarray, vocab: list | None):
+    rows = store.execute("SELECT movie_id, genres FROM movies").fetchall()
+    if vocab is None:
+        vocab = sorted({str(g) for _, gs in rows for g in (gs or []) if g and g != "(no genres listed)"})
+    if not vocab:
+        raise InputError("no movie has genres in table movies")
+    gpos = {g: j for j, g in enumerate(vocab)}
+    pos = {int(m): i for i, m in enumerate(movie_ids)}
+    out = np.zeros((len(movie_ids), len(vocab)), np.float32)
+    for m, gs in rows:
+        i = pos.get(int(m))
+        if i is None:
+            continue
+        for g in gs or []:
+            j = gpos.get(str(g))
+            if j is not None:
+                out[i, j] = 1.0
+    return vocab, out, out.any(1)
+
+
+def _apply(raw: np.ndarray, has: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    x = (raw - mean) / std
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x[~has] = 0.0
+    return x.astype(np.float32)
+
+
+def item_features(store, movie_ids: np.ndarray, features: list[str] | None = None, *,
+                  poster_encoder: str = "efficientnet-lite0", text_encoder: str = "minilm",
+                  normaliser: Normaliser | None = None) -> tuple[np.ndarray, Normaliser, dict[str, int]]:
+    """(X float32 [len(movie_ids), dim], normaliser, missing per block) for these movies.
+
+    Without ``normaliser`` the statistics and vocabularies are computed on these movies (a build);
+    with one (an incremental ``assign``) they are the build's, encoders included."""
+    movie_ids = np.asarray(movie_ids, np.int64)
+    if normaliser is None:
+        features = check_features(features)
+        specs = [(f, {"poster": poster_encoder, "text": text_encoder}.get(f, ""), None) for f in features]
+    else:
+        specs = [(b.name, b.encoder, b) for b in normaliser.blocks]
+    blocks, parts, missing = [], [], {}
+    for name, encoder, fixed in specs:
+        vocab: list = []
+        if name in ("poster", "text"):
+            encoder, raw, has = _raw_dense(store, name, encoder, movie_ids)
+            if fixed is not None and raw.shape[1] != fixed.dim:
+                raise InputError(f"{name} embeddings of {encoder!r} now have {raw.shape[1]} dimensions, "
+                                 f"the semantic-id version was built on {fixed.dim}")
+        elif name == "concepts":
+            vocab, raw, has = _raw_concepts(store, movie_ids, fixed.vocab if fixed else None)
+        else:
+            vocab, raw, has = _raw_genres(store, movie_ids, fixed.vocab if fixed else None)
+        if fixed is None:
+            if not has.any():
+                raise InputError(f"no movie has the {name!r} feature")
+            mean = raw[has].mean(0)
+            std = raw[has].std(0)
+            std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+            fixed = Block(name, encoder, vocab, mean.astype(np.float32), std)
+        blocks.append(fixed)
+        parts.append(_apply(raw, has, fixed.mean, fixed.std))
+        missing[name] = int((~has).sum())
+    return np.concatenate(parts, 1), Normaliser(blocks), missing
