@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "embed": ("posterkg.commands.embed", "embed", "Embed posters and movie texts into dense features."),
     "schema": ("posterkg.commands.schema", "schema", "Discover, freeze and project the concept vocabulary."),
     "graph": ("posterkg.commands.graph", "graph", "Build, export and describe the knowledge graphs."),
+    "semantic-ids": ("posterkg.commands.semantic", "semantic_ids", "RQ-VAE semantic IDs of the movies (build, show, assign)."),
     "train": ("posterkg.commands.train", "train", "Train the GNN recommender or a baseline."),
     "evaluate": ("posterkg.commands.train", "evaluate", "Evaluate trained models on the fixed protocol."),
     "recommend": ("posterkg.commands.train", "recommend", "Top-k recommendations for users."),
