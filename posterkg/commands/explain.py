@@ -64,6 +64,15 @@ def refusal(store, user_id: int | None, movie_id: int | None = None) -> str | No
 
 
 model_option = click.option("--model-id", default=None, help="Model to use [default: the newest trained one].")
+interests_option = click.option(
+    "--interests", default=None,
+    help="Stored interests to cite: auto (the graph's own, else the latest stats run), off, a backend "
+         "or a run id [default: [explain] interests, auto].")
+
+
+def _interest_rows(items, n_examples: int):
+    return [(it.horizon, it.polarity, it.concept, it.ctype, f"{it.confidence:g}", it.backend,
+             "; ".join(t for _, t in it.evidence[:n_examples])) for it in items]
 
 
 @click.command()
@@ -75,8 +84,10 @@ model_option = click.option("--model-id", default=None, help="Model to use [defa
 @click.option("--top", "top_paths", type=int, default=None, help="Paths to list [default: 8].")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole explanation as JSON.")
 @model_option
+@interests_option
 @pass_env
-def explain(env: Env, user_id: int, movie_id: int, method, top_paths, as_json: bool, model_id) -> None:
+def explain(env: Env, user_id: int, movie_id: int, method, top_paths, as_json: bool, model_id,
+            interests) -> None:
     """Explain why MOVIE is (or is not) recommended to USER, by concept paths.
 
     Paths are user -> concept -> movie (the user's long/short-term preferences) and
@@ -92,13 +103,13 @@ def explain(env: Env, user_id: int, movie_id: int, method, top_paths, as_json: b
 
     from posterkg.errors import InputError
 
-    cfg = _cfg(env, method=method, top_paths=top_paths, model_id=model_id)
+    cfg = _cfg(env, method=method, top_paths=top_paths, model_id=model_id, interests=interests)
     with env.store(read_only=True) as store:
         why_not = refusal(store, user_id, movie_id)
         if why_not:
             raise InputError(why_not)
         model, mid, note = _model(store, cfg)
-        ex = Explainer(Knowledge(store), model, cfg).explain(user_id, movie_id)
+        ex = Explainer(Knowledge(store, cfg.interests), model, cfg).explain(user_id, movie_id)
     if as_json:
         click.echo(json.dumps(ex.to_dict(), indent=2, default=str))
         return
@@ -118,18 +129,35 @@ def explain(env: Env, user_id: int, movie_id: int, method, top_paths, as_json: b
                   round(e.pref_short, 3), len(e.liked), len(e.disliked)) for e in ex.concepts],
                 ["concept", "type", "relevance", "movie edge", "pref long", "pref short", "liked", "disliked"],
                 title="The movie's concepts")
+    if ex.interest_source:
+        cited = [it for e in ex.cited + ex.against for it in e.interests]
+        click.echo("")
+        click.echo(f"interests: {ex.interest_source}")
+        if cited:
+            print_table(_interest_rows(cited, cfg.examples),
+                        ["horizon", "polarity", "concept", "type", "confidence", "backend", "evidence"],
+                        title="Interests cited (concepts the model's attribution cites)")
+        if ex.context_interests:
+            click.echo("")
+            print_table(_interest_rows(ex.context_interests[: cfg.top_paths], cfg.examples),
+                        ["horizon", "polarity", "concept", "type", "confidence", "backend", "evidence"],
+                        title="Profile context, not reasons: your other interests in this movie's "
+                              "concepts (the explanation does not cite them)")
 
 
 @click.command()
 @common_options
 @click.option("--user", "user_id", type=int, required=True, help="User id.")
 @click.option("--top", type=int, default=5, show_default=True, help="Concepts shown per knowledge type.")
+@interests_option
 @pass_env
-def profile(env: Env, user_id: int, top: int) -> None:
+def profile(env: Env, user_id: int, top: int, interests) -> None:
     """A user's visual profile: concept shares per knowledge type, long vs short term.
 
-    Shares are the user's positive preference scores (table user_prefs) normalised within each
-    knowledge type; the short term is the user's last [graph] short_n ratings. Example:
+    Shares are the user's positive preference scores (table user_prefs, or the stored interests
+    when the graph was built from them) normalised within each knowledge type; the short term is
+    the user's last [graph] short_n ratings. Then the user's stored interests (table
+    user_interests) per knowledge type and horizon, with their evidence movies. Example:
 
     \b
       posterkg profile --user 42
@@ -140,12 +168,12 @@ def profile(env: Env, user_id: int, top: int) -> None:
 
     from posterkg.errors import InputError
 
-    cfg = _cfg(env)
+    cfg = _cfg(env, interests=interests)
     with env.store(read_only=True) as store:
         why_not = refusal(store, user_id)
         if why_not:
             raise InputError(why_not)
-        p = user_profile(Knowledge(store), user_id, cfg, top=top)
+        p = user_profile(Knowledge(store, cfg.interests), user_id, cfg, top=top)
     click.echo(f"user {user_id} (from {p.source})")
     for ctype, g in p.by_type(top).items():
         click.echo("")
@@ -155,6 +183,14 @@ def profile(env: Env, user_id: int, top: int) -> None:
     click.echo("")
     for line in p.summary():
         click.echo(line)
+    if p.interest_source:
+        click.echo("")
+        click.echo(f"Interests ({p.interest_source}):" + ("" if p.interests else " none stored for this user"))
+        for ctype, groups in p.interests_by_type(top).items():
+            click.echo("")
+            print_table([(h, pol, it.concept, f"{it.confidence:g}", "; ".join(t for _, t in it.evidence[: cfg.examples]))
+                         for (h, pol), items in groups.items() for it in items],
+                        ["horizon", "polarity", "concept", "confidence", "evidence"], title=ctype)
 
 
 @click.command()
@@ -200,8 +236,9 @@ def similar(env: Env, movie_id: int, k: int, graph_only: bool, model_id) -> None
 @click.option("--method", type=click.Choice(["gradient", "occlusion", "graph"]), default=None,
               help="How the reasons' paths are weighted.")
 @model_option
+@interests_option
 @pass_env
-def report(env: Env, user_id, movie_id, out: str, k, method, model_id) -> None:
+def report(env: Env, user_id, movie_id, out: str, k, method, model_id, interests) -> None:
     """Write one self-contained HTML page (posters embedded, no network, no JavaScript).
 
     A user page shows the visual profile chart, the recommendations with their reasons and the
@@ -218,7 +255,7 @@ def report(env: Env, user_id, movie_id, out: str, k, method, model_id) -> None:
     if (user_id is None) == (movie_id is None):
         raise ConfigError("give exactly one of --user or --movie")
     over = {"report_k": k} if user_id is not None else {"similar_k": k}
-    cfg = _cfg(env, method=method, model_id=model_id, **over)
+    cfg = _cfg(env, method=method, model_id=model_id, interests=interests, **over)
     with env.store(read_only=True) as store:
         why_not = refusal(store, user_id, movie_id if user_id is None else None)
         if why_not:
@@ -226,7 +263,7 @@ def report(env: Env, user_id, movie_id, out: str, k, method, model_id) -> None:
 
             raise InputError(why_not)
         model, mid, note = _model(store, cfg)
-        kn = Knowledge(store)
+        kn = Knowledge(store, cfg.interests)
         if user_id is not None:
             html = user_report(store, user_id, model, cfg, knowledge=kn, model_id=mid)
         else:

@@ -5,7 +5,9 @@
   ``movie_concept_edges``), weighted by the model (gradient x input on a differentiable edge mask,
   see :mod:`posterkg.explain.attribution`) or, without a model, by the graph alone.
 * :mod:`posterkg.explain.sentences`: plain sentences, positive and negative.
-* :mod:`posterkg.explain.profile`: long- vs short-term concept shares per knowledge type.
+* :mod:`posterkg.explain.profile`: long- vs short-term concept shares per knowledge type, and the
+  user's stored interests (``user_interests``) with their evidence movies.
+* :mod:`posterkg.explain.interests`: a stored interest as explanations cite it.
 * :mod:`posterkg.explain.similar`: item-item neighbours from the learned movie embeddings.
 * :mod:`posterkg.explain.report`: one self-contained HTML page (posters as data URIs, SVG chart).
 * :mod:`posterkg.explain.faithfulness`: deletion test of the cited concepts against random ones.
@@ -36,6 +38,9 @@ class ExplainConfig:
     thumb_width: int = 120     # poster thumbnail width in the report (pixels)
     model_id: str | None = None  # model to use; default: the newest in the models table
     interactions: bool = False  # gradient: also mask the user's interaction edges (slow on big graphs)
+    # stored interests (user_interests) to cite: "auto" (the graph's own if it was built from them,
+    # else the latest stats extraction), "off", or a backend name / run id; docs/interests.md
+    interests: str = "auto"
 
     def __post_init__(self) -> None:
         from posterkg.errors import ConfigError

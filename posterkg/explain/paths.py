@@ -43,9 +43,16 @@ _TRAILING_ARTICLE = re.compile(r"^(.+), (The|A|An|La|Le|Les|L'|Il|Das|Der|Die|El
 
 # -- the tables an explanation reads -------------------------------------------------------------
 class Knowledge:
-    """Titles, concepts and movie-concept edges in memory; per-user rows on demand."""
+    """Titles, concepts and movie-concept edges in memory; per-user rows on demand.
 
-    def __init__(self, store: Store):
+    ``interests``: which stored interests (``user_interests``) explanations and profiles cite
+    (``[explain] interests``): ``"auto"`` (the graph's own when it was built with ``[graph]
+    user_interests``, else the latest ``stats`` extraction of the graph's vocabulary, else none),
+    ``"off"``, or a backend name / run id (:func:`posterkg.interests.edges.resolve`). When the
+    graph's user -> concept edges are those interests, the preference paths use them too
+    (score = +/- confidence), since they are the graph's edges."""
+
+    def __init__(self, store: Store, interests: str = "auto"):
         for t in ("movies", "movie_concept_edges"):
             if not store.table_exists(t):
                 raise InputError(f"table {t} is missing; run `posterkg graph build` first")
@@ -68,6 +75,9 @@ class Knowledge:
             self.movie_concepts[int(m)][int(c)] = float(w)
         self._has_prefs = store.table_exists("user_prefs")
         self._has_edges = store.table_exists("user_movie_edges")
+        from posterkg.interests.edges import resolve
+
+        self.interest_source = resolve(store, interests)
 
     def title(self, movie_id: int) -> str:
         """Display title: MovieLens' "Matrix, The" becomes "The Matrix"."""
@@ -101,8 +111,42 @@ class Knowledge:
             "SELECT movie_id FROM user_movie_edges WHERE user_id = ? ORDER BY ts DESC, movie_id DESC LIMIT ?",
             [int(user_id), int(n)]).movie_id.astype(int).tolist()
 
+    @property
+    def prefs_source(self) -> str:
+        """Where :meth:`prefs` comes from: 'user_prefs' or 'user_interests'."""
+        src = self.interest_source
+        return "user_interests" if src is not None and src.from_graph else "user_prefs"
+
+    def interests(self, user_id: int) -> list:
+        """The user's stored interests of :attr:`interest_source` (strongest first), evidence
+        ids as stored, with titles; [] when no interests are used."""
+        from posterkg.explain.interests import Interest
+        from posterkg.interests.edges import load_interests
+
+        src = self.interest_source
+        if src is None:
+            return []
+        df = load_interests(self.store, src, user_id)
+        return [Interest(int(c), self.name(c), self.ctype(c), str(h), str(p), float(conf),
+                         [(int(m), self.title(m)) for m in (ev if ev is not None else [])],
+                         src.backend, src.model, str(run))
+                for c, h, p, conf, ev, run in zip(df.concept_id, df.horizon, df.polarity, df.confidence,
+                                                   df.evidence, df.run_id)]
+
     def prefs(self, user_id: int):
-        """The user's concept preferences (concept_id, horizon, score, support)."""
+        """The user's concept preferences (concept_id, horizon, score, support): ``user_prefs``,
+        or, when the graph's user -> concept edges are stored interests, those interests
+        (score = +confidence for likes, -confidence for dislikes; support = evidence movies)."""
+        if self.prefs_source == "user_interests":
+            import pandas as pd
+
+            rows: dict[tuple[int, str], list[float]] = {}
+            for it in self.interests(user_id):
+                acc = rows.setdefault((it.concept_id, it.horizon), [0.0, 0])
+                acc[0] += it.sign * it.confidence
+                acc[1] += len(it.evidence)
+            return pd.DataFrame([(c, h, s, n) for (c, h), (s, n) in rows.items() if s != 0],
+                                columns=["concept_id", "horizon", "score", "support"])
         if not self._has_prefs:
             import pandas as pd
 
@@ -160,6 +204,10 @@ class ConceptEvidence:
     # carries more of the movie edge's attribution than its long-term part, else "long"; None when
     # the model has no such split
     model_horizon: str | None = None
+    # the user's stored interests in this concept (posterkg.explain.interests.Interest) whose
+    # polarity matches the side the concept is cited on (likes when cited for, dislikes when
+    # against); filled only for cited concepts
+    interests: list = dataclasses.field(default_factory=list)
 
     @property
     def on_positive_path(self) -> bool:
@@ -185,6 +233,11 @@ class Explanation:
     sentences: list[str] = dataclasses.field(default_factory=list)
     # sequence models: the score's short-term and long-term parts ({"short", "long", "gate"})
     horizon: dict | None = None
+    # the stored interests used (Knowledge.interest_source.label()), None when none are
+    interest_source: str | None = None
+    # profile context, NOT a reason: the user's interests in concepts of this movie that the
+    # attribution did not cite (they did not push this score the way the interest points)
+    context_interests: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -213,7 +266,7 @@ class Explainer:
             for c, h, s in zip(prefs.concept_id, prefs.horizon, prefs.score):
                 pref[int(c)][str(h)] = float(s)
             self._user_cache[user_id] = (pos.movie_id.astype(int).tolist(), neg.movie_id.astype(int).tolist(),
-                                         recent, dict(pref))
+                                         recent, dict(pref), self.k.interests(user_id))
         return self._user_cache[user_id]
 
     def explain(self, user_id: int, movie_id: int) -> Explanation:
@@ -221,7 +274,7 @@ class Explainer:
 
         user_id, movie_id = int(user_id), int(movie_id)
         self.k.check_movie(movie_id)
-        liked, disliked, recent, pref = self._user(user_id)
+        liked, disliked, recent, pref, interests = self._user(user_id)
         mconc = self.k.concepts_of(movie_id)
 
         # 1. enumerate paths with their graph weights
@@ -303,10 +356,32 @@ class Explainer:
         against = sorted((e for e in evidence if e.relevance < 0 and e.movie_edge < 0 and e.on_negative_path),
                          key=key)[: self.cfg.cite]
         paths.sort(key=lambda p: -abs(p.weight))
+        # stored interests: cited only with a concept the attribution cites, on its side (a
+        # liking with a concept cited for, a dislike with one cited against); the user's other
+        # interests in this movie's concepts are profile context, kept apart
+        by_concept: dict[int, list] = defaultdict(list)
+        for it in interests:
+            by_concept[it.concept_id].append(it)
+        used = set()
+        for group, polarity in ((cited, "likes"), (against, "dislikes")):
+            for e in group:
+                # the most confident first; on a tie the horizon the sentence speaks of (recent
+                # when the concept's cited movies or the model's split are short-term)
+                shown = e.liked if polarity == "likes" else e.disliked
+                short = (e.model_horizon == "short" if e.model_horizon is not None
+                         else any(r for _, _, r in shown[: self.cfg.examples]))
+                e.interests = sorted((it for it in by_concept.get(e.concept_id, []) if it.polarity == polarity),
+                                     key=lambda it: (-it.confidence, (it.horizon == "short") != short))
+                used.update(id(it) for it in e.interests)
+        context = [it for c in mconc for it in by_concept.get(c, []) if id(it) not in used]
+        context.sort(key=lambda it: (-it.confidence, it.concept_id, it.horizon, it.polarity))
+        src = self.k.interest_source
         ex = Explanation(user_id, movie_id, self.k.title(movie_id), score, method, note, paths,
                          evidence, cited, against,
                          horizon=None if split is None else {"short": split.short, "long": split.long,
-                                                             "gate": split.gate})
+                                                             "gate": split.gate},
+                         interest_source=None if src is None else src.label(),
+                         context_interests=context)
         ex.sentences = explain_sentences(ex, self.cfg)
         return ex
 

@@ -4,7 +4,14 @@ Shares come from ``user_prefs``: within a (horizon, knowledge type) the positive
 normalised to sum to 1, so "42% of the colour-palette taste is cool blue". Disliked concepts
 (negative scores) are listed apart. When ``user_prefs`` is absent the profile is computed from the
 train positives and ``movie_concept_edges`` (long = all positives, short = the last ``recent``),
-and ``Profile.source`` says so.
+and ``Profile.source`` says so. When the graph's user -> concept edges are stored interests
+(``[graph] user_interests``), the shares are those interests' signed confidences
+(``source = 'user_interests'``).
+
+``Profile.interests`` lists the user's stored interests (``user_interests`` of
+``Knowledge.interest_source``, see ``[explain] interests``) with their evidence movies, the ids
+the record holds turned into titles; :meth:`Profile.interests_by_type` groups them per knowledge
+type, horizon and polarity.
 """
 
 from __future__ import annotations
@@ -33,13 +40,26 @@ class Change:
 @dataclasses.dataclass
 class Profile:
     user_id: int
-    source: str                      # 'user_prefs' | 'interactions'
+    source: str                      # 'user_prefs' | 'user_interests' | 'interactions'
     shares: pd.DataFrame             # ctype, concept_id, concept, long_share, short_share, long_score, short_score
     rising: list[Change]             # short-term share grew the most
     falling: list[Change]            # short-term share fell the most
     new: list[Change]                # in the short term only
     dropped: list[Change]            # in the long term only
     dislikes: list[tuple[int, str, str, float]]   # (concept_id, concept, ctype, score), most disliked first
+    interests: list = dataclasses.field(default_factory=list)   # posterkg.explain.interests.Interest
+    interest_source: str | None = None                          # InterestSource.label(), or None
+
+    def interests_by_type(self, top: int = 5) -> dict[str, dict[tuple[str, str], list]]:
+        """ctype -> (horizon, polarity) -> up to ``top`` interests, most confident first
+        (types in name order; long before short, likes before dislikes)."""
+        out: dict[str, dict[tuple[str, str], list]] = {}
+        for it in sorted(self.interests, key=lambda i: (i.ctype, i.horizon, i.polarity != "likes", -i.confidence,
+                                                        i.concept)):
+            group = out.setdefault(it.ctype, {}).setdefault((it.horizon, it.polarity), [])
+            if len(group) < top:
+                group.append(it)
+        return out
 
     def by_type(self, top: int = 5) -> dict[str, pd.DataFrame]:
         out = {}
@@ -90,7 +110,7 @@ def user_profile(k: Knowledge, user_id: int, cfg: ExplainConfig | None = None, t
     cfg = cfg or ExplainConfig()
     k.check_user(user_id)
     prefs = k.prefs(user_id)
-    source = "user_prefs"
+    source = k.prefs_source
     if len(prefs) == 0:
         prefs = _prefs_from_interactions(k, user_id, cfg.recent)
         source = "interactions"
@@ -117,4 +137,6 @@ def user_profile(k: Knowledge, user_id: int, cfg: ExplainConfig | None = None, t
                      key=lambda c: -c.long_share)[:top]
     neg = shares[shares.long_score < 0].sort_values("long_score")
     dislikes = [(int(r.concept_id), r.concept, r.ctype, float(r.long_score)) for r in neg.head(top).itertuples()]
-    return Profile(int(user_id), source, shares, rising, falling, new, dropped, dislikes)
+    src = k.interest_source
+    return Profile(int(user_id), source, shares, rising, falling, new, dropped, dislikes,
+                   interests=k.interests(user_id), interest_source=None if src is None else src.label())

@@ -1,8 +1,10 @@
 """Self-contained HTML reports: one file, no network, no JavaScript.
 
 * user page: the visual profile as an inline SVG bar chart (long vs short term share per concept,
-  grouped by knowledge type), what changed, the recommendations with their reasons, the posters
-  the user liked recently;
+  grouped by knowledge type), what changed, the user's stored interests (``user_interests``) with
+  their evidence movies, the recommendations with their reasons (and, apart, the interests in a
+  recommendation's concepts that are profile context, not reasons), the posters the user liked
+  recently;
 * movie page: the poster, its knowledge points (``raw_points``) and concepts, the similar movies
   with the concepts they share.
 
@@ -21,6 +23,7 @@ from typing import Any
 
 from posterkg.explain import ExplainConfig
 from posterkg.explain.paths import Explainer, Knowledge
+from posterkg.explain.interests import interest_phrase
 from posterkg.explain.profile import Profile, user_profile
 from posterkg.explain.similar import Similar
 from posterkg.explain.sentences import concept_phrase
@@ -161,7 +164,8 @@ def user_report(store: Store, user_id: int, model=None, cfg: ExplainConfig | Non
         e = ex.explain(user_id, m)
         rows.append(dict(movie_id=m, title=_title_year(k, m), score=float(s), genres=_genres(k, m),
                          thumb=posters.thumb(m), reasons=e.sentences, cited=e.cited, against=e.against,
-                         method=e.method))
+                         method=e.method,
+                         context=[interest_phrase(it, cfg.examples) for it in e.context_interests[: cfg.cite]]))
     methods = sorted({r["method"] for r in rows})
     if methods:
         rec_note += f" Paths weighted by: {', '.join(methods)}."
@@ -172,7 +176,13 @@ def user_report(store: Store, user_id: int, model=None, cfg: ExplainConfig | Non
                    subtitle=f"Visual profile and recommendations for user {user_id}",
                    thumb_width=cfg.thumb_width, recent=cfg.recent, profile=prof,
                    profile_svg=profile_svg(prof), profile_summary=prof.summary(),
-                   recs=rows, rec_note=rec_note, liked=liked_rows)
+                   recs=rows, rec_note=rec_note, liked=liked_rows,
+                   interest_source=prof.interest_source,
+                   interests=[dict(ctype=t, rows=[dict(horizon=h, polarity=pol, concept=it.concept,
+                                                       confidence=it.confidence,
+                                                       evidence=[title for _, title in it.evidence])
+                                                  for (h, pol), items in groups.items() for it in items])
+                              for t, groups in prof.interests_by_type(cfg.cite * 2).items()])
 
 
 def movie_report(store: Store, movie_id: int, model=None, cfg: ExplainConfig | None = None,

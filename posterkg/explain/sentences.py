@@ -107,6 +107,19 @@ def negative_sentence(ex, cfg: ExplainConfig) -> str | None:
     return s + "."
 
 
+def interest_sentence(concepts, cfg: ExplainConfig) -> str | None:
+    """The stored interests behind cited concepts (``ConceptEvidence.interests``), one per
+    concept, the most confident first: "You have a long-term liking for posters with low-key
+    lighting (LLM interest (vllm), confidence 0.75; from Chinatown, The Third Man)." Only
+    concepts the attribution cited carry interests (see ``Explainer.explain``)."""
+    from posterkg.explain.interests import interest_phrase
+
+    phrases = [interest_phrase(e.interests[0], cfg.examples) for e in concepts if e.interests]
+    if not phrases:
+        return None
+    return "You have " + " and ".join(phrases) + "."
+
+
 def horizon_sentence(ex) -> str | None:
     """Sequence models: how much of the score comes from the user's recent ratings."""
     h = getattr(ex, "horizon", None)
@@ -123,13 +136,20 @@ def horizon_sentence(ex) -> str | None:
 
 
 def explain_sentences(ex, cfg: ExplainConfig | None = None) -> list[str]:
-    """The positive sentence, then the negative one when a disliked concept counts against, then
-    (sequence models) the model's own short- vs long-term split."""
+    """The positive sentence (then the stored interests behind its concepts), the negative one
+    when a disliked concept counts against (then the stored dislikes behind it), then (sequence
+    models) the model's own short- vs long-term split."""
     cfg = cfg or ExplainConfig()
     out = [positive_sentence(ex, cfg)]
+    pro = interest_sentence(ex.cited, cfg)
+    if pro:
+        out.append(pro)
     neg = negative_sentence(ex, cfg)
     if neg:
         out.append(neg)
+        con = interest_sentence(ex.against, cfg)
+        if con:
+            out.append(con)
     hz = horizon_sentence(ex)
     if hz:
         out.append(hz)
