@@ -54,7 +54,7 @@ from posterkg.ratings import signs
 class Block(nn.Module):
     """A pre-norm Transformer block (self-attention + GELU feed-forward) over [B, L, d]."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, attn_dropout: float | None = None):
         super().__init__()
         self.heads = heads
         self.ln1 = nn.LayerNorm(dim)
@@ -63,7 +63,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.drop = nn.Dropout(dropout)
-        self.p = dropout
+        # dropout on the attention weights (a [B, heads, L, L] mask: the costliest part of a CPU
+        # step); residual and feed-forward dropout stay `dropout`
+        self.p = dropout if attn_dropout is None or attn_dropout < 0 else attn_dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, L, d = x.shape
@@ -93,6 +95,25 @@ def _windows(history, users: np.ndarray, max_len: int, positives_only: bool):
     return tok, sgn
 
 
+def _batches(lengths: torch.Tensor, bs: int, gen: torch.Generator, *, bucket: bool,
+             chunk: int = 16) -> list[torch.Tensor]:
+    """One epoch's batches of window indices, in random order. With ``bucket``, windows are
+    shuffled, cut into chunks of ``chunk`` batches, sorted by length inside each chunk and
+    batched, and the batches shuffled: batches hold windows of similar length, so trimming the
+    common padding saves about half the positions on MovieLens (median window 81 of 201 slots)
+    while every window is still seen once per epoch."""
+    order = torch.randperm(len(lengths), generator=gen)
+    if not bucket:
+        return [order[s:s + bs] for s in range(0, len(order), bs)]
+    out = []
+    for s in range(0, len(order), chunk * bs):
+        c = order[s:s + chunk * bs]
+        c = c[torch.argsort(lengths[c], stable=True)]
+        out.extend(c[b:b + bs] for b in range(0, len(c), bs))
+    perm = torch.randperm(len(out), generator=gen).tolist()
+    return [out[i] for i in perm]
+
+
 class SASRec(Recommender):
     trainer = "fit"
 
@@ -103,9 +124,11 @@ class SASRec(Recommender):
         heads: int = 2
         max_len: int = 200
         dropout: float = 0.2
+        attn_dropout: float = -1.0    # dropout on attention weights; -1 = same as `dropout`
         inputs: str = "positives"     # "positives" | "all" (every rated movie, with its sign)
         weight_decay: float = 0.0
         horizon: int = 1              # targets: the liked movies among the next `horizon` positions
+        bucket: bool = True           # batch windows of similar length, trim common padding
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -115,7 +138,7 @@ class SASRec(Recommender):
         self.item = nn.Embedding(self.n_movies + 1, c.dim, padding_idx=0)
         self.pos = nn.Embedding(c.max_len, c.dim)
         self.sign = nn.Embedding(4, c.dim, padding_idx=0)
-        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.dropout) for _ in range(c.layers))
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.dropout, c.attn_dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.dim)
         self.drop = nn.Dropout(c.dropout)
         nn.init.normal_(self.item.weight, std=0.02)
@@ -235,15 +258,18 @@ class SASRec(Recommender):
         history, secs = [], 0.0
         bs = train_cfg.batch_size
         n_batches = (len(win) + bs - 1) // bs
+        lengths = (win > 0).sum(1)
         for epoch in range(1, train_cfg.epochs + 1):
             self.train()
             t0 = time.perf_counter()
-            order = torch.randperm(len(win), generator=gen)
+            batches = _batches(lengths, bs, gen, bucket=self.cfg.bucket)
             total = 0.0
-            for start in bar(range(0, len(win), bs), total=n_batches, desc=f"{self.name} epoch {epoch}",
-                             unit="batch", disable=not verbose or None):
-                idx = order[start:start + bs]
-                loss = self.train_loss(win[idx].to(device), wsg[idx].to(device))
+            for idx in bar(batches, total=n_batches, desc=f"{self.name} epoch {epoch}",
+                           unit="batch", disable=not verbose or None):
+                # windows are left-padded: drop the columns that are padding in every window of
+                # the batch (positions stay right-aligned, so the model sees the same inputs)
+                keep = max(2, int(lengths[idx].max()))
+                loss = self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -267,9 +293,11 @@ class PosterKGSeq(SASRec):
         heads: int = 2
         max_len: int = 200
         dropout: float = 0.2
+        attn_dropout: float = -1.0
         inputs: str = "all"
         weight_decay: float = 0.0
         horizon: int = 1
+        bucket: bool = True
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"
