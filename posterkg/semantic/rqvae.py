@@ -15,8 +15,9 @@ Encoder MLP -> ``levels`` residual codebooks of ``codebook_size`` codes of dimen
   ``max(batch_size, 4 K)`` items when the batch has fewer than 4 K items, so that k-means has
   something to cluster).
 * dead-code re-seeding (``reseed = True``): after every epoch but the last, codes that no item
-  chose in that epoch are set to the residuals (at that level) of distinct random items, and
-  their optimizer state is cleared.
+  chose in that epoch are set to the residuals (at that level) of distinct random items, drawn
+  with probability proportional to their squared quantisation error (k-means++ style), and their
+  optimizer state is cleared.
 * :meth:`RQVAE.codes` is eval mode and argmin distance: deterministic for a fixed model.
 
 Everything here works on tensors/arrays; nothing opens the database (see :mod:`posterkg.semantic.ids`).
@@ -167,7 +168,8 @@ class RQVAE(nn.Module):
     @torch.no_grad()
     def reseed_dead(self, x: torch.Tensor, used: torch.Tensor, gen: torch.Generator,
                     optimizer: torch.optim.Optimizer | None = None) -> int:
-        """Codes unused (``used[l, k] == 0``) := residuals of distinct random items at that level.
+        """Codes unused (``used[l, k] == 0``) := residuals of distinct random items at that level
+        (drawn proportionally to their squared quantisation error).
         Returns how many codes were re-seeded."""
         self.eval()
         z = self.encoder(x)
@@ -180,7 +182,14 @@ class RQVAE(nn.Module):
             if len(dead) == 0:
                 continue
             k = min(len(dead), len(x))
-            pick = torch.randperm(len(x), generator=gen)[:k].to(x.device)
+            # distinct random items, drawn with probability proportional to their squared
+            # quantisation error at this level (k-means++ style): a dead code lands where the
+            # live codes serve the items worst, not inside a cluster that already has its code
+            c = self.codebooks[lvl]
+            err = _sq_dist(residuals[lvl], c).min(1).values.clamp_min(0).cpu().double()
+            if float(err.sum()) <= 0:
+                err = torch.ones_like(err)
+            pick = torch.multinomial(err / err.sum(), k, replacement=False, generator=gen).to(x.device)
             self.codebooks.data[lvl, dead[:k]] = residuals[lvl][pick]
             if state:
                 for key in ("exp_avg", "exp_avg_sq"):

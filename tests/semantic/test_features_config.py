@@ -1,0 +1,93 @@
+"""Item features (blocks standardised + L2-normalised, zeros for a missing feature) and the
+[semantic_ids.<version>] config tables."""
+
+import numpy as np
+import pytest
+
+from posterkg.config import Config
+from posterkg.errors import ConfigError, InputError
+from posterkg.semantic.features import item_features
+from posterkg.semantic.ids import SemanticConfig, build_version, version_config, version_configs
+from posterkg.store import open_store
+
+
+@pytest.fixture
+def tiny_store(tmp_path):
+    store = open_store(tmp_path / "t.duckdb")
+    store.execute("CREATE TABLE movies (movie_id INTEGER PRIMARY KEY, title VARCHAR, year INTEGER, genres VARCHAR[])")
+    store.execute("INSERT INTO movies VALUES (1, 'a', 1990, ['Drama']), (2, 'b', 1991, ['Comedy', 'Drama']), "
+                  "(3, 'c', 1992, ['Action']), (4, 'd', 1993, [])")
+    store.execute("CREATE TABLE movie_concept_edges (movie_id INTEGER, concept_id INTEGER, type VARCHAR, weight DOUBLE)")
+    store.execute("INSERT INTO movie_concept_edges VALUES (1, 10, 'x', 1.0), (1, 11, 'x', -0.5), (2, 11, 'x', 2.0), "
+                  "(4, 12, 'x', 1.0)")
+    yield store
+    store.close()
+
+
+def test_blocks_are_standardised_normalised_and_zero_when_missing(tiny_store):
+    ids = np.array([1, 2, 3, 4])
+    x, norm, missing = item_features(tiny_store, ids, ["concepts", "genres"])
+    assert [b.name for b in norm.blocks] == ["concepts", "genres"]
+    assert norm.blocks[0].vocab == [10, 11, 12] and norm.blocks[1].vocab == ["Action", "Comedy", "Drama"]
+    assert x.shape == (4, 6) and missing == {"concepts": 1, "genres": 1}
+    c, g = x[:, :3], x[:, 3:]
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), [1, 1, 0, 1], atol=1e-6)   # movie 3: no concepts
+    np.testing.assert_allclose(np.linalg.norm(g, axis=1), [1, 1, 1, 0], atol=1e-6)   # movie 4: no genres
+    # standardised on the movies that have the block: the mean of raw |weight| is subtracted
+    raw = np.array([[1.0, 0.5, 0], [0, 2.0, 0], [0, 0, 1.0]])
+    z = (raw - raw.mean(0)) / raw.std(0)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    np.testing.assert_allclose(c[[0, 1, 3]], z, atol=1e-5)
+    # the build's normaliser encodes a movie the same way later (the statistics are frozen)
+    x2, _, _ = item_features(tiny_store, np.array([2]), normaliser=norm)
+    np.testing.assert_allclose(x2[0], x[1], atol=1e-6)
+
+
+def test_missing_tables_name_the_command(tiny_store):
+    with pytest.raises(InputError, match="posterkg embed posters"):
+        item_features(tiny_store, np.array([1]), ["poster"])
+    with pytest.raises(InputError, match="posterkg embed texts"):
+        item_features(tiny_store, np.array([1]), ["text"])
+    with pytest.raises(ConfigError, match="unknown semantic-id feature"):
+        item_features(tiny_store, np.array([1]), ["pixels"])
+
+
+def test_build_version_on_a_tiny_store_and_refusal(tiny_store):
+    from posterkg.semantic import load_codes
+
+    cfg = SemanticConfig(features=["genres", "concepts"], levels=2, codebook_size=2, code_dim=2, hidden=[8], epochs=3)
+    s = build_version(tiny_store, "t", cfg)
+    ids, codes = load_codes(tiny_store, "t")
+    assert ids.tolist() == [1, 2, 3, 4] and codes.shape == (4, 3) and codes.dtype == np.int64
+    assert len({tuple(r) for r in codes}) == 4
+    assert s["missing"] == {"genres": 1, "concepts": 1}
+    with pytest.raises(InputError, match="--rebuild"):
+        build_version(tiny_store, "t", cfg)
+    with pytest.raises(InputError, match="semantic-ids build --version nope"):
+        load_codes(tiny_store, "nope")
+
+
+def test_config_tables(tmp_path):
+    assert set(version_configs(None)) == {"poster", "text"}
+    assert version_configs(None)["text"].features == ["text", "genres"]
+    p = tmp_path / "c.toml"
+    p.write_text('[semantic_ids.poster]\ncodebook_size = 128\n[semantic_ids.mix]\nfeatures = ["poster", "concepts"]\n')
+    cfg = Config.load(p)
+    vs = version_configs(cfg)
+    assert set(vs) == {"poster", "mix"}
+    assert vs["poster"].features == ["poster", "genres"] and vs["poster"].codebook_size == 128
+    assert version_config(cfg, "text").features == ["text", "genres"]     # defaults stay reachable
+    with pytest.raises(ConfigError, match="unknown semantic-id version"):
+        version_config(cfg, "other")
+    p.write_text('[semantic_ids.poster]\ncodebok_size = 128\n')
+    with pytest.raises(ConfigError, match="codebook_size"):
+        version_configs(Config.load(p))
+    p.write_text('[semantic_ids.poster]\nfeatures = ["poster", "gneres"]\n')
+    with pytest.raises(ConfigError, match="unknown semantic-id feature"):
+        version_configs(Config.load(p))
+    p.write_text('[semantic_ids]\nlevels = 3\n')
+    with pytest.raises(ConfigError, match="each semantic-id version is a table"):
+        version_configs(Config.load(p))
+    p.write_text('[semantic_id.poster]\nlevels = 3\n')
+    with pytest.raises(ConfigError, match="semantic_ids"):
+        Config.load(p)
