@@ -30,7 +30,6 @@ reads=("movies", "posters"), run=run_embed)``.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import datetime as dt
 import json
@@ -42,6 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from posterkg.engines.work import Outcome
 from posterkg.errors import ConfigError, InputError
 from posterkg.progress import bar
 from posterkg.store import Store
@@ -131,28 +131,9 @@ def _insert_arrow(store: Store, table: str, tbl: pa.Table) -> None:
 
 # -- posters ---------------------------------------------------------------------------------------
 
-def _select_posters(store: Store, movies: Sequence[int] | None, limit: int | None):
-    if not store.table_exists("posters"):
-        raise InputError("no posters table: run `posterkg ingest movielens DIR --posters DIR` first")
-    sql = "SELECT movie_id, path, status, error FROM posters"
-    params: list[Any] = []
-    if movies is not None:
-        sql += " WHERE movie_id IN (SELECT unnest(?::INTEGER[]))"
-        params.append([int(m) for m in movies])
-    sql += " ORDER BY movie_id"
-    if limit:
-        sql += f" LIMIT {int(limit)}"
-    rows = store.execute(sql, params).fetchall()
-    missing: list[int] = []
-    if movies is not None:
-        missing = sorted({int(m) for m in movies} - {int(r[0]) for r in rows})
-        if limit:
-            missing = missing[: max(0, int(limit) - len(rows))]
-    return rows, missing
-
-
 def _load_batch(encoder, jobs: list[tuple[int, str]]):
-    """Decode + prepare one batch (runs in the helper thread). Returns (ok ids, prepared, failures)."""
+    """Decode + prepare one batch (the helper thread's part). Returns (ok ids, images, prepared,
+    failures, error)."""
     from posterkg.vlm.images import CorruptImage, load_image
 
     ok_ids, images, failures = [], [], []
@@ -172,110 +153,178 @@ def _load_batch(encoder, jobs: list[tuple[int, str]]):
     return ok_ids, images, prepared, failures, error
 
 
+@dataclasses.dataclass(frozen=True)
+class EncoderRef:
+    """A picklable recipe for an image encoder: ``load_image_encoder(name, device=..., **options)``
+    where it runs (the ray engine builds it once per actor)."""
+
+    name: str
+    device: str = "auto"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def create(self):
+        from posterkg.embed.image import load_image_encoder
+
+        return load_image_encoder(self.name, device=self.device, **dict(self.options))
+
+
+class EmbedWorker:
+    """Poster embedding as a :class:`~posterkg.engines.work.Worker`: decode + prepare in ``load``,
+    the forward pass in ``compute``; a batch that fails is retried poster by poster, so one bad
+    poster costs only itself; non-finite vectors are failures."""
+
+    def __init__(self, encoder, *, owned: bool = False):
+        self.encoder, self.owned = encoder, owned
+
+    def load(self, batch: list[tuple[int, str]]):
+        return _load_batch(self.encoder, batch)
+
+    def compute(self, loaded) -> list[Outcome]:
+        encoder = self.encoder
+        ok_ids, images, prepared, failures, error = loaded
+        mat = None
+        if ok_ids:
+            try:
+                if error is not None:
+                    raise error
+                mat = np.asarray(encoder.encode_prepared(prepared), dtype=np.float32)
+                if mat.shape != (len(ok_ids), int(encoder.dim)):
+                    raise RuntimeError(f"encoder returned shape {mat.shape} for {len(ok_ids)} posters")
+            except Exception:  # noqa: BLE001 - retry one by one: one bad poster costs only itself
+                mat, ok_ids, more = _one_by_one(encoder, ok_ids, images)
+                failures = failures + more
+            if not np.isfinite(mat).all():
+                bad = ~np.isfinite(mat).all(axis=1)
+                failures = failures + [(m, "encoder_error", "non-finite vector")
+                                       for m, b in zip(ok_ids, bad) if b]
+                ok_ids = [m for m, b in zip(ok_ids, bad) if not b]
+                mat = mat[~bad]
+        out = [Outcome(int(m), mat[i]) for i, m in enumerate(ok_ids)]
+        return out + [Outcome(int(m), None, r, e) for m, r, e in failures]
+
+    def close(self) -> None:
+        if self.owned:
+            self.encoder.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedWork:
+    """The :class:`~posterkg.engines.work.WorkRef` of poster embedding; vectors travel as float32 bytes."""
+
+    encoder: EncoderRef
+
+    def open(self) -> EmbedWorker:
+        return EmbedWorker(self.encoder.create(), owned=True)
+
+    def identity(self, worker: EmbedWorker) -> dict[str, Any]:
+        enc = worker.encoder
+        return {"encoder": str(enc.name), "dim": int(enc.dim), "device": getattr(enc, "device", "cpu")}
+
+    def dump_value(self, value: Any) -> bytes:
+        return np.asarray(value, dtype=np.float32).tobytes()
+
+    def load_value(self, data: bytes) -> Any:
+        return np.frombuffer(data, dtype=np.float32)
+
+
 def embed_posters(store: Store, encoder, *, batch_size: int = 16, limit: int | None = None,
                   movies: Sequence[int] | None = None, retry_failed: bool = False,
                   params: dict[str, Any] | None = None, desc: str | None = None,
-                  on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Embed posters with ``encoder`` (an :class:`~posterkg.embed.image.base.ImageEncoder`) into
-    ``poster_embeddings``; return a summary dict (run_id, encoder, dim, selected, done, skipped,
-    failed, failures {reason: n}, seconds, posters_per_s).
+                  on_batch: Callable[[int], None] | None = None, engine=None) -> dict[str, Any]:
+    """Embed posters with ``encoder`` (an :class:`~posterkg.embed.image.base.ImageEncoder`, or an
+    :class:`EncoderRef`) into ``poster_embeddings``; return a summary dict (run_id, encoder, dim,
+    engine, selected, done, skipped, failed, failures {reason: n}, seconds, posters_per_s).
 
     ``limit`` = the first N selected posters by movie id (a rerun with the same limit is a
     no-op); ``movies`` restricts to these ids. ``on_batch(n_committed)`` is called after each
-    committed batch (tests, progress hooks).
+    committed batch (tests, progress hooks). ``engine`` (:func:`posterkg.engines.make_engine`;
+    default local) says where the encoder runs; the ray engine needs an :class:`EncoderRef`.
     """
+    from posterkg.engines import LocalEngine
+
     if batch_size < 1:
         raise ConfigError("batch_size must be >= 1")
     ensure_tables(store)
-    name = str(encoder.name)
-    rows, missing = _select_posters(store, movies, limit)
-    previous = {int(m): (s, int(a)) for m, s, a in store.execute(
-        "SELECT movie_id, status, attempts FROM poster_embed_status WHERE encoder = ?", [name]).fetchall()}
+    engine = engine or LocalEngine()
+    if isinstance(encoder, EncoderRef):
+        ident, handle = engine.identity(EmbedWork(encoder))
+    elif isinstance(engine, LocalEngine):
+        ident = {"encoder": str(encoder.name), "dim": int(encoder.dim), "device": getattr(encoder, "device", "cpu")}
+        handle = EmbedWorker(encoder)
+    else:
+        raise ConfigError(f"the {engine.name} engine builds the encoder on its workers: pass an EncoderRef")
+    try:
+        return _embed(store, engine, handle, ident, batch_size=batch_size, limit=limit, movies=movies,
+                      retry_failed=retry_failed, params=params, desc=desc, on_batch=on_batch)
+    finally:
+        if isinstance(handle, EmbedWorker):
+            handle.close()
 
-    def wanted(m: int) -> bool:
-        prev = previous.get(m)
-        return not prev or (prev[0] == "failed" and retry_failed)
 
-    todo = [(int(m), p, s, e) for m, p, s, e in rows if wanted(int(m))]
-    todo_missing = [m for m in missing if wanted(m)]
-    skipped = (len(rows) - len(todo)) + (len(missing) - len(todo_missing))
+def _embed(store: Store, engine, handle, ident: dict[str, Any], *, batch_size, limit, movies, retry_failed,
+           params, desc, on_batch) -> dict[str, Any]:
+    from posterkg.engines import plan_posters
 
+    name, dim = ident["encoder"], int(ident["dim"])
+    plan = plan_posters(store, "SELECT movie_id, status, attempts FROM poster_embed_status WHERE encoder = ?",
+                        [name], movies=movies, limit=limit or None, retry_failed=retry_failed,
+                        missing_table="run `posterkg ingest movielens DIR --posters DIR` first")
     run_id = _run_id()
     run_params = {"batch_size": batch_size, "limit": limit, "retry_failed": retry_failed,
-                  "device": getattr(encoder, "device", "cpu"), **(params or {})}
+                  "device": ident["device"], **engine.describe(), **(params or {})}
     store.execute("INSERT INTO feature_runs (run_id, kind, encoder, dim, started_at, skipped, params) "
                   "VALUES (?, 'poster', ?, ?, ?, ?, ?)",
-                  [run_id, name, int(encoder.dim), _now(), skipped, json.dumps(run_params, default=str)])
+                  [run_id, name, dim, _now(), plan.skipped, json.dumps(run_params, default=str)])
     counts = {"done": 0, "failed": 0}
     reasons: dict[str, int] = {}
 
-    def write(ids: list[int], mat: np.ndarray | None, failures: list[tuple[int, str, str]]) -> None:
+    def write(outcomes: list[Outcome]) -> None:
         now = _now()
-        status = [(m, name, "done", None, None, previous.get(m, ("", 0))[1] + 1, run_id, now) for m in ids]
-        status += [(m, name, "failed", r, (e or "")[:2000], previous.get(m, ("", 0))[1] + 1, run_id, now)
-                   for m, r, e in failures]
+        ok = [o for o in outcomes if o.ok]
+        failures = [o for o in outcomes if not o.ok]
+        ids = [o.movie_id for o in ok]
+        status = [(o.movie_id, name, "done", None, None, plan.attempt(o.movie_id), run_id, now) for o in ok]
+        status += [(o.movie_id, name, "failed", o.reason, (o.error or "")[:2000], plan.attempt(o.movie_id),
+                    run_id, now) for o in failures]
         with store.transaction() as con:
-            if ids:
+            if ok:
+                mat = np.stack([np.asarray(o.value, dtype=np.float32) for o in ok])
                 _insert_arrow(store, "poster_embeddings", _vector_table(ids, name, mat, now))
             if failures:   # a poster that failed now has no vector of this encoder
                 con.execute("DELETE FROM poster_embeddings WHERE encoder = ? AND movie_id IN "
-                            "(SELECT unnest(?::INTEGER[]))", [name, [m for m, _, _ in failures]])
+                            "(SELECT unnest(?::INTEGER[]))", [name, [o.movie_id for o in failures]])
             if status:
                 con.executemany("INSERT OR REPLACE INTO poster_embed_status VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                 status)
             con.execute("UPDATE feature_runs SET done = done + ?, failed = failed + ? WHERE run_id = ?",
-                        [len(ids), len(failures), run_id])
-        counts["done"] += len(ids)
+                        [len(ok), len(failures), run_id])
+        counts["done"] += len(ok)
         counts["failed"] += len(failures)
-        for _, r, _ in failures:
-            reasons[r] = reasons.get(r, 0) + 1
+        for o in failures:
+            reasons[o.reason] = reasons.get(o.reason, 0) + 1
 
-    unsendable = [(m, "corrupt_image", f"poster status {s}: {e or ''}".strip()) for m, _, s, e in todo if s != "ok"]
-    unsendable += [(m, "no_poster", "no row in the posters table") for m in todo_missing]
-    if unsendable:
-        write([], None, unsendable)
-    jobs = [(m, p) for m, p, s, _ in todo if s == "ok"]
-    batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+    def commit(outcomes: list[Outcome]) -> None:
+        write(outcomes)
+        if on_batch is not None:
+            on_batch(counts["done"] + counts["failed"])
+
+    if plan.unsendable:
+        write(plan.unsendable)
 
     t0 = time.perf_counter()
-    progress = bar(total=len(jobs), desc=desc or f"embed {name}", unit="poster")
-    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterkg-embed-load")
+    progress = bar(total=len(plan.jobs), desc=desc or f"embed {name}", unit="poster")
     try:
-        future = pool.submit(_load_batch, encoder, batches[0]) if batches else None
-        for i in range(len(batches)):
-            ok_ids, images, prepared, failures, error = future.result()
-            future = pool.submit(_load_batch, encoder, batches[i + 1]) if i + 1 < len(batches) else None
-            mat = None
-            if ok_ids:
-                try:
-                    if error is not None:
-                        raise error
-                    mat = np.asarray(encoder.encode_prepared(prepared), dtype=np.float32)
-                    if mat.shape != (len(ok_ids), int(encoder.dim)):
-                        raise RuntimeError(f"encoder returned shape {mat.shape} for {len(ok_ids)} posters")
-                except Exception:  # noqa: BLE001 - retry one by one: one bad poster costs only itself
-                    mat, ok_ids, more = _one_by_one(encoder, ok_ids, images)
-                    failures = failures + more
-                if not np.isfinite(mat).all():
-                    bad = ~np.isfinite(mat).all(axis=1)
-                    failures = failures + [(m, "encoder_error", "non-finite vector")
-                                           for m, b in zip(ok_ids, bad) if b]
-                    ok_ids = [m for m, b in zip(ok_ids, bad) if not b]
-                    mat = mat[~bad]
-            write(ok_ids, mat, failures)
-            progress.update(len(batches[i]))
-            if on_batch is not None:
-                on_batch(counts["done"] + counts["failed"])
+        engine.run(handle, plan.jobs, batch_size, commit, progress=progress)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         progress.close()
         store.execute("UPDATE feature_runs SET finished_at = ? WHERE run_id = ?", [_now(), run_id])
     seconds = time.perf_counter() - t0
-    return {"run_id": run_id, "kind": "poster", "encoder": name, "dim": int(encoder.dim),
-            "device": getattr(encoder, "device", "cpu"), "selected": len(rows) + len(missing),
-            "done": counts["done"], "skipped": skipped, "failed": counts["failed"],
+    n_jobs = len(plan.jobs)
+    return {"run_id": run_id, "kind": "poster", "encoder": name, "dim": dim, "engine": engine.name,
+            "device": ident["device"], "selected": plan.selected,
+            "done": counts["done"], "skipped": plan.skipped, "failed": counts["failed"],
             "failures": dict(sorted(reasons.items())), "seconds": seconds,
-            "posters_per_s": len(jobs) / seconds if jobs and seconds > 0 else 0.0}
+            "posters_per_s": n_jobs / seconds if n_jobs and seconds > 0 else 0.0}
 
 
 def _one_by_one(encoder, ids: list[int], images: list):

@@ -28,16 +28,18 @@ reason ``no_poster``. Every answer is validated against the very JSON schema sen
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from posterkg.errors import InputError
+from posterkg.engines.work import Outcome
+from posterkg.errors import ConfigError
 from posterkg.progress import bar
 from posterkg.store import Store
 from posterkg.vlm.base import Backend, PosterJob, TagResult, TagSpec
@@ -104,68 +106,110 @@ def _reason_of(exc: BaseException) -> str:
     return getattr(exc, "reason", None) or "backend_error"
 
 
-def _select_posters(store: Store, movies: Sequence[int] | None, limit: int | None):
-    if not store.table_exists("posters"):
-        raise InputError("no posters table: run `posterkg ingest` (with posters) first")
-    sql = "SELECT movie_id, path, status, error FROM posters"
-    params: list[Any] = []
-    if movies is not None:
-        sql += " WHERE movie_id IN (SELECT unnest(?::INTEGER[]))"
-        params.append([int(m) for m in movies])
-    sql += " ORDER BY movie_id"
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
-    rows = store.execute(sql, params).fetchall()
-    missing: list[int] = []
-    if movies is not None:
-        found = {r[0] for r in rows}
-        missing = sorted({int(m) for m in movies} - found)
-        if limit is not None:
-            missing = missing[: max(0, int(limit) - len(rows))]
-    return rows, missing
+@dataclasses.dataclass(frozen=True)
+class BackendRef:
+    """A picklable recipe for a backend: ``get_backend(name, model, **options)`` where it runs (the
+    ray engine builds it once per actor; the local engine in this process)."""
+
+    name: str
+    model: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def create(self) -> Backend:
+        from posterkg.vlm.backends import get_backend
+
+        return get_backend(self.name, self.model, **dict(self.options))
 
 
-def tag_posters(store: Store, backend: Backend, spec: TagSpec, *, movies: Sequence[int] | None = None,
+class TagWorker:
+    """Tagging as a :class:`~posterkg.engines.work.Worker`: a batch of posters -> validated points."""
+
+    def __init__(self, backend: Backend, spec: TagSpec, *, owned: bool = False):
+        self.backend, self.spec, self.owned = backend, spec, owned
+
+    def load(self, batch: list[tuple[int, str]]) -> list[PosterJob]:
+        return [PosterJob(int(m), Path(p)) for m, p in batch]   # backends decode images themselves
+
+    def compute(self, jobs: list[PosterJob]) -> list[Outcome]:
+        return [Outcome(*_outcome(r, self.spec)) for r in _run_batch(self.backend, jobs, self.spec)]
+
+    def close(self) -> None:
+        if self.owned:
+            self.backend.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class TagWork:
+    """The :class:`~posterkg.engines.work.WorkRef` of tagging: backend recipe + spec; points travel
+    between processes as JSON (floats round-trip exactly)."""
+
+    backend: BackendRef
+    spec: TagSpec
+
+    def open(self) -> TagWorker:
+        return TagWorker(self.backend.create(), self.spec, owned=True)
+
+    def identity(self, worker: TagWorker) -> dict[str, Any]:
+        return {"backend": worker.backend.name, "model": worker.backend.model}
+
+    def dump_value(self, value: Any) -> bytes:
+        return json.dumps(value).encode()
+
+    def load_value(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+def tag_posters(store: Store, backend: Backend | BackendRef, spec: TagSpec, *, movies: Sequence[int] | None = None,
                 limit: int | None = None, batch_size: int = 8, retry_failed: bool = False,
-                params: dict[str, Any] | None = None, desc: str | None = None) -> dict[str, Any]:
+                params: dict[str, Any] | None = None, desc: str | None = None,
+                engine=None, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Tag posters with ``backend`` and store validated points; return a summary dict.
 
     ``movies`` restricts to these movie ids, ``limit`` to the first N selected posters (by movie
     id), so a rerun with the same arguments is a no-op once everything is done. The summary has
-    run_id, backend, model, schema_hash, mode, selected, done, skipped, failed, points,
+    run_id, backend, model, schema_hash, mode, engine, selected, done, skipped, failed, points,
     points_per_type, failures (reason -> count), seconds, posters_per_s.
+
+    ``engine`` (:func:`posterkg.engines.make_engine`; default local) says where the backend runs;
+    the ray engine needs ``backend`` as a :class:`BackendRef` (it builds the backend on its
+    actors). ``on_batch(n_committed)`` is called after each committed batch.
     """
+    from posterkg.engines import LocalEngine
+
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     ensure_tables(store)
-    key = (backend.name, backend.model, spec.schema_hash)
-    rows, missing = _select_posters(store, movies, limit)
-    previous = {
-        int(m): (s, int(a))
-        for m, s, a in store.execute(
-            "SELECT movie_id, status, attempts FROM tag_status "
-            "WHERE backend = ? AND model = ? AND schema_hash = ?", list(key)).fetchall()
-    }
+    engine = engine or LocalEngine()
+    if isinstance(backend, BackendRef):
+        ident, handle = engine.identity(TagWork(backend, spec))
+    elif isinstance(engine, LocalEngine):
+        ident, handle = {"backend": backend.name, "model": backend.model}, TagWorker(backend, spec)
+    else:
+        raise ConfigError(f"the {engine.name} engine builds the backend on its workers: pass a BackendRef")
+    try:
+        return _tag(store, engine, handle, (ident["backend"], ident["model"], spec.schema_hash), spec,
+                    movies=movies, limit=limit, batch_size=batch_size, retry_failed=retry_failed,
+                    params=params, desc=desc, on_batch=on_batch)
+    finally:
+        if isinstance(handle, TagWorker):
+            handle.close()
 
-    todo: list[tuple[int, str, str, str | None]] = []
-    skipped = 0
-    for movie_id, path, status, error in rows:
-        prev = previous.get(int(movie_id))
-        if prev and (prev[0] == "done" or (prev[0] == "failed" and not retry_failed)):
-            skipped += 1
-            continue
-        todo.append((int(movie_id), path, status, error))
-    todo_missing = [m for m in missing
-                    if not (m in previous and (previous[m][0] == "done" or not retry_failed))]
-    skipped += len(missing) - len(todo_missing)
 
+def _tag(store: Store, engine, handle, key: tuple[str, str, str], spec: TagSpec, *, movies, limit, batch_size,
+         retry_failed, params, desc, on_batch) -> dict[str, Any]:
+    from posterkg.engines import plan_posters
+
+    plan = plan_posters(store, "SELECT movie_id, status, attempts FROM tag_status "
+                        "WHERE backend = ? AND model = ? AND schema_hash = ?", key,
+                        movies=movies, limit=limit, retry_failed=retry_failed,
+                        missing_table="run `posterkg ingest` (with posters) first")
     run_id = f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     run_params = {"batch_size": batch_size, "limit": limit, "retry_failed": retry_failed,
-                  "movies": len(movies) if movies is not None else None, **(params or {})}
+                  "movies": len(movies) if movies is not None else None, **engine.describe(), **(params or {})}
     store.execute(
         "INSERT INTO tag_runs (run_id, backend, model, schema_hash, mode, started_at, skipped, params) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [run_id, *key, spec.mode, _now(), skipped, json.dumps(run_params, default=str)],
+        [run_id, *key, spec.mode, _now(), plan.skipped, json.dumps(run_params, default=str)],
     )
 
     counts = {"done": 0, "failed": 0, "points": 0}
@@ -173,24 +217,24 @@ def tag_posters(store: Store, backend: Backend, spec: TagSpec, *, movies: Sequen
     reasons: collections.Counter[str] = collections.Counter()
     t0 = time.perf_counter()
 
-    def write(outcomes: list[tuple[int, list[dict[str, Any]] | None, str | None, str | None]]) -> None:
+    def write(outcomes: list[Outcome]) -> None:
         """Store one batch: points + statuses + run counters, in one transaction."""
         point_rows = []
         status_rows = []
         now = _now()
-        for movie_id, points, reason, error in outcomes:
-            attempts = previous.get(movie_id, ("", 0))[1] + 1
-            if points is not None:
-                for p in points:
-                    point_rows.append((movie_id, p["type"], p["value"], float(p["confidence"]),
+        for o in outcomes:
+            attempts = plan.attempt(o.movie_id)
+            if o.ok:
+                for p in o.value:
+                    point_rows.append((o.movie_id, p["type"], p["value"], float(p["confidence"]),
                                        *key, run_id))
-                status_rows.append((movie_id, *key, "done", None, None, run_id, attempts, now))
+                status_rows.append((o.movie_id, *key, "done", None, None, run_id, attempts, now))
             else:
-                status_rows.append((movie_id, *key, "failed", reason, (error or "")[:2000],
+                status_rows.append((o.movie_id, *key, "failed", o.reason, (o.error or "")[:2000],
                                     run_id, attempts, now))
-        done = sum(1 for o in outcomes if o[1] is not None)
+        done = sum(1 for o in outcomes if o.ok)
         failed = len(outcomes) - done
-        ids = [o[0] for o in outcomes]
+        ids = [o.movie_id for o in outcomes]
         with store.transaction() as con:
             con.execute(
                 "DELETE FROM raw_points WHERE backend = ? AND model = ? AND schema_hash = ? "
@@ -206,38 +250,37 @@ def tag_posters(store: Store, backend: Backend, spec: TagSpec, *, movies: Sequen
         counts["done"] += done
         counts["failed"] += failed
         counts["points"] += len(point_rows)
-        for movie_id, points, reason, _ in outcomes:
-            if points is None:
-                reasons[reason or "backend_error"] += 1
+        for o in outcomes:
+            if o.ok:
+                per_type.update(p["type"] for p in o.value)
             else:
-                per_type.update(p["type"] for p in points)
+                reasons[o.reason or "backend_error"] += 1
+
+    def commit(outcomes: list[Outcome]) -> None:
+        write(outcomes)
+        if on_batch is not None:
+            on_batch(counts["done"] + counts["failed"])
 
     # posters that cannot be sent: recorded at once, one transaction
-    unsendable = [(m, None, "corrupt_image", f"poster status {s}: {e or ''}".strip())
-                  for m, _, s, e in todo if s != "ok"]
-    unsendable += [(m, None, "no_poster", "no row in the posters table") for m in todo_missing]
-    if unsendable:
-        write(unsendable)
-    jobs = [PosterJob(m, Path(p)) for m, p, s, _ in todo if s == "ok"]
+    if plan.unsendable:
+        write(plan.unsendable)
 
-    progress = bar(total=len(jobs), desc=desc or f"tag {backend.name}", unit="poster")
+    progress = bar(total=len(plan.jobs), desc=desc or f"tag {key[0]}", unit="poster")
     try:
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start:start + batch_size]
-            write([_outcome(r, spec) for r in _run_batch(backend, batch, spec)])
-            progress.update(len(batch))
+        engine.run(handle, plan.jobs, batch_size, commit, progress=progress)
     finally:
         progress.close()
         store.execute("UPDATE tag_runs SET finished_at = ? WHERE run_id = ?", [_now(), run_id])
 
     seconds = time.perf_counter() - t0
+    n_jobs = len(plan.jobs)
     return {
-        "run_id": run_id, "backend": backend.name, "model": backend.model,
-        "schema_hash": spec.schema_hash, "mode": spec.mode,
-        "selected": len(rows) + len(missing), "done": counts["done"], "skipped": skipped,
+        "run_id": run_id, "backend": key[0], "model": key[1],
+        "schema_hash": spec.schema_hash, "mode": spec.mode, "engine": engine.name,
+        "selected": plan.selected, "done": counts["done"], "skipped": plan.skipped,
         "failed": counts["failed"], "points": counts["points"],
         "points_per_type": dict(sorted(per_type.items())), "failures": dict(sorted(reasons.items())),
-        "seconds": seconds, "posters_per_s": (len(jobs) / seconds) if jobs and seconds > 0 else 0.0,
+        "seconds": seconds, "posters_per_s": (n_jobs / seconds) if n_jobs and seconds > 0 else 0.0,
     }
 
 
@@ -279,7 +322,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("backend", summary["backend"]), ("model", summary["model"]),
         ("schema_hash", summary["schema_hash"]), ("mode", summary["mode"]),
-        ("run_id", summary["run_id"]),
+        ("run_id", summary["run_id"]), ("engine", summary.get("engine", "local")),
         ("done", summary["done"]), ("skipped", summary["skipped"]), ("failed", summary["failed"]),
         ("points", summary["points"]),
         ("posters/s", f"{summary['posters_per_s']:.2f}"),
