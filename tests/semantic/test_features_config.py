@@ -91,3 +91,21 @@ def test_config_tables(tmp_path):
     p.write_text('[semantic_id.poster]\nlevels = 3\n')
     with pytest.raises(ConfigError, match="semantic_ids"):
         Config.load(p)
+
+
+def test_stage_builds_only_missing_versions_and_never_rebuilds(tiny_store):
+    from posterkg.semantic import load_codes
+    from posterkg.semantic.stage import STAGE
+
+    assert STAGE.run(tiny_store, Config())["skipped"]
+    cfg = Config(data={"semantic_ids": {"g": {"features": ["genres"], "levels": 1, "codebook_size": 2,
+                                              "code_dim": 2, "hidden": [4], "epochs": 2}}})
+    first = STAGE.run(tiny_store, cfg)
+    assert [s["version"] for s in first["built"]] == ["g"] and first["assigned"] == []
+    before = load_codes(tiny_store, "g")
+    tiny_store.execute("INSERT INTO movies VALUES (5, 'e', 1994, ['Drama'])")
+    again = STAGE.run(tiny_store, cfg)
+    assert again["built"] == [] and again["assigned"][0]["assigned"] == 1
+    ids, codes = load_codes(tiny_store, "g")
+    assert ids.tolist() == [1, 2, 3, 4, 5]
+    assert np.array_equal(codes[:4], before[1])
