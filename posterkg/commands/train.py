@@ -18,10 +18,12 @@ SHOWN = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20"]
 @click.option("--seed", type=int, help="Random seed [default: [gnn] seed, else 0].")
 @click.option("--epochs", type=int, help="Maximum epochs (early stopping on valid NDCG@20 may end sooner).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... [default: [gnn] device, else cpu].")
+@click.option("--max-steps", type=click.IntRange(min=0),
+              help="Stop after this many optimizer steps in all (0: no bound) [default: [gnn] max_steps].")
 @click.option("--id", "model_id", help="Store under this model id [default: <model>-seed<seed>].")
 @click.option("-v", "--verbose", is_flag=True, help="Print one line per epoch.")
 @pass_env
-def train(env: Env, kind, seed, epochs, device, model_id, verbose) -> None:
+def train(env: Env, kind, seed, epochs, device, max_steps, model_id, verbose) -> None:
     """Train a registered model, evaluate it on test, and store it.
 
     Models (posterkg/gnn/registry.py): posterkg-seq (the time-aware posterkg: short-term
@@ -43,7 +45,7 @@ def train(env: Env, kind, seed, epochs, device, model_id, verbose) -> None:
     """
     from posterkg.gnn.stage import configs, train_and_store
 
-    env.config.override("gnn", model=kind, seed=seed, epochs=epochs, device=device)
+    env.config.override("gnn", model=kind, seed=seed, epochs=epochs, device=device, max_steps=max_steps)
     cfg = configs(env.config)
     with env.store() as store:
         mid, res, test = train_and_store(store, env.config, cfg.model, verbose=verbose, model_id=model_id)
@@ -74,7 +76,9 @@ def evaluate(env: Env, model_id, part) -> None:
     """
     from posterkg.gnn.api import list_models, load_model, write_eval
     from posterkg.gnn.evaluate import evaluate_model
+    from posterkg.gnn.stage import configs
 
+    batch = configs(env.config).eval_batch_size      # users scored at a time ([gnn] eval_batch_size)
     with env.store() as store:
         models = list_models(store)
         ids = [model_id] if model_id else list(models["model_id"])
@@ -83,7 +87,7 @@ def evaluate(env: Env, model_id, part) -> None:
         rows = []
         for mid in sorted(ids):
             tm = load_model(store, mid)
-            res = evaluate_model(tm.model, tm.data, part)
+            res = evaluate_model(tm.model, tm.data, part, batch_size=batch)
             write_eval(store, mid, tm.kind, tm.seed, part, res)
             rows.append([mid, res["n_users"], *[res[k] for k in SHOWN]])
     print_table(rows, ["model", "users", *SHOWN], title=f"{part} (fixed protocol)")
@@ -100,7 +104,8 @@ def evaluate(env: Env, model_id, part) -> None:
 def recommend(env: Env, users, all_users, k, model_id, out) -> None:
     """Top-k movies per user, excluding the movies the user rated in train and valid.
 
-    With --all the rows are also stored in the `recommendations` table.
+    With --all the rows are also stored in the `recommendations` table, streamed: users are
+    scored in batches and each batch is stored (and written to --out) before the next.
 
     \b
     Examples:
@@ -115,7 +120,7 @@ def recommend(env: Env, users, all_users, k, model_id, out) -> None:
         tm = load_model(store, model_id)
         ids = [int(u) for u in tm.user_ids] if all_users else list(users)
         if all_users:
-            df = write_recommendations(store, tm, ids, k)
+            n_rows = write_recommendations(store, tm, ids, k, out=out)
         else:
             recs = tm.recommend_many(ids, k)
             import pandas as pd
@@ -128,8 +133,10 @@ def recommend(env: Env, users, all_users, k, model_id, out) -> None:
                 print_table([[int(r), int(m), titles.get(int(m), ""), float(s)] for r, m, s in
                              zip(sub["rank"], sub["movie_id"], sub["score"])],
                             ["rank", "movie_id", "title", "score"], title=f"user {u} ({tm.model_id})")
-    if out:
+    if all_users:
+        click.echo(f"stored {n_rows:,} recommendations for {len(ids):,} users ({tm.model_id})")
+        if out:
+            click.echo(f"wrote {n_rows:,} rows to {out}")
+    elif out:
         df[["user_id", "movie_id", "rank", "score"]].to_csv(out, sep="\t", index=False)
         click.echo(f"wrote {len(df):,} rows to {out}")
-    elif all_users:
-        click.echo(f"stored {len(df):,} recommendations for {len(ids):,} users ({tm.model_id})")

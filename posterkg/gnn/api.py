@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,6 +33,7 @@ import pandas as pd
 import torch
 
 from posterkg.errors import InputError, PosterkgError
+from posterkg.progress import bar
 from posterkg.gnn import registry
 from posterkg.gnn.base import IdVocab, ModelInputs, Recommender
 from posterkg.gnn.train import TrainConfig, TrainResult
@@ -207,26 +210,52 @@ class TrainedModel:
         """Top-k (movie_id, score), excluding the user's train and valid movies."""
         return self.recommend_many([user_id], k)[int(user_id)]
 
+    def top_k(self, uidx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One batch of user indices: the top-k movie indices [B, min(k, n_movies)] and their
+        scores, excluding each user's train and valid movies (the users' own history slices:
+        no users x movies matrix beyond the batch's scores). A slot with score ``-inf`` (fewer
+        unseen movies than k) is not a recommendation."""
+        uidx = np.asarray(uidx, np.int64)
+        hist = self.history
+        scores = self.model.score(torch.as_tensor(uidx, dtype=torch.long), hist).clone().float()
+        starts, ends = hist.indptr[uidx], hist.indptr[uidx + 1]
+        lens = ends - starts
+        rows = np.repeat(np.arange(len(uidx)), lens)
+        flat = np.repeat(starts - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(int(lens.sum()))
+        cols = hist.movies[flat].astype(np.int64)
+        scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        return top.indices.cpu().numpy(), top.values.cpu().numpy()
+
     def recommend_many(self, user_ids: Sequence[int], k: int = 10) -> dict[int, list[tuple[int, float]]]:
         if k < 1:
             raise InputError(f"k must be >= 1 (got {k})")
-        uidx = self.user_index(user_ids)
-        hist = self.history
-        scores = self.model.score(uidx, hist).clone().float()
-        # the users' own history slices (no users x movies matrix: recommending for one user
-        # touches only that user's rows)
-        ui = uidx.numpy()
-        starts, ends = hist.indptr[ui], hist.indptr[ui + 1]
-        rows = np.repeat(np.arange(len(ui)), ends - starts)
-        cols = np.concatenate([hist.movies[a:b] for a, b in zip(starts, ends)]) if len(ui) else np.zeros(0, np.int64)
-        scores[torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64))] = float("-inf")
-        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        uidx = self.user_index(user_ids).numpy()
+        idx, val = self.top_k(uidx, k)
         out = {}
         for i, u in enumerate(user_ids):
             out[int(u)] = [(int(self.movie_ids[j]), float(s))
-                           for j, s in zip(top.indices[i].tolist(), top.values[i].tolist())
-                           if s != float("-inf")]
+                           for j, s in zip(idx[i].tolist(), val[i].tolist()) if s != float("-inf")]
         return out
+
+    def iter_recommendations(self, user_ids: Sequence[int], k: int = 10, batch: int = 2048):
+        """Top-k rows for ``user_ids`` in batches of ``batch`` users: yields DataFrames
+        (model_id, user_id, movie_id, rank, score), the same rows as :meth:`recommend_many`, in
+        bounded memory (one batch's scores at a time)."""
+        if k < 1:
+            raise InputError(f"k must be >= 1 (got {k})")
+        user_ids = np.asarray([int(u) for u in user_ids], np.int64)
+        for start in range(0, len(user_ids), batch):
+            chunk = user_ids[start:start + batch]
+            idx, val = self.top_k(self.user_index(chunk).numpy(), k)
+            ok = val != -np.inf                        # -inf: fewer unseen movies than k
+            kk = idx.shape[1]
+            yield pd.DataFrame({
+                "model_id": self.model_id,
+                "user_id": np.repeat(chunk, kk)[ok.ravel()].astype(np.int32),
+                "movie_id": self.movie_ids[idx].ravel()[ok.ravel()].astype(np.int32),
+                "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), len(chunk))[ok.ravel()],
+                "score": val.ravel()[ok.ravel()].astype(np.float64)})
 
 
 def list_models(store: Store) -> pd.DataFrame:
@@ -274,28 +303,44 @@ def load_model(store: Store, model_id: str | None = None) -> TrainedModel:
 
 
 def write_recommendations(store: Store, tm: TrainedModel, user_ids: Sequence[int], k: int,
-                          batch: int = 512) -> pd.DataFrame:
+                          batch: int = 2048, out: str | Path | None = None, progress: bool | None = None) -> int:
     """Top-k for every user in ``user_ids`` into ``recommendations`` (replacing this model's rows
-    for those users); returns the rows."""
+    for those users), streamed: ``batch`` users are scored, inserted and (with ``out``) appended
+    to a TSV (user_id, movie_id, rank, score) at a time, so memory stays one batch's scores.
+    One transaction: an interrupted run leaves the old rows; the TSV is written to
+    ``<out>.partial`` and renamed at the end. Returns the number of rows."""
     ensure_tables(store)
-    frames = []
-    user_ids = list(user_ids)
-    for start in range(0, len(user_ids), batch):
-        chunk = user_ids[start:start + batch]
-        recs = tm.recommend_many(chunk, k)
-        rows = [(tm.model_id, u, m, r + 1, s) for u in chunk for r, (m, s) in enumerate(recs[int(u)])]
-        frames.append(pd.DataFrame(rows, columns=["model_id", "user_id", "movie_id", "rank", "score"]))
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["model_id", "user_id", "movie_id", "rank", "score"])
-    with store.transaction():
-        store.con.register("_posterkg_rec_users", pd.DataFrame({"user_id": [int(u) for u in user_ids]}))
-        try:
-            store.execute("DELETE FROM recommendations WHERE model_id = ? AND user_id IN "
-                          "(SELECT user_id FROM _posterkg_rec_users)", [tm.model_id])
-        finally:
-            store.con.unregister("_posterkg_rec_users")
-        store.insert_df("recommendations", df)
-    return df
+    user_ids = [int(u) for u in user_ids]
+    out = Path(out) if out is not None else None
+    partial = out.with_name(out.name + ".partial") if out is not None else None
+    n_rows = 0
+    fh = open(partial, "w", encoding="utf-8", newline="") if partial is not None else None
+    try:
+        if fh is not None:
+            fh.write("user_id\tmovie_id\trank\tscore\n")
+        with store.transaction():
+            store.con.register("_posterkg_rec_users", pd.DataFrame({"user_id": user_ids}))
+            try:
+                store.execute("DELETE FROM recommendations WHERE model_id = ? AND user_id IN "
+                              "(SELECT user_id FROM _posterkg_rec_users)", [tm.model_id])
+            finally:
+                store.con.unregister("_posterkg_rec_users")
+            n_batches = (len(user_ids) + batch - 1) // batch
+            for df in bar(tm.iter_recommendations(user_ids, k, batch), total=n_batches,
+                          desc="recommend", unit="batch", disable=progress if progress is None else not progress):
+                store.insert_df("recommendations", df)
+                if fh is not None:
+                    df[["user_id", "movie_id", "rank", "score"]].to_csv(fh, sep="\t", index=False, header=False)
+                n_rows += len(df)
+    except BaseException:
+        if fh is not None:
+            fh.close()
+            partial.unlink(missing_ok=True)
+        raise
+    if fh is not None:
+        fh.close()
+        os.replace(partial, out)
+    return n_rows
 
 
 def evaluate_rows(store: Store) -> list[dict[str, Any]]:

@@ -42,11 +42,7 @@ def rank_metrics(scores: torch.Tensor, seen: sp.csr_matrix, relevant: sp.csr_mat
         scores[rows.to(scores.device), cols.to(scores.device)] = float("-inf")
     kmax = min(max(ks), n)
     top = torch.topk(scores, kmax, dim=1).indices.cpu()
-    rel_dense = torch.zeros(b, n, dtype=torch.bool)
-    if relevant.nnz:
-        rrows = torch.from_numpy(np.repeat(np.arange(b), np.diff(relevant.indptr)))
-        rel_dense[rrows, torch.from_numpy(relevant.indices.astype(np.int64))] = True
-    hits = rel_dense.gather(1, top).float()                      # [B, kmax]
+    hits = torch.from_numpy(_hits(top.numpy(), relevant, n))     # [B, kmax]
     n_rel = torch.from_numpy(np.diff(relevant.indptr)).float()   # [B]
     disc = 1.0 / torch.log2(torch.arange(kmax, dtype=torch.float32) + 2.0)
     out: dict[str, np.ndarray] = {"top": top.numpy()}
@@ -60,6 +56,19 @@ def rank_metrics(scores: torch.Tensor, seen: sp.csr_matrix, relevant: sp.csr_mat
         idcg = cum[ideal_n]
         out[f"ndcg@{k}"] = (dcg / idcg.clamp(min=1e-12)).numpy()
     return out
+
+
+def _hits(top: np.ndarray, relevant: sp.csr_matrix, n: int) -> np.ndarray:
+    """float32 [B, kmax]: 1 where ``top[i, j]`` is in row i of ``relevant``, looked up in the
+    rows' sorted (row, movie) keys (no dense [B, n_movies] mask)."""
+    b = top.shape[0]
+    if not relevant.nnz:
+        return np.zeros(top.shape, np.float32)
+    rel_keys = np.sort(np.repeat(np.arange(b, dtype=np.int64), np.diff(relevant.indptr)) * n
+                       + relevant.indices.astype(np.int64))
+    keys = np.arange(b, dtype=np.int64)[:, None] * n + top.astype(np.int64)
+    at = np.minimum(np.searchsorted(rel_keys, keys), len(rel_keys) - 1)
+    return (rel_keys[at] == keys).astype(np.float32)
 
 
 def robust_relevant(data: Interactions, part: str = "test") -> sp.csr_matrix:

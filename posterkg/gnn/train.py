@@ -53,6 +53,8 @@ class TrainConfig:
     eval_every: int = 1            # epochs between valid evaluations
     patience: int = 5              # evaluations without a better valid NDCG@20 before stopping
     eval_batch_size: int = 1024
+    max_steps: int = 0             # optimizer steps in all (0 = no bound): the epoch it ends in is cut
+                                   # there, evaluated on valid and is the last (big data on a CPU)
     threads: int = 0               # torch intra-op threads; 0 = torch's default
     baselines: list = dataclasses.field(default_factory=list)   # pipeline: also train these kinds
 
@@ -62,6 +64,8 @@ class TrainConfig:
         for name in ("dim", "epochs", "batch_size", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[gnn] {name} must be >= 1")
+        if self.max_steps < 0:
+            raise ConfigError("[gnn] max_steps must be >= 0 (0: no bound)")
         if self.lr <= 0:
             raise ConfigError("[gnn] lr must be > 0")
 
@@ -153,6 +157,27 @@ class PairSampler:
             yield batch
 
 
+class StepBudget:
+    """``[gnn] max_steps``: optimizer steps left in the whole run (0 = unbounded). A trainer calls
+    :meth:`take` after each step and ends the epoch when it returns True; the epoch is then
+    evaluated and is the last one (:meth:`EarlyStopping.end_epoch` with ``last``)."""
+
+    def __init__(self, max_steps: int):
+        self.max_steps, self.steps = int(max_steps or 0), 0
+
+    @property
+    def spent(self) -> bool:
+        return bool(self.max_steps) and self.steps >= self.max_steps
+
+    def take(self) -> bool:
+        self.steps += 1
+        return self.spent
+
+    def left(self, n_batches: int) -> int:
+        """Steps the next epoch will run (for its progress bar and loss means)."""
+        return n_batches if not self.max_steps else max(0, min(n_batches, self.max_steps - self.steps))
+
+
 class EarlyStopping:
     """Best-by-valid-NDCG@20 bookkeeping shared by the BPR loop and the models' own ``fit``."""
 
@@ -170,14 +195,15 @@ class EarlyStopping:
         return self.stale >= self.patience
 
     def end_epoch(self, epoch: int, row: dict, cfg: "TrainConfig", valid_fn, model: torch.nn.Module,
-                  history: list, verbose: bool) -> bool:
-        """The end of one epoch for every trainer: evaluate on valid when due, record the row,
-        log it; return True when training should stop."""
-        done = False
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                  history: list, verbose: bool, last: bool = False) -> bool:
+        """The end of one epoch for every trainer: evaluate on valid when due (always when
+        ``last``: the step budget is spent), record the row, log it; return True when training
+        should stop."""
+        done = last
+        if last or epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             valid = valid_fn(model)
             row["valid_ndcg@20"] = valid["ndcg@20"]
-            done = self.update(epoch, valid, model)
+            done = self.update(epoch, valid, model) or last
         history.append(row)
         log_row(row, verbose)
         return done
@@ -233,11 +259,13 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
     train_seconds = 0.0
     graph = model.graph
     n_batches = (len(sampler) + cfg.batch_size - 1) // cfg.batch_size
+    budget = StepBudget(cfg.max_steps)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
-        for batch in bar(sampler.epoch(cfg.batch_size), total=n_batches, desc=f"{model.name} epoch {epoch}",
+        n_steps = budget.left(n_batches)
+        for batch in bar(sampler.epoch(cfg.batch_size), total=n_steps, desc=f"{model.name} epoch {epoch}",
                          unit="batch", disable=not verbose or None):
             batch = {k: v.to(device) for k, v in batch.items()}
             emb = model.embeddings(graph)
@@ -250,11 +278,15 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
             loss.backward()
             opt.step()
             for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) / n_batches
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) / max(n_steps, 1)
+            if budget.take():
+                break
         train_seconds += time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch, "loss": sum(totals.values()), **totals,
                                "seconds": time.perf_counter() - t0}
-        if stop.end_epoch(epoch, row, cfg, valid_fn, model, history, verbose):
+        if budget.max_steps:
+            row["steps"] = budget.steps
+        if stop.end_epoch(epoch, row, cfg, valid_fn, model, history, verbose, last=budget.spent):
             break
     stop.restore(model)
     model.eval()
