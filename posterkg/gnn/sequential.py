@@ -248,7 +248,7 @@ class SASRec(Recommender):
         return -(picked * o).sum() / o.sum()
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
-        from posterkg.gnn.train import EarlyStopping
+        from posterkg.gnn.train import EarlyStopping, StepBudget
 
         device = next(self.parameters()).device
         win, wsg = self._train_windows(inputs.data.history("valid"))
@@ -259,12 +259,14 @@ class SASRec(Recommender):
         bs = train_cfg.batch_size
         n_batches = (len(win) + bs - 1) // bs
         lengths = (win > 0).sum(1)
+        budget = StepBudget(getattr(train_cfg, "max_steps", 0))    # [gnn] max_steps
         for epoch in range(1, train_cfg.epochs + 1):
             self.train()
             t0 = time.perf_counter()
             batches = _batches(lengths, bs, gen, bucket=self.cfg.bucket)
             total = 0.0
-            for idx in bar(batches, total=n_batches, desc=f"{self.name} epoch {epoch}",
+            n_steps = budget.left(n_batches)
+            for idx in bar(batches, total=n_steps, desc=f"{self.name} epoch {epoch}",
                            unit="batch", disable=not verbose or None):
                 # windows are left-padded: drop the columns that are padding in every window of
                 # the batch (positions stay right-aligned, so the model sees the same inputs)
@@ -273,10 +275,14 @@ class SASRec(Recommender):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) / n_batches
+                total += float(loss.detach()) / max(n_steps, 1)
+                if budget.take():
+                    break
             secs += time.perf_counter() - t0
             row = {"epoch": epoch, "loss": total, "seconds": time.perf_counter() - t0}
-            if stop.end_epoch(epoch, row, train_cfg, valid_fn, self, history, verbose):
+            if budget.max_steps:
+                row["steps"] = budget.steps
+            if stop.end_epoch(epoch, row, train_cfg, valid_fn, self, history, verbose, last=budget.spent):
                 break
         stop.restore(self)
         self.eval()

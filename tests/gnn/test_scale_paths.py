@@ -214,3 +214,11 @@ def test_max_steps_over_whole_epochs_changes_nothing(synth_inputs):
 def test_max_steps_must_not_be_negative():
     with pytest.raises(ConfigError, match="max_steps"):
         TrainConfig(model="bprmf", max_steps=-1).validate()
+
+
+def test_max_steps_bounds_the_sequence_models_too(synth_inputs):
+    cfg = TrainConfig(model="sasrec", dim=8, epochs=3, batch_size=8, lr=0.003, seed=0, patience=5,
+                      threads=1, max_steps=3)
+    res = train(synth_inputs, cfg)
+    assert [h["epoch"] for h in res.history] == [1] and res.history[0]["steps"] == 3
+    assert "valid_ndcg@20" in res.history[0]
