@@ -216,6 +216,11 @@ class ModelInputs:
     features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     feature_mask: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     source: str = ""                            # where the knowledge side came from (for reports)
+    # semantic IDs (posterkg semantic-ids build): [n_movies, L + 1] int64 codes of version
+    # ``semantic_version``, a row of -1 for a movie without an ID (models with a ``semantic_ids``
+    # config key: TIGER)
+    semantic_ids: np.ndarray | None = None
+    semantic_version: str = ""
 
     @property
     def n_users(self) -> int:

@@ -11,6 +11,7 @@ stage, ``posterkg train``, ``load_model`` and the benchmarks call it); models ge
   ``movie_concept_edges``, ``likes``/``dislikes`` from ``user_prefs`` (horizon as ``[graph]
   pref_horizon`` of the last build), ``genre`` from ``movies.genres``.
 * features: ``poster_embeddings`` / ``text_embeddings`` rows of the requested encoders.
+* semantic IDs: ``semantic_ids`` rows of the requested version (:func:`load_semantic_ids`).
 """
 
 from __future__ import annotations
@@ -120,11 +121,39 @@ def load_features(store, ids: IdVocab, features: dict[str, str]) -> tuple[dict, 
     return out, mask
 
 
+def load_semantic_ids(store, ids: IdVocab, version: str) -> np.ndarray:
+    """[n_movies, L + 1] int64 semantic IDs of ``version`` from ``semantic_ids`` (a row of -1 for
+    a movie without one). A missing table or version is an error naming the command that
+    builds it."""
+    hint = f"run `posterkg semantic-ids build --version {version}` first"
+    if not store.table_exists("semantic_ids"):
+        raise InputError(f"table semantic_ids is missing: {hint}")
+    df = store.df("SELECT movie_id, codes FROM semantic_ids WHERE version = ? ORDER BY movie_id", [version])
+    if len(df) == 0:
+        known = store.df("SELECT DISTINCT version FROM semantic_ids ORDER BY version")["version"].tolist()
+        raise InputError(f"no semantic IDs of version {version!r} (built: {', '.join(known) or 'none'}): {hint}")
+    lengths = {len(c) for c in df["codes"]}
+    if len(lengths) != 1:
+        raise InputError(f"semantic IDs of version {version!r} have different lengths {sorted(lengths)}: {hint}")
+    m, ok = ids.lookup("movie", df["movie_id"].to_numpy(np.int64))
+    codes = np.stack([np.asarray(c, np.int64) for c in df["codes"]])
+    out = np.full((len(ids.movie_ids), lengths.pop()), -1, np.int64)
+    out[m[ok]] = codes[ok]
+    return out
+
+
 def assemble(store, *, vocab: IdVocab | None = None, features: dict[str, str] | None = None,
              need_graph: bool = False) -> Assembled:
-    """The inputs of every model from the database (see the module docstring)."""
+    """The inputs of every model from the database (see the module docstring).
+
+    ``features`` may name a semantic-ID version under ``"semantic_ids"``
+    (:func:`posterkg.gnn.stage.feature_spec`): read for training; for a stored model
+    (``vocab`` given) it is not read again, the model carries the IDs it was trained with."""
+    features = dict(features or {})
+    semantic = features.pop("semantic_ids", None)
     data = load_interactions(store)
     unknown = {"users": 0, "movies": 0}
+    vocab_given = vocab is not None
     if vocab is None:
         names, _, _ = _genres(store)
         vocab = IdVocab(data.user_ids, data.movie_ids, _concept_ids(store), names)
@@ -133,6 +162,10 @@ def assemble(store, *, vocab: IdVocab | None = None, features: dict[str, str] | 
     if need_graph and not graph_built(store):
         raise InputError("the graph tables are not built: run `posterkg graph build` first")
     graph = build_graph(store, vocab, data)
-    feats, fmask = load_features(store, vocab, features or {})
+    feats, fmask = load_features(store, vocab, features)
     source = "graph tables" if graph_built(store) else "interactions and genres only"
-    return Assembled(ModelInputs(vocab, data, graph, feats, fmask, source), unknown)
+    inputs = ModelInputs(vocab, data, graph, feats, fmask, source)
+    if semantic and not vocab_given:
+        inputs.semantic_ids = load_semantic_ids(store, vocab, semantic)
+        inputs.semantic_version = str(semantic)
+    return Assembled(inputs, unknown)

@@ -41,6 +41,9 @@ class Entry:
 # same cap for SASRec and posterkg-seq).
 _BPR = {"epochs": 60}
 _SEQ = {"lr": 0.003, "epochs": 20, "patience": 3, "batch_size": 128}
+# TIGER (posterkg/gnn/tiger.py): 256 teacher-forced targets per step, Adam lr 0.002, the sequence
+# models' cap and patience
+_TIGER = {"lr": 0.002, "epochs": 20, "patience": 3, "batch_size": 256}
 
 _ENTRIES = [
     Entry("mostpop", "posterkg.gnn.baselines:MostPop", "most train positives first", stochastic=False),
@@ -69,6 +72,13 @@ _ENTRIES = [
           "posterkg-seq without visual concepts or poster features (ablation)",
           config={"concepts": False, "features": []},
           train=_SEQ),
+    Entry("tiger", "posterkg.gnn.tiger:TIGER",
+          "TIGER: encoder-decoder transformer generating the next movie's semantic ID (poster + genre "
+          "RQ-VAE codes), trie-constrained beam search", config={"semantic_ids": "poster"}, train=_TIGER,
+          uses_visual=True),
+    Entry("tiger-text", "posterkg.gnn.tiger:TIGER",
+          "TIGER over text-only semantic IDs (text embedding + genre RQ-VAE codes; ablation)",
+          config={"semantic_ids": "text"}, train=_TIGER),
 ]
 
 REGISTRY: dict[str, Entry] = {e.name: e for e in _ENTRIES}

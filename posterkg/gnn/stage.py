@@ -18,6 +18,8 @@ from posterkg.errors import ConfigError
 from posterkg.pipeline import Stage
 from posterkg.store import Store
 
+SEMANTIC_KEY = "semantic_ids"      # the feature_spec key naming a semantic-ID version
+
 
 def _table(config: Config, *path: str) -> dict:
     raw = config.data
@@ -60,11 +62,17 @@ def model_configs(config: Config, kind: str):
 
 
 def feature_spec(model_cfg) -> dict[str, str]:
-    """name -> encoder of the dense features a model config asks for (``features`` key)."""
+    """name -> encoder of the dense features a model config asks for (``features`` key), plus
+    ``"semantic_ids": version`` when it has a ``semantic_ids`` key (TIGER): what
+    :func:`posterkg.gnn.inputs.assemble` loads for it."""
     feats = getattr(model_cfg, "features", None) or []
     encs = {"poster": getattr(model_cfg, "poster_encoder", "efficientnet-lite0"),
             "text": getattr(model_cfg, "text_encoder", "minilm")}
-    return {f: encs[f] for f in feats}
+    out = {f: encs[f] for f in feats}
+    version = getattr(model_cfg, "semantic_ids", None)
+    if version:
+        out[SEMANTIC_KEY] = str(version)
+    return out
 
 
 def train_and_store(store: Store, config: Config, kind: str, *, verbose: bool = False,

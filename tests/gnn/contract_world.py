@@ -1,7 +1,8 @@
 """A tiny database for the model contract test (not a test module): the planted-taste ratings of
 ``tests/gnn_synth.py`` (12 users, 24 movies, four genres) plus five visual concepts, movie-concept
-edges, signed user-concept preferences, ``graph_info`` and random dense poster/text features, so
-every input a registered model may ask for can be assembled by the train stage's code."""
+edges, signed user-concept preferences, ``graph_info``, random dense poster/text features and
+hand-made semantic IDs (versions "poster" and "text"), so every input a registered model may ask
+for can be assembled by the train stage's code."""
 
 from __future__ import annotations
 
@@ -46,7 +47,29 @@ def make_world(path, n_users: int = 12, n_movies: int = 24, per_user: int = 14, 
             vec = rng.normal(size=(n_movies, dim)).astype(np.float32)
             s.insert_df(table, pd.DataFrame({"movie_id": np.arange(1, n_movies + 1), "encoder": enc,
                                              "vector": [v.tolist() for v in vec]}))
+        write_semantic_ids(s, list(range(1, n_movies + 1)), create=True)
     return path
+
+
+def semantic_codes(movie_id: int, version: str) -> list[int]:
+    """A hand-made unique semantic ID (2 codes of 4, then a disambiguation code) per movie and
+    version, in the layout of ``posterkg semantic-ids build`` (``semantic_ids.codes``)."""
+    i = movie_id - 1 if version == "poster" else (7 * movie_id) % 101
+    return [i % 4, (i // 4) % 4, i // 16]
+
+
+def write_semantic_ids(s, movie_ids, create: bool = False) -> None:
+    if create:
+        s.execute("CREATE TABLE semantic_ids(movie_id BIGINT, version VARCHAR, codes INTEGER[], "
+                  "PRIMARY KEY (movie_id, version))")
+        s.execute("CREATE TABLE semantic_id_versions(version VARCHAR PRIMARY KEY, features VARCHAR[], "
+                  "levels INTEGER, codebook_size INTEGER, created_at TIMESTAMP DEFAULT current_timestamp, "
+                  "metrics JSON, state BLOB, config JSON)")
+        for v, f in (("poster", ["poster", "genres"]), ("text", ["text", "genres"])):
+            s.execute("INSERT INTO semantic_id_versions (version, features, levels, codebook_size, metrics, "
+                      "config) VALUES (?, ?, 2, 4, '{}', '{}')", [v, f])
+    rows = [(int(m), v, semantic_codes(int(m), v)) for v in ("poster", "text") for m in movie_ids]
+    s.insert_df("semantic_ids", pd.DataFrame(rows, columns=["movie_id", "version", "codes"]))
 
 
 def add_movies(path, n: int = 10) -> list[int]:
@@ -61,4 +84,5 @@ def add_movies(path, n: int = 10) -> list[int]:
         for table, enc, dim in (("poster_embeddings", "efficientnet-lite0", 6), ("text_embeddings", "minilm", 5)):
             s.insert_df(table, pd.DataFrame({"movie_id": ids, "encoder": enc,
                                              "vector": [[0.5] * dim for _ in ids]}))
+        write_semantic_ids(s, ids)      # new movies get IDs from the frozen tokenizer
     return ids

@@ -1,0 +1,293 @@
+"""TIGER (Rajput et al. 2023, "Recommender Systems with Generative Retrieval"): a user's history
+read as semantic-ID tokens, the next movie *generated* code by code.
+
+**Semantic IDs.** Every movie has an ID of ``D = L + 1`` codes: ``L`` RQ-VAE codes and one
+disambiguation code (``posterkg semantic-ids build``; table ``semantic_ids``, one ``version`` per
+feature set: ``"poster"`` = poster embedding + genres, ``"text"`` = text embedding + genres).
+The model's config names the version (``semantic_ids``); the train stage reads it into
+``ModelInputs.semantic_ids`` ([n_movies, D], a row of -1 for a movie without an ID). The IDs are
+a buffer of the model (``codes``), so they are saved in its state: a stored model decodes with
+the IDs it was trained with, whatever happens to the table later (the table is not read again
+by ``load_model``). The code sizes per position (``code_sizes``, from the IDs at build time) are
+saved in the model's config.
+
+**Tokens.** Position ``d`` of an ID has its own ``code_sizes[d]`` tokens (token = 3 + offset of
+``d`` + code; 0 = padding, 1 = decoder start, 2 = end of history), as in the paper.
+
+**Network** (torch's own ``nn.TransformerEncoder`` / ``nn.TransformerDecoder``, pre-norm, GELU,
+random init; an encoder-decoder, not a decoder-only model): the encoder reads the user's last
+``max_len`` liked movies (train positives, rating >= 4, time order: the protocol's order) as
+``max_len * D`` code tokens followed by an end-of-history token, with learned absolute
+positions; the decoder starts from the start token and emits the next movie's ``D`` codes, one
+output head per position. Training: teacher forcing, cross-entropy of each code given the
+history and the earlier codes (averaged over the ``D`` positions), over every position of every
+user's positive sequence that has at least one earlier positive (``epoch_samples`` > 0 samples
+that many such targets per epoch instead, seeded), Adam, early stopping on the harness's valid
+NDCG@20 (:class:`~posterkg.gnn.train.EarlyStopping`).
+
+**Decoding** (:mod:`posterkg.gnn.trie`): beam search of width ``beam`` constrained by the prefix
+trie of the valid IDs, with the user's known movies (the ``history`` given to :meth:`score`:
+train for valid, train + valid for test, every rated movie) cut from the trie's counts, so only
+real, unseen movies come out and the beam is not spent on seen ones: with ``beam = 50`` the top
+50 after the protocol's exclusions are ranked (at least 20 remain whenever the catalogue has 20
+unseen movies with an ID). :meth:`score` puts each generated movie's log-probability (the sum
+of its code log-probabilities) at its index and :data:`FLOOR` (finite, below any log-probability)
+everywhere else; movies the beam did not reach are tied at the floor.
+
+**Cold start.** A movie nobody rated still has an ID (from its features), so it can be generated.
+
+**Sizes.** Defaults fit ML-1M on 2 CPU cores: dim 64, 2 encoder + 2 decoder layers, 4 heads,
+feed-forward 4 x dim, history of 20 movies (80 code tokens with L = 3), dropout 0.1, beam 50,
+every target per epoch. ML-25M/32M on a GPU (the paper's size; ``[models.tiger]``): ``dim =
+128, layers = 4, heads = 6`` (dim divisible by heads: use ``dim = 132`` or ``heads = 8``),
+``ff = 1024, max_len = 20, dropout = 0.1, epoch_samples = 2_000_000, score_batch = 1024`` with
+``[gnn] device = "cuda", batch_size = 1024, lr = 0.001``; IDs with K = 256 codes per level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from posterkg.gnn.base import FitInfo, ModelInputs, Recommender
+from posterkg.gnn.trie import CodeTrie, beam_search
+from posterkg.progress import bar
+from posterkg.ratings import POSITIVE_MIN
+
+PAD, BOS, SEP = 0, 1, 2
+SPECIALS = 3
+FLOOR = -1e9       # the score of movies the beam did not generate (finite: callers mask with -inf)
+
+
+class TIGER(Recommender):
+    trainer = "fit"
+
+    @dataclasses.dataclass
+    class Config:
+        semantic_ids: str = "poster"   # version in the semantic_ids table
+        dim: int = 64
+        layers: int = 2                # encoder layers; the decoder has as many
+        heads: int = 4
+        ff: int = 0                    # feed-forward width; 0 = 4 * dim
+        max_len: int = 20              # history movies read (each D code tokens)
+        dropout: float = 0.1
+        beam: int = 50
+        epoch_samples: int = 0         # training targets per epoch; 0 = every position
+        weight_decay: float = 0.0
+        score_batch: int = 256         # users per beam-search batch
+        code_sizes: list = dataclasses.field(default_factory=list)   # per ID position; from the IDs
+
+    def __init__(self, inputs: ModelInputs, cfg=None):
+        super().__init__(inputs, cfg)
+        c = self.cfg
+        if c.dim % c.heads:
+            raise ValueError(f"tiger: dim {c.dim} is not divisible by heads {c.heads}")
+        ids = inputs.semantic_ids
+        sizes = [int(s) for s in c.code_sizes]
+        self._misfit = False
+        if ids is not None:
+            ids = np.asarray(ids, np.int64)
+            if ids.ndim != 2 or ids.shape[0] != self.n_movies:
+                raise ValueError(f"semantic IDs must be [{self.n_movies}, D], not {list(ids.shape)}")
+            has = (ids >= 0).all(1)
+            if not sizes:
+                if not has.any():
+                    raise ValueError(f"no movie has a semantic ID of version {c.semantic_ids!r}")
+                sizes = (ids[has].max(0) + 1).tolist()
+            elif len(sizes) != ids.shape[1] or (has.any() and bool((ids[has].max(0) >= np.array(sizes)).any())):
+                # a stored model's sizes with other IDs in the inputs: the state's IDs replace them
+                self._misfit, ids = True, None
+        elif not sizes:
+            raise ValueError("tiger needs semantic IDs (ModelInputs.semantic_ids): run "
+                             f"`posterkg semantic-ids build --version {c.semantic_ids}` first")
+        self.cfg = dataclasses.replace(c, code_sizes=[int(s) for s in sizes])
+        D = len(sizes)
+        self.D = D
+        codes = np.full((self.n_movies, D), -1, np.int64) if ids is None else ids.copy()
+        self.register_buffer("codes", torch.from_numpy(codes))
+        self.register_buffer("offset", torch.tensor([SPECIALS + sum(sizes[:d]) for d in range(D)]),
+                             persistent=False)
+        dim, ff = c.dim, (c.ff or 4 * c.dim)
+        self.tok = nn.Embedding(SPECIALS + sum(sizes), dim, padding_idx=PAD)
+        self.enc_pos = nn.Embedding(c.max_len * D + 1, dim)
+        self.dec_pos = nn.Embedding(D, dim)
+        enc = nn.TransformerEncoderLayer(dim, c.heads, ff, c.dropout, activation="gelu", batch_first=True,
+                                         norm_first=True)
+        self.encoder = nn.TransformerEncoder(enc, c.layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+        dec = nn.TransformerDecoderLayer(dim, c.heads, ff, c.dropout, activation="gelu", batch_first=True,
+                                         norm_first=True)
+        self.decoder = nn.TransformerDecoder(dec, c.layers, norm=nn.LayerNorm(dim))
+        self.out = nn.ModuleList(nn.Linear(dim, k) for k in sizes)
+        self.drop = nn.Dropout(c.dropout)
+        for emb in (self.tok, self.enc_pos, self.dec_pos):
+            nn.init.normal_(emb.weight, std=0.02)
+        with torch.no_grad():
+            self.tok.weight[PAD].zero_()
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(D), persistent=False)
+        self._trie: CodeTrie | None = None
+
+    # -- IDs -----------------------------------------------------------------------------------
+    def load_state_dict(self, *args, **kwargs):
+        self._trie = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def trie(self) -> CodeTrie:
+        if self._trie is None:
+            self._trie = CodeTrie(self.codes.cpu().numpy(), self.cfg.code_sizes)
+        return self._trie
+
+    @torch.no_grad()
+    def movie_vectors(self) -> torch.Tensor:
+        """[n_movies, dim]: the mean embedding of a movie's ID tokens (zero without an ID)."""
+        has = (self.codes >= 0).all(1)
+        tok = torch.where(has.unsqueeze(1), self.codes + self.offset, torch.zeros_like(self.codes))
+        return (self.tok(tok).mean(1) * has.unsqueeze(1)).detach()
+
+    # -- network -------------------------------------------------------------------------------
+    def history_tokens(self, flat: np.ndarray, ends: np.ndarray, starts: np.ndarray) -> torch.Tensor:
+        """Encoder tokens [B, max_len * D + 1] for rows whose history is ``flat[starts:ends]``
+        (movie indices with an ID, time order): the last ``max_len`` movies' codes, left-padded,
+        then the end-of-history token."""
+        L, D = self.cfg.max_len, self.D
+        idx = ends[:, None] - L + np.arange(L)[None, :]
+        ok = idx >= starts[:, None]
+        movies = torch.from_numpy(flat[np.clip(idx, 0, max(len(flat) - 1, 0))] if len(flat) else
+                                  np.zeros(idx.shape, np.int64))
+        codes = self.codes.cpu()[movies] + self.offset.cpu()                     # [B, L, D]
+        tok = torch.where(torch.from_numpy(ok).unsqueeze(-1), codes, torch.zeros_like(codes)).view(len(ends), L * D)
+        return torch.cat([tok, torch.full((len(ends), 1), SEP, dtype=torch.long)], 1).to(self.codes.device)
+
+    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        S = tokens.shape[1]
+        x = self.drop(self.tok(tokens) + self.enc_pos.weight[-S:].unsqueeze(0))
+        pad = tokens == PAD
+        return self.encoder(x, src_key_padding_mask=pad), pad
+
+    def decode(self, memory: torch.Tensor, pad: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Decoder states [N, d + 1, dim] after the start token and the ``d`` codes of ``prefix``."""
+        N, d = prefix.shape
+        inp = torch.cat([torch.full((N, 1), BOS, dtype=torch.long, device=prefix.device),
+                         prefix + self.offset[:d]], 1)
+        y = self.drop(self.tok(inp) + self.dec_pos.weight[:d + 1].unsqueeze(0))
+        return self.decoder(y, memory, tgt_mask=self.causal[:d + 1, :d + 1], memory_key_padding_mask=pad)
+
+    def train_loss(self, tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced cross-entropy of the target IDs [B, D] given encoder ``tokens``."""
+        memory, pad = self.encode(tokens)
+        h = self.decode(memory, pad, target[:, :-1])
+        return sum(F.cross_entropy(self.out[d](h[:, d]), target[:, d]) for d in range(self.D)) / self.D
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _user_rows(self, users: np.ndarray, history):
+        """(flat positives with an ID, starts, ends, seen rows, seen movies) of ``users``."""
+        has = (self.codes >= 0).all(1).cpu().numpy()
+        L = self.cfg.max_len
+        flat, starts, ends, rows, cols = [], [], [], [], []
+        n = 0
+        for i, u in enumerate(users):
+            if history is None:
+                starts.append(n)
+                ends.append(n)
+                continue
+            a, b = history.indptr[u], history.indptr[u + 1]
+            m, r = history.movies[a:b], history.ratings[a:b]
+            keep = m[(r >= POSITIVE_MIN) & has[m]][-L:]
+            flat.append(keep)
+            starts.append(n)
+            n += len(keep)
+            ends.append(n)
+            rows.append(np.full(len(m), i, np.int64))
+            cols.append(m)
+        cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)   # noqa: E731
+        return cat(flat), np.array(starts, np.int64), np.array(ends, np.int64), cat(rows), cat(cols)
+
+    @torch.no_grad()
+    def generate(self, users: torch.Tensor, history=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(movies [B, beam], log-probabilities [B, beam]) generated for ``users``, best first;
+        -1 / -inf where fewer than ``beam`` unseen movies have an ID."""
+        device = self.codes.device
+        trie = self.trie()
+        u = users.cpu().numpy()
+        flat, starts, ends, rows, cols = self._user_rows(u, history)
+        memory, pad = self.encode(self.history_tokens(flat, ends, starts))
+        S, dim = memory.shape[1], memory.shape[2]
+
+        def step(prefix: torch.Tensor) -> torch.Tensor:
+            b, W, d = prefix.shape
+            mem = memory.unsqueeze(1).expand(b, W, S, dim).reshape(b * W, S, dim)
+            pm = pad.unsqueeze(1).expand(b, W, S).reshape(b * W, S)
+            h = self.decode(mem, pm, prefix.reshape(b * W, d))[:, -1]
+            return torch.log_softmax(self.out[d](h), -1).view(b, W, -1)
+
+        return beam_search(step, trie, len(u), self.cfg.beam, (rows, cols), device=device)
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, history=None) -> torch.Tensor:
+        device = self.codes.device
+        out = torch.full((len(users), self.n_movies), FLOOR, device=device)
+        bs = max(1, int(self.cfg.score_batch))
+        for start in range(0, len(users), bs):
+            movies, logp = self.generate(users[start:start + bs], history)
+            ok = movies >= 0
+            r = torch.arange(movies.shape[0], device=device).unsqueeze(1).expand_as(movies)
+            out[start + r[ok], movies[ok]] = logp[ok]
+        return out
+
+    # -- training ------------------------------------------------------------------------------
+    def train_sequences(self, history) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(flat liked movies with an ID in time order, each element's user start, target
+        positions: elements with at least one earlier liked movie of the same user)."""
+        has = (self.codes >= 0).all(1).cpu().numpy()
+        keep = (history.ratings >= POSITIVE_MIN) & has[history.movies]
+        flat = history.movies[keep].astype(np.int64)
+        users = history.users[keep]
+        first = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=history.n_users))])[:-1]
+        starts = first[users].astype(np.int64)
+        targets = np.flatnonzero(np.arange(len(flat)) > starts)
+        return flat, starts, targets
+
+    def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
+        from posterkg.gnn.train import EarlyStopping
+
+        if self._misfit:
+            raise ValueError("the semantic IDs do not fit this tiger config's code_sizes (drop code_sizes "
+                             "to size the model from the IDs)")
+        device = self.codes.device
+        flat, starts, targets = self.train_sequences(inputs.data.history("valid"))
+        if not len(targets):
+            raise ValueError("tiger: no user has two liked train movies with semantic IDs")
+        rng = np.random.default_rng(train_cfg.seed)
+        opt = torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
+        stop = EarlyStopping(train_cfg.patience)
+        history, secs = [], 0.0
+        bs = train_cfg.batch_size
+        n_ep = len(targets) if not self.cfg.epoch_samples else min(len(targets), int(self.cfg.epoch_samples))
+        n_batches = (n_ep + bs - 1) // bs
+        codes = self.codes.cpu()
+        for epoch in range(1, train_cfg.epochs + 1):
+            self.train()
+            t0 = time.perf_counter()
+            sel = rng.permutation(targets)[:n_ep]
+            total = 0.0
+            for start in bar(range(0, n_ep, bs), total=n_batches, desc=f"{self.name} epoch {epoch}",
+                             unit="batch", disable=not verbose or None):
+                g = sel[start:start + bs]
+                tokens = self.history_tokens(flat, g, starts[g])
+                target = codes[torch.from_numpy(flat[g])].to(device)
+                loss = self.train_loss(tokens, target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) / n_batches
+            secs += time.perf_counter() - t0
+            row = {"epoch": epoch, "loss": total, "seconds": time.perf_counter() - t0, "targets": n_ep}
+            if stop.end_epoch(epoch, row, train_cfg, valid_fn, self, history, verbose):
+                break
+        stop.restore(self)
+        self.eval()
+        return FitInfo(history, stop.best_epoch, stop.best_valid, secs / max(len(history), 1))
