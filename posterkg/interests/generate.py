@@ -12,8 +12,9 @@ only its public attributes (``lm``, ``tokenizer``, ``stop_ids``, ``device``, ``f
   ``openai`` sends :func:`posterkg.vlm.chat.text_messages` and the server renders it);
 * ``hf``: a batch is left-padded and decoded greedily with one xgrammar grammar per row
   (``any_whitespace=False``, the separators the budget assumes), compiled without cache (schemas
-  are per user); completion is judged from the EOS or the matcher, as in tagging; CUDA out of
-  memory retries the batch in halves;
+  are per user), through the tagging backend's own :func:`posterkg.vlm.common.constrained_generate`
+  (completion judged from the EOS or the matcher, as in tagging); CUDA out of memory retries the
+  batch in halves (:func:`posterkg.vlm.common.retry_halves`);
 * ``vllm``: one ``generate()`` per batch with one ``SamplingParams`` per user (its own JSON
   schema and budget; the engine was built with ``disable_any_whitespace``);
 * ``openai``: one chat request per user, concurrently, ``response_format`` = the user's schema.
@@ -35,7 +36,7 @@ from typing import Any
 
 from posterkg.errors import ConfigError
 from posterkg.interests.spec import Request
-from posterkg.vlm import chat
+from posterkg.vlm import chat, common
 from posterkg.vlm.knowledge import SEPARATORS
 
 
@@ -71,68 +72,24 @@ class HFText:
         return len(self.backend.tokenizer(self.prompt(question)).input_ids)
 
     def generate(self, reqs: list[Request]) -> list[dict]:
-        try:
-            return self._generate(reqs)
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled here; the runner does the rest
-            if not _is_oom(exc):
-                raise
-            import gc
-
-            import torch
-
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if len(reqs) == 1:
-                return [_result(error=f"out of memory: {exc}"[:500], reason="out_of_memory")]
-            mid = len(reqs) // 2
-            return self.generate(reqs[:mid]) + self.generate(reqs[mid:])
+        return common.retry_halves(reqs, self._generate, lambda r, exc: _result(
+            error=f"out of memory: {exc}"[:500], reason="out_of_memory"))
 
     def _generate(self, reqs: list[Request]) -> list[dict]:
-        import torch
-        from xgrammar.contrib.hf import LogitsProcessor
-
         b = self.backend
         grammars = [self.compiler.compile_json_schema(json.dumps(r.json_schema), any_whitespace=False,
                                                       separators=SEPARATORS) for r in reqs]
         inputs = b.tokenizer([self.prompt(r.question) for r in reqs], padding=True,
                              return_tensors="pt").to(b.device)
-        lp = LogitsProcessor(grammars)     # fresh per generate(): it holds matcher state
-        with torch.inference_mode():
-            out = b.lm.generate(
-                **inputs, max_new_tokens=max(r.max_tokens for r in reqs), do_sample=False,
-                num_beams=1, temperature=None, top_p=None, top_k=None, logits_processor=[lp],
-                eos_token_id=b.stop_ids, pad_token_id=b.tokenizer.pad_token_id)
-        new = out[:, inputs["input_ids"].shape[1]:].tolist()
-        stops = set(b.stop_ids)
+        rows = common.constrained_generate(b.lm, b.tokenizer, inputs, grammars,
+                                           max_new_tokens=max(r.max_tokens for r in reqs),
+                                           stop_ids=b.stop_ids)
         results = []
-        for i, r in enumerate(reqs):
-            toks = new[i]
-            end = next((k for k, t in enumerate(toks) if t in stops), None)
-            if end is not None:
-                toks, finish = toks[:end], "stop"
-            else:
-                toks = [t for t in toks if t != b.tokenizer.pad_token_id]
-                finish = "stop" if self._completed(lp, i, toks) else "length"
+        for r, (toks, finish, n_out) in zip(reqs, rows):
             if len(toks) > r.max_tokens:     # a longer row of the batch ran past this one's budget
                 finish = "length"
-            results.append(_result(b.tokenizer.decode(toks, skip_special_tokens=True), finish,
-                                   len(toks) + (1 if end is not None else 0)))
+            results.append(_result(b.tokenizer.decode(toks, skip_special_tokens=True), finish, n_out))
         return results
-
-    @staticmethod
-    def _completed(lp, row: int, toks: list[int]) -> bool:
-        """Did the grammar accept a complete answer? (the processor has not seen the last token)"""
-        if not lp.matchers or not toks:
-            return False
-        m = lp.matchers[row]
-        if m.is_terminated():
-            return True
-        try:
-            m.accept_token(toks[-1])
-        except Exception:  # noqa: BLE001 - a rejected token means not complete
-            return False
-        return m.is_completed()
 
     def close(self) -> None:
         self.backend.close()
@@ -176,14 +133,8 @@ class _TextLM:
         if options.get("attn_implementation"):
             kw["attn_implementation"] = options["attn_implementation"]
         self.lm = AutoModelForCausalLM.from_pretrained(model, **kw).to(self.device).eval()
-        ids: list[int] = []
-        gen_eos = getattr(self.lm.generation_config, "eos_token_id", None)
-        ids += [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        vocab = self.tokenizer.get_vocab()
-        ids += [vocab[t] for t in ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>") if t in vocab]
-        self.stop_ids = [int(i) for i in dict.fromkeys(ids)]
+        self.stop_ids = common.stop_token_ids(self.lm, self.tokenizer,
+                                              ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>"))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token_id = self.stop_ids[0]
 

@@ -109,15 +109,7 @@ class HFBackend:
         return AutoProcessor.from_pretrained(self.model, trust_remote_code=self.opts.trust_remote_code)
 
     def _stop_ids(self) -> list[int]:
-        ids: list[int] = []
-        gen_eos = getattr(self.lm.generation_config, "eos_token_id", None)
-        for x in ([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])):
-            ids.append(int(x))
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(int(self.tokenizer.eos_token_id))
-        vocab = self.tokenizer.get_vocab()
-        ids += [vocab[t] for t in chat.stop_tokens(self.family) if t in vocab]
-        return list(dict.fromkeys(ids))
+        return common.stop_token_ids(self.lm, self.tokenizer, chat.stop_tokens(self.family))
 
     def _grammar(self, spec: TagSpec):
         import xgrammar as xgr
@@ -139,50 +131,14 @@ class HFBackend:
         return common.tag_batch(jobs, spec, self.family, self.opts, self._generate)
 
     def _generate(self, ready: list[tuple[PosterJob, Any]], spec: TagSpec) -> list[TagResult]:
-        import torch
-        from xgrammar.contrib.hf import LogitsProcessor
-
         prompt = chat.prompt_text(spec.prompt, self.family)
         inputs = self.processor(text=[prompt] * len(ready), images=[img for _, img in ready],
                                 padding=True, return_tensors="pt").to(self.device)
-        max_new = common.token_budget(self.opts, spec)
-        lp = LogitsProcessor(self._grammar(spec))   # fresh per generate(): it holds matcher state
-        with torch.inference_mode():
-            out = self.lm.generate(
-                **inputs, max_new_tokens=max_new, do_sample=False, num_beams=1,
-                temperature=None, top_p=None, top_k=None, logits_processor=[lp],
-                eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-            )
-        new = out[:, inputs["input_ids"].shape[1]:].tolist()
-        stops = set(self.stop_ids)
-        results = []
-        for i, (job, _) in enumerate(ready):
-            toks = new[i]
-            end = next((k for k, t in enumerate(toks) if t in stops), None)
-            if end is not None:
-                finish = "stop"
-                toks = toks[:end]
-            else:
-                toks = [t for t in toks if t != self.tokenizer.pad_token_id]
-                finish = "stop" if self._completed(lp, i, toks) else "length"
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            results.append(TagResult(job.movie_id, raw=text, finish_reason=finish))
-        return results
-
-    @staticmethod
-    def _completed(lp, row: int, toks: list[int]) -> bool:
-        """Did the grammar accept a complete answer? The processor has seen every token but the
-        last one (it is called before each step), so feed that one and ask ``is_completed()``."""
-        if not lp.matchers or not toks:
-            return False
-        m = lp.matchers[row]
-        if m.is_terminated():
-            return True
-        try:
-            m.accept_token(toks[-1])
-        except Exception:  # noqa: BLE001 - a rejected token means not complete
-            return False
-        return m.is_completed()
+        rows = common.constrained_generate(self.lm, self.tokenizer, inputs, self._grammar(spec),
+                                           max_new_tokens=common.token_budget(self.opts, spec),
+                                           stop_ids=self.stop_ids)
+        return [TagResult(job.movie_id, raw=self.tokenizer.decode(toks, skip_special_tokens=True),
+                          finish_reason=finish) for (job, _), (toks, finish, _) in zip(ready, rows)]
 
     def close(self) -> None:
         self.lm = None
