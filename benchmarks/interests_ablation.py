@@ -113,19 +113,23 @@ def llm_plumbing(db: Path, n_users: int) -> dict:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_qwen2_vl(Path(tmp) / "tiny")
-        gen = text_generator("hf", str(model_dir), {"device": "cpu", "batch_size": 1}, context_tokens=8192)
+        cfg = InterestsConfig(backend="hf", max_interests=4, max_evidence=2, context_tokens=3072,
+                              current_k=3, batch_size=2)   # the settings of tests/test_interests.py
+        gen = text_generator("hf", str(model_dir), {"device": "cpu"}, context_tokens=cfg.context_tokens)
         with open_store(db) as store:
             users = [u for (u,) in store.execute(
                 "SELECT user_id FROM user_movie_edges GROUP BY user_id HAVING count(*) BETWEEN 20 AND 40 "
                 "ORDER BY user_id LIMIT ?", [n_users]).fetchall()]
-            cfg = InterestsConfig(backend="hf", max_interests=4, max_evidence=2, batch_size=1)
             s = extract_interests(store, gen, cfg, users=users)
+            gen.close()
             run_id = store.scalar("SELECT run_id FROM interest_runs WHERE backend = 'hf' "
                                   "ORDER BY started_at DESC LIMIT 1")
             key = interest_key(store, run_id)
             edges = interest_edges(store, run_id, "long")
     return {"arm": "llm", "what": "PLUMBING CHECK with a tiny RANDOM-WEIGHTS Qwen2-VL (not an accuracy figure)",
-            "users": users, "extract": {k: s[k] for k in ("selected", "done", "failed")},
+            "users": users, "extract": {k: s[k] for k in ("selected", "done", "failed", "failures")},
+            "prompt_tokens_per_user": round(s["prompt_tokens_per_user"], 1),
+            "output_tokens_per_user": round(s["output_tokens_per_user"], 1),
             "interests_stored": int(len(edges["user_id"])), "key": list(key),
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -180,7 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true", help="copy the source database again")
     p.add_argument("--config", type=Path, default=REPO / "configs" / "ml1m.toml")
     p.add_argument("--out", type=Path, default=RESULTS / "interests_ablation.json")
-    p.add_argument("--arms", nargs="+", default=["prefs", "stats", "none"], choices=ARMS)
+    p.add_argument("--arms", nargs="*", default=["prefs", "stats", "none"], choices=ARMS,
+                   help="arms to train (runs of other arms already in --out are kept)")
     p.add_argument("--epochs", type=int, default=None,
                    help="cap on epochs ([train.posterkg] epochs; default: the registry's 60)")
     p.add_argument("--threads", type=int, default=1)
@@ -208,16 +213,20 @@ def main(argv=None) -> int:
     cfg.data["db"] = str(args.db)
     if args.epochs:
         cfg.data.setdefault("train", {}).setdefault("posterkg", {})["epochs"] = args.epochs
-    runs: list[dict] = []
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    runs: list[dict] = [r for r in old.get("runs", []) if r["arm"] not in args.arms]
     doc = {"benchmark": "interests_ablation", "source_db": str(args.src), "config": str(args.config),
            "database": info, "epochs_cap": args.epochs or "registry (60)",
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "threads": args.threads},
            "note": ("posterkg GNN, 1 seed per arm, test read once per arm; timings wall-clock on shared "
                     "CPU cores (noisy)"), "runs": runs}
+    if "llm_plumbing" in old:
+        doc["llm_plumbing"] = old["llm_plumbing"]
     if args.llm_users:
         r = llm_plumbing(args.db, args.llm_users)
         print("llm plumbing:", json.dumps(r), flush=True)
         doc["llm_plumbing"] = r
+        args.out.write_text(json.dumps(doc, indent=1, default=float))
     with open_store(args.db, read_only=True) as store:
         base = assemble(store).inputs
         for arm in args.arms:
