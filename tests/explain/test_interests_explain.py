@@ -258,3 +258,42 @@ def test_cli_explain_and_report_show_the_interests(world, tmp_path):
             for x in items:
                 assert str(escape(x.evidence[0][1])) in page
     assert page.count('class="interest"') == sum(len(v) for g in p.interests_by_type(4).values() for v in g.values())
+
+
+def test_which_interests_are_used(world, tmp_path):
+    """``user_concept_sql`` is the graph's user -> concept edges; ``auto`` follows the graph, and
+    without ``[graph] user_interests`` falls back to the stats extraction as citations only."""
+    from posterkg.errors import InputError
+    from posterkg.explain.paths import Knowledge
+    from posterkg.graphs import GraphConfig, build_graphs
+    from posterkg.graphs.hetero import build_hetero
+    from posterkg.interests.edges import resolve, user_concept_sql
+    from posterkg.store import open_store
+
+    with open_store(world["db"], read_only=True) as store:
+        sql, params = user_concept_sql(store)
+        edges = {(u, c): s for u, c, s in store.execute(sql, params).fetchall()}
+        b = build_hetero(store)
+        auto, off = resolve(store, "auto"), resolve(store, "off")
+        with pytest.raises(InputError, match="no interests run or backend"):
+            resolve(store, "openai")
+    got = {}
+    for rel, sign in (("likes", 1), ("dislikes", -1)):
+        e = b.data["user", rel, "concept"]
+        for (u, c), w in zip(e.edge_index.t().tolist(), e.edge_weight.tolist()):
+            got[(int(b.user_ids[u]), int(b.concept_ids[c]))] = sign * w
+    assert got == pytest.approx(edges) and edges
+    assert auto.from_graph and auto.backend == "stats" and off is None
+
+    db = tmp_path / "plain.duckdb"
+    shutil.copy(world["db"], db)
+    with open_store(db) as store:
+        build_graphs(store, GraphConfig(short_n=SHORT_N))       # back to user_prefs edges
+        sql, params = user_concept_sql(store)
+        n_prefs = store.scalar("SELECT count(*) FROM user_prefs WHERE horizon = 'long'")
+        assert store.scalar(f"SELECT count(*) FROM ({sql})", params) == n_prefs
+        k = Knowledge(store)
+        u = world["users"][0]
+        assert k.interest_source.backend == "stats" and not k.interest_source.from_graph
+        assert k.prefs_source == "user_prefs" and len(k.interests(u)) == len(_table(world["db"], u))
+        assert Knowledge(store, "off").interest_source is None
