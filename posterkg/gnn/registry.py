@@ -41,9 +41,9 @@ class Entry:
 # same cap for SASRec and posterkg-seq).
 _BPR = {"epochs": 60}
 _SEQ = {"lr": 0.003, "epochs": 20, "patience": 3, "batch_size": 128}
-# TIGER (posterkg/gnn/tiger.py): 256 teacher-forced targets per step, Adam lr 0.002, the sequence
+# TIGER (posterkg/gnn/tiger.py): 256 teacher-forced targets per step, Adam lr 0.003, the sequence
 # models' cap and patience
-_TIGER = {"lr": 0.002, "epochs": 20, "patience": 3, "batch_size": 256}
+_TIGER = {"lr": 0.003, "epochs": 20, "patience": 3, "batch_size": 256}
 
 _ENTRIES = [
     Entry("mostpop", "posterkg.gnn.baselines:MostPop", "most train positives first", stochastic=False),

@@ -14,8 +14,9 @@ saved in the model's config.
 **Tokens.** Position ``d`` of an ID has its own ``code_sizes[d]`` tokens (token = 3 + offset of
 ``d`` + code; 0 = padding, 1 = decoder start, 2 = end of history), as in the paper.
 
-**Network** (torch's own ``nn.TransformerEncoder`` / ``nn.TransformerDecoder``, pre-norm, GELU,
-random init; an encoder-decoder, not a decoder-only model): the encoder reads the user's last
+**Network** (torch layers written here, T5-like pre-norm blocks with GELU feed-forwards and
+``scaled_dot_product_attention``, random init; an encoder-decoder, not a decoder-only model; the
+decoder's cross-attention keys/values are projected once per user and shared by its beams): the encoder reads the user's last
 ``max_len`` liked movies (train positives, rating >= 4, time order: the protocol's order) as
 ``max_len * D`` code tokens followed by an end-of-history token, with learned absolute
 positions; the decoder starts from the start token and emits the next movie's ``D`` codes, one
@@ -64,6 +65,74 @@ SPECIALS = 3
 FLOOR = -1e9       # the score of movies the beam did not generate (finite: callers mask with -inf)
 
 
+class Attention(nn.Module):
+    """Multi-head attention with the keys/values computed separately (:meth:`kv`), so a
+    decoder's cross-attention projects the encoder memory once per user, not once per beam."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.p = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv_proj = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, S, d = x.shape
+        k, v = self.kv_proj(x).view(B, S, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return k, v                                                     # [B, h, S, hd] each
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                groups: int = 1) -> torch.Tensor:
+        """``x`` [B * groups, Lq, d] attends to ``k``/``v`` of B rows: the ``groups`` query rows
+        of one memory row (the beams of one user) are one longer query (exact: queries do not
+        interact)."""
+        N, Lq, d = x.shape
+        B = N // groups
+        q = self.q(x).view(B, groups, Lq, self.heads, d // self.heads).permute(0, 3, 1, 2, 4)
+        q = q.reshape(B, self.heads, groups * Lq, d // self.heads)
+        # no dropout on the attention weights (only on the residual branches): the CPU kernel
+        # without it is several times faster
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        a = a.view(B, self.heads, groups, Lq, d // self.heads).permute(0, 2, 3, 1, 4).reshape(N, Lq, d)
+        return self.out(a)
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm decoder block: causal self-attention, cross-attention to the encoder memory,
+    GELU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, heads, dropout)
+        self.cross = Attention(dim, heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, ff), nn.GELU(), nn.Linear(ff, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, y, causal, mem_kv, mem_mask, groups: int):
+        h = self.ln1(y)
+        k, v = self.self_attn.kv(h)
+        y = y + self.drop(self.self_attn(h, k, v, causal))
+        y = y + self.drop(self.cross(self.ln2(y), *mem_kv, mem_mask, groups))
+        return y + self.drop(self.ff(self.ln3(y)))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm encoder block: bidirectional self-attention over the history tokens, feed-forward."""
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, ff), nn.GELU(), nn.Linear(ff, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask):
+        h = self.ln1(x)
+        x = x + self.drop(self.attn(h, *self.attn.kv(h), mask))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
 class TIGER(Recommender):
     trainer = "fit"
 
@@ -77,7 +146,7 @@ class TIGER(Recommender):
         max_len: int = 20              # history movies read (each D code tokens)
         dropout: float = 0.1
         beam: int = 50
-        epoch_samples: int = 0         # training targets per epoch; 0 = every position
+        epoch_samples: int = 50_000    # training targets sampled per epoch; 0 = every position
         weight_decay: float = 0.0
         score_batch: int = 256         # users per beam-search batch
         code_sizes: list = dataclasses.field(default_factory=list)   # per ID position; from the IDs
@@ -116,19 +185,18 @@ class TIGER(Recommender):
         self.tok = nn.Embedding(SPECIALS + sum(sizes), dim, padding_idx=PAD)
         self.enc_pos = nn.Embedding(c.max_len * D + 1, dim)
         self.dec_pos = nn.Embedding(D, dim)
-        enc = nn.TransformerEncoderLayer(dim, c.heads, ff, c.dropout, activation="gelu", batch_first=True,
-                                         norm_first=True)
-        self.encoder = nn.TransformerEncoder(enc, c.layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
-        dec = nn.TransformerDecoderLayer(dim, c.heads, ff, c.dropout, activation="gelu", batch_first=True,
-                                         norm_first=True)
-        self.decoder = nn.TransformerDecoder(dec, c.layers, norm=nn.LayerNorm(dim))
+        self.encoder = nn.ModuleList(EncoderBlock(dim, c.heads, ff, c.dropout) for _ in range(c.layers))
+        self.enc_norm = nn.LayerNorm(dim)
+        self.decoder = nn.ModuleList(DecoderBlock(dim, c.heads, ff, c.dropout) for _ in range(c.layers))
+        self.dec_norm = nn.LayerNorm(dim)
         self.out = nn.ModuleList(nn.Linear(dim, k) for k in sizes)
         self.drop = nn.Dropout(c.dropout)
         for emb in (self.tok, self.enc_pos, self.dec_pos):
             nn.init.normal_(emb.weight, std=0.02)
         with torch.no_grad():
             self.tok.weight[PAD].zero_()
-        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(D), persistent=False)
+        self.register_buffer("causal", torch.zeros(D, D).masked_fill(~torch.tril(torch.ones(D, D, dtype=torch.bool)),
+                                                                     float("-inf")), persistent=False)
         self._trie: CodeTrie | None = None
 
     # -- IDs -----------------------------------------------------------------------------------
@@ -162,24 +230,34 @@ class TIGER(Recommender):
         tok = torch.where(torch.from_numpy(ok).unsqueeze(-1), codes, torch.zeros_like(codes)).view(len(ends), L * D)
         return torch.cat([tok, torch.full((len(ends), 1), SEP, dtype=torch.long)], 1).to(self.codes.device)
 
-    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, tokens: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """The encoder memory of history ``tokens`` [B, S], as each decoder layer's cross-attention
+        keys/values, and its additive mask [B, 1, 1, S] (-inf at padding)."""
         S = tokens.shape[1]
         x = self.drop(self.tok(tokens) + self.enc_pos.weight[-S:].unsqueeze(0))
-        pad = tokens == PAD
-        return self.encoder(x, src_key_padding_mask=pad), pad
+        mask = torch.zeros(tokens.shape, device=tokens.device).masked_fill(tokens == PAD, float("-inf"))
+        mask = mask[:, None, None, :]                     # additive; the end token is never masked
+        for blk in self.encoder:
+            x = blk(x, mask)
+        x = self.enc_norm(x)
+        return [blk.cross.kv(x) for blk in self.decoder], mask
 
-    def decode(self, memory: torch.Tensor, pad: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """Decoder states [N, d + 1, dim] after the start token and the ``d`` codes of ``prefix``."""
+    def decode(self, memory: list, mask: torch.Tensor, prefix: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """Decoder states [N, d + 1, dim] after the start token and the ``d`` codes of ``prefix``
+        [N, d]; ``groups`` consecutive rows share one memory row (the beams of one user)."""
         N, d = prefix.shape
         inp = torch.cat([torch.full((N, 1), BOS, dtype=torch.long, device=prefix.device),
                          prefix + self.offset[:d]], 1)
         y = self.drop(self.tok(inp) + self.dec_pos.weight[:d + 1].unsqueeze(0))
-        return self.decoder(y, memory, tgt_mask=self.causal[:d + 1, :d + 1], memory_key_padding_mask=pad)
+        causal = self.causal[:d + 1, :d + 1]
+        for blk, kv in zip(self.decoder, memory):
+            y = blk(y, causal, kv, mask, groups)
+        return self.dec_norm(y)
 
     def train_loss(self, tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Teacher-forced cross-entropy of the target IDs [B, D] given encoder ``tokens``."""
-        memory, pad = self.encode(tokens)
-        h = self.decode(memory, pad, target[:, :-1])
+        memory, mask = self.encode(tokens)
+        h = self.decode(memory, mask, target[:, :-1])
         return sum(F.cross_entropy(self.out[d](h[:, d]), target[:, d]) for d in range(self.D)) / self.D
 
     # -- scoring -------------------------------------------------------------------------------
@@ -214,14 +292,11 @@ class TIGER(Recommender):
         trie = self.trie()
         u = users.cpu().numpy()
         flat, starts, ends, rows, cols = self._user_rows(u, history)
-        memory, pad = self.encode(self.history_tokens(flat, ends, starts))
-        S, dim = memory.shape[1], memory.shape[2]
+        memory, mask = self.encode(self.history_tokens(flat, ends, starts))
 
         def step(prefix: torch.Tensor) -> torch.Tensor:
             b, W, d = prefix.shape
-            mem = memory.unsqueeze(1).expand(b, W, S, dim).reshape(b * W, S, dim)
-            pm = pad.unsqueeze(1).expand(b, W, S).reshape(b * W, S)
-            h = self.decode(mem, pm, prefix.reshape(b * W, d))[:, -1]
+            h = self.decode(memory, mask, prefix.reshape(b * W, d), groups=W)[:, -1]
             return torch.log_softmax(self.out[d](h), -1).view(b, W, -1)
 
         return beam_search(step, trie, len(u), self.cfg.beam, (rows, cols), device=device)
@@ -252,7 +327,7 @@ class TIGER(Recommender):
         return flat, starts, targets
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
-        from posterkg.gnn.train import EarlyStopping
+        from posterkg.gnn.train import EarlyStopping, StepBudget
 
         if self._misfit:
             raise ValueError("the semantic IDs do not fit this tiger config's code_sizes (drop code_sizes "
@@ -269,12 +344,14 @@ class TIGER(Recommender):
         n_ep = len(targets) if not self.cfg.epoch_samples else min(len(targets), int(self.cfg.epoch_samples))
         n_batches = (n_ep + bs - 1) // bs
         codes = self.codes.cpu()
+        budget = StepBudget(getattr(train_cfg, "max_steps", 0))    # [gnn] max_steps
         for epoch in range(1, train_cfg.epochs + 1):
             self.train()
             t0 = time.perf_counter()
             sel = rng.permutation(targets)[:n_ep]
             total = 0.0
-            for start in bar(range(0, n_ep, bs), total=n_batches, desc=f"{self.name} epoch {epoch}",
+            n_steps = budget.left(n_batches)
+            for start in bar(range(0, n_ep, bs), total=n_steps, desc=f"{self.name} epoch {epoch}",
                              unit="batch", disable=not verbose or None):
                 g = sel[start:start + bs]
                 tokens = self.history_tokens(flat, g, starts[g])
@@ -283,10 +360,14 @@ class TIGER(Recommender):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) / n_batches
+                total += float(loss.detach()) / max(n_steps, 1)
+                if budget.take():
+                    break
             secs += time.perf_counter() - t0
             row = {"epoch": epoch, "loss": total, "seconds": time.perf_counter() - t0, "targets": n_ep}
-            if stop.end_epoch(epoch, row, train_cfg, valid_fn, self, history, verbose):
+            if budget.max_steps:
+                row["steps"] = budget.steps
+            if stop.end_epoch(epoch, row, train_cfg, valid_fn, self, history, verbose, last=budget.spent):
                 break
         stop.restore(self)
         self.eval()
