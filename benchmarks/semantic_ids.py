@@ -12,7 +12,9 @@ and ``text_embeddings`` (``posterkg embed texts --model minilm``); the script wr
 For every version: codebook usage per level (share of the K codes used by at least one movie),
 collision rate before disambiguation (share of movies whose L-tuple another movie shares), the
 largest such group, reconstruction error (squared error summed over the feature dimensions,
-mean over movies), seconds; and the restart check: the version is read back from the table
+mean over movies), seconds; the mean genre Jaccard of two movies that share their first code (and
+their first two) against two random movies, and the same with the cosine of their poster
+embeddings; and the restart check: the version is read back from the table
 into a fresh RQ-VAE, the features re-read and re-encoded, and the codes compared with the table.
 Prints a table and writes ``benchmarks/results/semantic_ids.json`` (``--out``).
 """
@@ -58,6 +60,68 @@ def restart_check(store, version: str) -> bool:
     return bool(np.array_equal(ver.model.codes(x), codes[:, :ver.levels]))
 
 
+def genre_coherence(store, version: str, pairs: int = 20000, seed: int = 0) -> dict:
+    """Mean genre Jaccard of two movies sharing their first code (and first two codes) vs two
+    random movies: do the codes carry meaning, or only spread the movies out?"""
+    import itertools
+
+    import numpy as np
+
+    from posterkg.semantic.ids import load_codes
+
+    ids, codes = load_codes(store, version)
+    genres = {int(m): set(g or []) for m, g in store.execute("SELECT movie_id, genres FROM movies").fetchall()}
+    gs = [genres.get(int(m), set()) for m in ids]
+
+    def jac(a, b):
+        return len(a & b) / len(a | b) if a | b else 0.0
+
+    out = {}
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(ids), pairs), rng.integers(0, len(ids), pairs)
+    keep = i != j
+    out["random"] = float(np.mean([jac(gs[a], gs[b]) for a, b in zip(i[keep], j[keep])]))
+    for depth in (1, 2):
+        groups: dict = {}
+        for k, row in enumerate(codes[:, :depth]):
+            groups.setdefault(tuple(row), []).append(k)
+        vals = [jac(gs[a], gs[b]) for members in groups.values() for a, b in itertools.combinations(members, 2)]
+        out[f"same_prefix_{depth}"] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def poster_coherence(store, version: str, pairs: int = 20000, seed: int = 0) -> dict | None:
+    """The same with the cosine of the two movies' poster embeddings (efficientnet-lite0)."""
+    import itertools
+
+    import numpy as np
+
+    from posterkg.embed.posters import load_features
+    from posterkg.errors import InputError
+    from posterkg.semantic.ids import load_codes
+
+    try:
+        pid, pm = load_features(store, "poster", "efficientnet-lite0", normalize=True)
+    except InputError:
+        return None
+    ids, codes = load_codes(store, version)
+    pos = {int(m): i for i, m in enumerate(pid)}
+    have = np.array([int(m) in pos for m in ids])
+    ids, codes = ids[have], codes[have]
+    vec = pm[[pos[int(m)] for m in ids]]
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(ids), pairs), rng.integers(0, len(ids), pairs)
+    keep = i != j
+    out = {"random": float((vec[i[keep]] * vec[j[keep]]).sum(1).mean())}
+    for depth in (1, 2):
+        groups: dict = {}
+        for k, row in enumerate(codes[:, :depth]):
+            groups.setdefault(tuple(row), []).append(k)
+        a = np.array([p for m in groups.values() for p in itertools.combinations(m, 2)])
+        out[f"same_prefix_{depth}"] = float((vec[a[:, 0]] * vec[a[:, 1]]).sum(1).mean()) if len(a) else None
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", type=Path, default=Path("/work/cache/sem.duckdb"))
@@ -94,21 +158,26 @@ def main(argv=None) -> int:
                 s = build_version(store, name, cfg, rebuild=True)
                 s["wall_seconds"] = time.perf_counter() - t0
                 s["restart_identical"] = restart_check(store, name)
+                s["genre_jaccard"] = genre_coherence(store, name)
+                s["poster_cosine"] = poster_coherence(store, name)
                 s["config"] = dataclasses.asdict(cfg)
                 runs.append(s)
                 print(f"{name}: usage {[round(u, 3) for u in s['usage']]} collisions {s['collision_rate']:.4f} "
                       f"max group {s['max_group']} recon {s['recon_loss']:.4f} {s['seconds']:.1f}s "
-                      f"restart identical {s['restart_identical']}", flush=True)
+                      f"restart identical {s['restart_identical']} genre jaccard {s['genre_jaccard']} poster cosine {s['poster_cosine']}", flush=True)
 
     head = f"{'version':<14} {'features':<16} {'LxK':>6} {'usage per level':<22} {'collide':>8} {'maxg':>5} " \
-           f"{'recon':>7} {'missing':<22} {'sec':>6} restart"
+           f"{'recon':>7} {'missing':<22} {'sec':>6} {'jac1/2/rand':<16} restart"
     print(head)
     print("-" * len(head))
     for s in runs:
         miss = ",".join(f"{k}:{v}" for k, v in s["missing"].items())
+        gj = s["genre_jaccard"]
         print(f"{s['version']:<14} {'+'.join(s['features']):<16} {s['levels']}x{s['codebook_size']:<4} "
               f"{' / '.join(f'{100 * u:.1f}' for u in s['usage']):<22} {100 * s['collision_rate']:7.2f}% "
-              f"{s['max_group']:>5} {s['recon_loss']:7.4f} {miss:<22} {s['seconds']:6.1f} {s['restart_identical']}")
+              f"{s['max_group']:>5} {s['recon_loss']:7.4f} {miss:<22} {s['seconds']:6.1f} "
+              f"{'/'.join(f'{v:.2f}' for v in (gj['same_prefix_1'], gj['same_prefix_2'], gj['random'])):<16} "
+              f"{s['restart_identical']}")
     out = {"db": str(args.db), "threads": args.threads, "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -278,6 +278,8 @@ def build_version(store, version: str, cfg: SemanticConfig, *, rebuild: bool = F
         "distinct_tuples": stats["distinct"],
         "recon_loss": model.reconstruction(x),
         "train_recon_first": hist[0]["recon"], "train_recon_last": hist[-1]["recon"],
+        "train_recon_curve": {h["epoch"]: round(h["recon"], 5) for h in hist
+                              if h["epoch"] % max(1, cfg.epochs // 10) == 0 or h["epoch"] == 1},
         "reseeded": int(sum(h["reseeded"] for h in hist)),
         "epochs": cfg.epochs, "seconds": res.seconds,
     }
