@@ -128,7 +128,7 @@ class SASRec(Recommender):
         inputs: str = "positives"     # "positives" | "all" (every rated movie, with its sign)
         weight_decay: float = 0.0
         horizon: int = 1              # targets: the liked movies among the next `horizon` positions
-        bucket: bool = True           # batch windows of similar length, trim common padding
+        bucket: bool = False          # batch windows of similar length (each target weighed alike)
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -225,27 +225,35 @@ class SASRec(Recommender):
                 end = start + 1 if start > 0 else 0
         return torch.from_numpy(np.stack(wins)), torch.from_numpy(np.stack(sgns))
 
-    def train_loss(self, win, wsg) -> torch.Tensor:
-        """Cross-entropy over the catalogue: the state at position t predicts each liked movie
-        among the next ``horizon`` positions (horizon 1 = classic next-item SASRec)."""
-        table = self.movie_table(self.graph)
-        tok, sgn = win[:, :-1], wsg[:, :-1]
-        h = self.user_states(tok, sgn, table)                      # [B, L, d]
+    def _targets(self, win, wsg) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets [B, L, K] of each input position (the movies at t+1 .. t+K within the window)
+        and whether each one counts (liked, and the input position is not padding)."""
+        tok = win[:, :-1]
         L, K = tok.shape[1], max(1, int(self.cfg.horizon))
         nxt = win[:, 1:] - 1                                       # movie index, -1 = padding
         liked = (wsg[:, 1:] == 3) & (nxt >= 0)
-        # targets [B, L, K]: the movies at t+1 .. t+K (within the window) when liked
         pad_t = torch.cat([nxt, torch.full((nxt.shape[0], K - 1), -1, dtype=nxt.dtype)], 1)
         pad_l = torch.cat([liked, torch.zeros(nxt.shape[0], K - 1, dtype=torch.bool)], 1)
-        tgt = pad_t.unfold(1, K, 1)[:, :L]                          # [B, L, K]
+        tgt = pad_t.unfold(1, K, 1)[:, :L]
         ok = pad_l.unfold(1, K, 1)[:, :L] & (tok > 0).unsqueeze(-1)
+        return tgt, ok
+
+    def train_loss(self, win, wsg, norm: float | None = None) -> torch.Tensor:
+        """Cross-entropy over the catalogue: the state at position t predicts each liked movie
+        among the next ``horizon`` positions (horizon 1 = classic next-item SASRec). Averaged
+        over the batch's targets, or summed and divided by ``norm`` (the epoch's mean number of
+        targets per batch: every target weighs the same whatever batch it falls in)."""
+        table = self.movie_table(self.graph)
+        tok, sgn = win[:, :-1], wsg[:, :-1]
+        h = self.user_states(tok, sgn, table)                      # [B, L, d]
+        tgt, ok = self._targets(win, wsg)
         rows = ok.any(-1)
         if not bool(rows.any()):
             return h.sum() * 0.0
         logp = torch.log_softmax(h[rows] @ table.T, dim=-1)        # [P, n_movies]
         t, o = tgt[rows].clamp(min=0), ok[rows]
         picked = logp.gather(1, t)
-        return -(picked * o).sum() / o.sum()
+        return -(picked * o).sum() / (o.sum() if norm is None else norm)
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
         from posterkg.gnn.train import EarlyStopping, StepBudget
@@ -259,6 +267,12 @@ class SASRec(Recommender):
         bs = train_cfg.batch_size
         n_batches = (len(win) + bs - 1) // bs
         lengths = (win > 0).sum(1)
+        norm = None
+        if self.cfg.bucket:
+            # bucketed batches differ in size (short windows together): weigh every target alike
+            n_targets = sum(int(self._targets(win[a:a + 1024], wsg[a:a + 1024])[1].sum())
+                            for a in range(0, len(win), 1024))
+            norm = max(n_targets / max(n_batches, 1), 1.0)
         budget = StepBudget(getattr(train_cfg, "max_steps", 0))    # [gnn] max_steps
         for epoch in range(1, train_cfg.epochs + 1):
             self.train()
@@ -271,7 +285,7 @@ class SASRec(Recommender):
                 # windows are left-padded: drop the columns that are padding in every window of
                 # the batch (positions stay right-aligned, so the model sees the same inputs)
                 keep = max(2, int(lengths[idx].max()))
-                loss = self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device))
+                loss = self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -303,7 +317,7 @@ class PosterKGSeq(SASRec):
         inputs: str = "all"
         weight_decay: float = 0.0
         horizon: int = 1
-        bucket: bool = True
+        bucket: bool = False
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"

@@ -187,3 +187,20 @@ def test_trimming_common_padding_leaves_the_loss_unchanged():
         full = m.train_loss(win, wsg)
         trimmed = m.train_loss(win[:, -keep:], wsg[:, -keep:])
         assert torch.allclose(full, trimmed, atol=1e-6), (kind, float(full), float(trimmed))
+
+
+def test_loss_norm_weighs_every_target_alike():
+    ratings, n = _cycle_world(n_users=10)
+    inputs = _inputs(ratings, n)
+    m = registry.build("sasrec", inputs, registry.model_config("sasrec", {"dim": 16, "max_len": 20, "dropout": 0.0}))
+    m.eval()
+    win, wsg = m._train_windows(inputs.data.history("valid"))
+    count = int(m._targets(win, wsg)[1].sum())
+    assert count == int(((wsg[:, 1:] == 3) & (win[:, 1:] > 0) & (win[:, :-1] > 0)).sum())   # horizon 1, by hand
+    mean = m.train_loss(win, wsg)
+    assert torch.allclose(m.train_loss(win, wsg, norm=float(count)), mean, atol=1e-6)
+    # two halves, each divided by the same norm, add up to the loss of the whole
+    a, b = win[:4], win[4:]
+    sa, sb = wsg[:4], wsg[4:]
+    half = m.train_loss(a, sa, norm=float(count)) + m.train_loss(b, sb, norm=float(count))
+    assert torch.allclose(half, mean, atol=1e-5)
