@@ -257,7 +257,12 @@ def build_version(store, version: str, cfg: SemanticConfig, *, rebuild: bool = F
     movie_ids = _movie_ids(store)
     x, norm, missing = item_features(store, movie_ids, cfg.features, poster_encoder=cfg.poster_encoder,
                                      text_encoder=cfg.text_encoder)
-    device = torch.device(cfg.device)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"[{SECTION}.{version}] device = {cfg.device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"[{SECTION}.{version}] device = {cfg.device!r}, but torch sees no GPU; use \"cpu\"")
     torch.manual_seed(cfg.seed)
     model = RQVAE(RQVAEConfig(in_dim=x.shape[1], levels=cfg.levels, codebook_size=cfg.codebook_size,
                               code_dim=cfg.code_dim, hidden=tuple(cfg.hidden), beta=cfg.beta,
