@@ -285,9 +285,12 @@ class TIGER(Recommender):
         return cat(flat), np.array(starts, np.int64), np.array(ends, np.int64), cat(rows), cat(cols)
 
     @torch.no_grad()
-    def generate(self, users: torch.Tensor, history=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, users: torch.Tensor, history=None,
+                 candidates: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(movies [B, beam], log-probabilities [B, beam]) generated for ``users``, best first;
-        -1 / -inf where fewer than ``beam`` unseen movies have an ID."""
+        -1 / -inf where fewer than ``beam`` unseen movies have an ID. ``candidates`` (movie
+        indices) restricts what may come out (the cold-start protocol ranks only its cold
+        movies; nothing of the history is excluded among them then)."""
         device = self.codes.device
         trie = self.trie()
         u = users.cpu().numpy()
@@ -299,15 +302,22 @@ class TIGER(Recommender):
             h = self.decode(memory, mask, prefix.reshape(b * W, d), groups=W)[:, -1]
             return torch.log_softmax(self.out[d](h), -1).view(b, W, -1)
 
-        return beam_search(step, trie, len(u), self.cfg.beam, (rows, cols), device=device)
+        allowed = None
+        if candidates is not None:
+            allowed = np.zeros(self.n_movies, bool)
+            allowed[np.asarray(candidates, np.int64)] = True
+            rows, cols = rows[:0], cols[:0]
+        return beam_search(step, trie, len(u), self.cfg.beam, (rows, cols), device=device, allowed=allowed)
 
     @torch.no_grad()
-    def score(self, users: torch.Tensor, history=None) -> torch.Tensor:
+    def score(self, users: torch.Tensor, history=None, candidates: np.ndarray | None = None) -> torch.Tensor:
+        """[len(users), n_movies]: the generated movies' log-probabilities, :data:`FLOOR`
+        elsewhere (``candidates``: see :meth:`generate`)."""
         device = self.codes.device
         out = torch.full((len(users), self.n_movies), FLOOR, device=device)
         bs = max(1, int(self.cfg.score_batch))
         for start in range(0, len(users), bs):
-            movies, logp = self.generate(users[start:start + bs], history)
+            movies, logp = self.generate(users[start:start + bs], history, candidates)
             ok = movies >= 0
             r = torch.arange(movies.shape[0], device=device).unsqueeze(1).expand_as(movies)
             out[start + r[ok], movies[ok]] = logp[ok]

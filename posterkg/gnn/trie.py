@@ -102,18 +102,29 @@ StepFn = Callable[[torch.Tensor], torch.Tensor]
 
 def beam_search(step: StepFn, trie: CodeTrie, batch: int, width: int,
                 seen: tuple[np.ndarray, np.ndarray] | None = None,
-                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                device: str | torch.device = "cpu",
+                allowed: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Constrained beam search for ``batch`` rows.
 
     ``step(prefix)``: ``prefix`` [batch, W, d] codes chosen so far -> [batch, W, sizes[d]]
     log-probabilities of the next code. ``seen``: (row, movie index) pairs excluded per row.
-    Returns (movies [batch, width] long, -1 where fewer than ``width`` unseen movies exist;
-    scores [batch, width], -inf there), best first."""
+    ``allowed``: optional bool [n_movies], the only movies that may come out (e.g. the cold-start
+    protocol's candidates). Returns (movies [batch, width] long, -1 where fewer than ``width``
+    unseen movies exist; scores [batch, width], -inf there), best first."""
     t = trie.tensors(device)
     D = trie.depth
-    remaining = [cnt.unsqueeze(0).expand(batch, -1).clone() for cnt in t["counts"]]
+    if allowed is None:
+        base = t["counts"]
+    else:
+        allowed = np.asarray(allowed, bool)
+        base = [torch.from_numpy(np.bincount(nodes[allowed & (nodes >= 0)], minlength=len(cnt)).astype(np.int64))
+                .to(device) for nodes, cnt in zip(trie.node_of, trie.counts)]
+    remaining = [cnt.unsqueeze(0).expand(batch, -1).clone() for cnt in base]
     if seen is not None and len(seen[0]):
-        pairs = np.unique(np.asarray(seen[0], np.int64) * trie.n_movies + np.asarray(seen[1], np.int64))
+        rows, cols = np.asarray(seen[0], np.int64), np.asarray(seen[1], np.int64)
+        if allowed is not None:
+            rows, cols = rows[allowed[cols]], cols[allowed[cols]]
+        pairs = np.unique(rows * trie.n_movies + cols)
         rows = torch.as_tensor(pairs // trie.n_movies, device=device)
         cols = torch.as_tensor(pairs % trie.n_movies, device=device)
         for d in range(D + 1):

@@ -107,6 +107,12 @@ def test_beam_search_drops_seen_movies_without_wasting_the_beam():
     movies, scores = beam_search(_planted_step, trie, 1, 8, (np.array([0, 0]), np.array([3, 4])))
     assert sorted(movies[0, :3].tolist()) == [0, 1, 2] and (movies[0, 3:] == -1).all()
     assert torch.isinf(scores[0, 3:]).all()
+    # only allowed movies (the cold-start candidates) come out; seen ones among them still do not
+    allowed = np.zeros(5, bool)
+    allowed[[1, 3, 4]] = True
+    movies, scores = beam_search(_planted_step, trie, 2, 3, (np.array([1]), np.array([3])), allowed=allowed)
+    assert movies[0].tolist() == [1, 3, 4] or movies[0].tolist() == [1, 4, 3]
+    assert movies[1].tolist() == [1, 4, -1]
 
 
 def test_trie_rejects_duplicate_and_out_of_range_ids():
@@ -145,6 +151,9 @@ def test_untrained_model_only_emits_valid_unseen_ids():
             assert (scores[u, got] > FLOOR).all() and (scores[u, got] <= 0).all()
             rest = np.setdiff1d(np.arange(n_movies), got)
             assert (scores[u, rest] == FLOOR).all()
+    cand = np.arange(30, 50)
+    movies, _ = model.generate(torch.arange(n_users), inputs.data.history("test"), candidates=cand)
+    assert set(movies.reshape(-1).tolist()) <= set(cand.tolist()) - {-1}
     # cold start: with a beam over the whole catalogue the never-rated movies come out too
     wide = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "beam": 64}))
     movies, _ = wide.eval().generate(torch.arange(5), inputs.data.history("test"))
