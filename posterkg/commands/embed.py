@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from posterkg.clikit import Env, common_options, pass_env, print_table
+from posterkg.commands.tag import engine_options
 
 
 def _parse_movies(text: str | None) -> list[int] | None:
@@ -25,6 +26,8 @@ def _summary_rows(s: dict) -> list[tuple]:
             ("posters/s" if s["kind"] == "poster" else "texts/s", f"{rate:.2f}")]
     if "device" in s:
         rows.insert(2, ("device", s["device"]))
+    if "engine" in s:
+        rows.insert(2, ("engine", s["engine"]))
     rows += [(f"failed: {r}", n) for r, n in s["failures"].items()]
     return rows
 
@@ -52,29 +55,42 @@ def embed() -> None:
 @click.option("--movies", help="Only these movie ids, comma-separated: --movies 1,2,3")
 @click.option("--device", help="auto (GPU when present) | cpu | cuda | cuda:N [auto].")
 @click.option("--retry-failed", is_flag=True, default=None, help="Re-try posters that failed before.")
+@engine_options
 @pass_env
-def posters(env: Env, encoder, batch_size, limit, movies, device, retry_failed) -> None:
+def posters(env: Env, encoder, batch_size, limit, movies, device, retry_failed, engine, ray_address, workers) -> None:
     """Embed posters into table poster_embeddings (one vector per movie and encoder).
 
     Resumable and idempotent: a rerun skips posters already done with the same encoder; stop it
     any time (even kill -9: at most one batch is lost) and run it again. Posters that do not
     decode are recorded in poster_embed_status with their reason.
+
+    `--engine ray` runs the encoder as Ray Data actors (one per GPU, or per CPU) on a local Ray
+    cluster or the one at `--ray-address`; the rows are the same as the local engine's.
     """
     from posterkg.embed.image import load_image_encoder
-    from posterkg.embed.posters import FeaturesConfig, embed_posters
+    from posterkg.embed.posters import EncoderRef, FeaturesConfig, embed_posters
+    from posterkg.engines import make_engine
 
     env.config.override("features", poster_encoder=encoder, batch_size=batch_size, limit=limit,
                         device=device, retry_failed=retry_failed)
     cfg = env.config.section("features", FeaturesConfig)
     cfg.check()
     ids = _parse_movies(movies)
+    eng = make_engine(engine, address=ray_address, workers=workers or 0)
+    name = cfg.poster_encoder or "efficientnet-lite0"
     with env.store() as store:
-        enc = load_image_encoder(cfg.poster_encoder or "efficientnet-lite0", device=cfg.device)
+        if eng.name == "local":
+            enc = load_image_encoder(name, device=cfg.device)
+        else:
+            enc = EncoderRef(name, device=cfg.device)
         try:
             summary = embed_posters(store, enc, batch_size=cfg.batch_size, limit=cfg.limit or None,
-                                    movies=ids, retry_failed=cfg.retry_failed)
+                                    movies=ids, retry_failed=cfg.retry_failed, engine=eng)
         finally:
-            enc.close()
+            if eng.name == "local":
+                enc.close()
+            else:
+                eng.shutdown()
     print_table(_summary_rows(summary), ["embed posters", "value"])
 
 
