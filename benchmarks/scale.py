@@ -21,12 +21,18 @@ tag        ``tag --backend pixels --limit N`` (a sample of ``--tag-sample`` post
 embed      ``embed posters --encoder efficientnet-lite0 --limit N`` (``--embed-sample`` posters)
 vocab      ``schema discover`` (agglomerative, MiniLM from the wheel) + ``freeze`` + ``project``
 graph      ``graph build``
-train-mostpop    ``train --model mostpop`` (gives evaluate/recommend a model when training is skipped)
-train-lightgcn, train-posterkg   ``train --model M --epochs E`` (bounded: ``--epochs``, and big
-           batches: a step is one full-graph propagation whatever the batch, so the batch size
-           sets the steps per epoch)
-evaluate   ``evaluate`` (every trained model, every test user)
-recommend  ``recommend --all -k 10 --out FILE`` (every user of the split)
+train-mostpop    ``train --model mostpop`` (no training: the valid + test evaluations alone)
+train-bprmf, train-lightgcn, train-posterkg   ``train --model M --max-steps S`` (BPR: ``--batch-size``
+           pairs per step; LightGCN and posterkg run one full-graph propagation per step
+           whatever the batch size)
+train-seq  ``train --model posterkg-seq --max-steps S`` (``--seq-model``; ``--seq-batch-size``
+           windows per step: a step's logits are windows x positions x movies floats)
+evaluate   ``evaluate --model ID`` (``--eval-model``, every test user, [gnn] eval_batch_size users at a time)
+recommend  ``recommend --all -k 10 --model ID --out FILE`` (every user of the split, streamed)
+
+Every training stage also evaluates on valid at its end and on test (twice: the robust column),
+as ``posterkg train`` does; ``[gnn] eval_every`` is set past the step budget so that valid is
+evaluated once. The stage's row keeps the valid / test NDCG@20 the model reached.
 =========  ===========================================================================
 """
 
@@ -44,9 +50,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
-STAGES = ["ingest", "posters", "split", "tag", "embed", "vocab", "graph", "train-mostpop", "train-lightgcn",
-          "train-posterkg",
-          "evaluate", "recommend"]
+STAGES = ["ingest", "posters", "split", "tag", "embed", "vocab", "graph", "train-mostpop", "train-bprmf",
+          "train-lightgcn", "train-posterkg", "train-seq", "evaluate", "recommend"]
 GOALS = {"ingest+split": 120.0, "graph": 180.0}
 MEM_GOAL_GB = 16.0
 
@@ -56,7 +61,8 @@ def posterkg_bin() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "posterkg"]
 
 
-def write_config(path: Path, db: Path, epochs: int, batch: int, dim: int) -> None:
+def write_config(path: Path, db: Path, epochs: int, batch: int, dim: int, seq_batch: int = 16,
+                 eval_batch: int = 2048) -> None:
     path.write_text(f"""# benchmarks/scale.py
 db = "{db}"
 
@@ -78,7 +84,15 @@ epochs = {epochs}
 batch_size = {batch}
 dim = {dim}
 patience = 1
-eval_batch_size = 4096
+eval_every = 1000
+eval_batch_size = {eval_batch}
+threads = 1
+
+[train.sasrec]
+batch_size = {seq_batch}
+
+[train.posterkg-seq]
+batch_size = {seq_batch}
 """, encoding="utf-8")
 
 
@@ -95,18 +109,28 @@ def stage_commands(stage: str, data: Path, work: Path, a) -> list[list[str]]:
                   ["schema", "freeze"], ["schema", "project"]],
         "graph": [["graph", "build"]],
         "train-mostpop": [["train", "--model", "mostpop"]],
-        "train-lightgcn": [["train", "--model", "lightgcn", "--epochs", str(a.epochs), "-v"]],
-        "train-posterkg": [["train", "--model", a.model, "--epochs", str(a.epochs), "-v"]],
-        "evaluate": [["evaluate"]],
-        "recommend": [["recommend", "--all", "-k", "10", "--out", str(work / "recommendations.tsv")]],
+        "train-bprmf": [["train", "--model", "bprmf", "--epochs", str(a.epochs), "--max-steps",
+                         str(a.max_steps_mf), "-v"]],
+        "train-lightgcn": [["train", "--model", "lightgcn", "--epochs", str(a.epochs), "--max-steps",
+                            str(a.max_steps), "-v"]],
+        "train-posterkg": [["train", "--model", a.model, "--epochs", str(a.epochs), "--max-steps",
+                            str(a.max_steps), "-v"]],
+        "train-seq": [["train", "--model", a.seq_model, "--epochs", str(a.epochs), "--max-steps",
+                       str(a.seq_max_steps), "-v"]],
+        "evaluate": [["evaluate", "--model", a.eval_model]],
+        "recommend": [["recommend", "--all", "-k", "10", "--model", a.eval_model,
+                       "--out", str(work / "recommendations.tsv")]],
     }[stage]
 
 
-def run_timed(cmd: list[str], log: Path, timeout: float) -> dict:
-    """Run ``cmd`` under /usr/bin/time -v; its output goes to ``log``; return the measurements."""
+def run_timed(cmd: list[str], log: Path, timeout: float, threads: int | None = None) -> dict:
+    """Run ``cmd`` under /usr/bin/time -v; its output goes to ``log``; return the measurements.
+    ``threads``: OMP/MKL threads of the process (torch's intra-op pool)."""
     timev = shutil.which("time") or "/usr/bin/time"
     full = [timev, "-v", *cmd]
     env = dict(os.environ, POSTERKG_PROGRESS="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     with open(log, "wb") as out:
         out.write(("$ " + " ".join(cmd) + "\n").encode())
@@ -126,8 +150,15 @@ def run_timed(cmd: list[str], log: Path, timeout: float) -> dict:
     sys_ = re.search(r"System time \(seconds\): ([\d.]+)", tail)
     cpu = (float(user.group(1)) + float(sys_.group(1))) if user and sys_ else None
     body = tail.split("\tCommand being timed")[0]
-    return {"rc": rc, "wall_s": wall, "peak_rss_bytes": rss, "cpu_s": cpu,
-            "tail": [ln for ln in body.strip().splitlines() if ln.strip()][-6:]}
+    out = {"rc": rc, "wall_s": wall, "peak_rss_bytes": rss, "cpu_s": cpu,
+           "tail": [ln for ln in body.strip().splitlines() if ln.strip()][-6:]}
+    v = re.search(r"valid NDCG@20 ([\d.]+)", body)
+    if v:
+        out["valid_ndcg@20"] = float(v.group(1))
+    steps = re.findall(r"steps=(\d+)", body)
+    if steps:
+        out["steps"] = int(steps[-1])
+    return out
 
 
 def load_results() -> dict:
@@ -186,6 +217,14 @@ def markdown(labels: list[str]) -> str:
                       f"{(r['peak_rss_bytes'] or 0) / 2**30:.2f} GB"]
         if any(cells):
             out.append(f"| {name} | " + " | ".join(cells) + " |")
+    train = [(lb, name, runs[lb]["stages"][name]) for lb in labels for name in STAGES
+             if name.startswith("train") and name in runs[lb]["stages"]]
+    if train:
+        out += ["", "| data | stage | command | steps | valid NDCG@20 | CPU | peak RSS |", "|---|---|---|---:|---:|---:|---:|"]
+        for lb, name, r in train:
+            cmd = " ".join(c for c in (r.get("commands") or [""])[0].split() if c != "-v")
+            out.append(f"| {lb} | {name} | `{cmd}` | {r.get('steps', '')} | {r.get('valid_ndcg@20', '')} | "
+                       f"{r['cpu_s']:.0f} s | {(r['peak_rss_bytes'] or 0) / 2**30:.2f} GB |")
     return "\n".join(out)
 
 
@@ -201,11 +240,19 @@ def main(argv=None) -> None:
     ap.add_argument("--fresh", action="store_true", help="delete the database first")
     ap.add_argument("--tag-sample", type=int, default=2000)
     ap.add_argument("--embed-sample", type=int, default=500)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=1000, help="upper bound; the step budgets end training")
     ap.add_argument("--batch-size", type=int, default=262144, help="BPR pairs per step")
+    ap.add_argument("--max-steps", type=int, default=20, help="LightGCN / posterkg GNN steps")
+    ap.add_argument("--max-steps-mf", type=int, default=200, help="BPR-MF steps")
+    ap.add_argument("--seq-model", default="posterkg-seq")
+    ap.add_argument("--seq-max-steps", type=int, default=300)
+    ap.add_argument("--seq-batch-size", type=int, default=16, help="windows per step (sequence models)")
+    ap.add_argument("--eval-batch-size", type=int, default=2048, help="users per scoring batch")
+    ap.add_argument("--eval-model", default="lightgcn-seed0", help="the model evaluate / recommend use")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--model", default="posterkg", help="the configured model (train-posterkg)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per command, seconds")
+    ap.add_argument("--torch-threads", type=int, default=1, help="OMP threads of train/evaluate/recommend")
     ap.add_argument("--no-save", action="store_true")
     a = ap.parse_args(argv)
 
@@ -217,7 +264,7 @@ def main(argv=None) -> None:
         for p in work.glob("scale.duckdb*"):
             p.unlink()
     cfg = work / "scale.toml"
-    write_config(cfg, db, a.epochs, a.batch_size, a.dim)
+    write_config(cfg, db, a.epochs, a.batch_size, a.dim, a.seq_batch_size, a.eval_batch_size)
     label = a.label or data.name
     stages = a.stages or STAGES
     unknown = sorted(set(stages) - set(STAGES))
@@ -232,7 +279,10 @@ def main(argv=None) -> None:
     run["machine"] = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0],
                       "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
     run["settings"] = {"tag_sample": a.tag_sample, "embed_sample": a.embed_sample, "epochs": a.epochs, "batch_size": a.batch_size,
-                       "dim": a.dim, "model": a.model}
+                       "dim": a.dim, "model": a.model, "max_steps": a.max_steps, "max_steps_mf": a.max_steps_mf,
+                       "seq_model": a.seq_model, "seq_max_steps": a.seq_max_steps,
+                       "seq_batch_size": a.seq_batch_size, "eval_batch_size": a.eval_batch_size,
+                       "eval_model": a.eval_model, "threads": 1}
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     for stage in STAGES:
@@ -241,7 +291,9 @@ def main(argv=None) -> None:
         rows = []
         load0 = os.getloadavg()[0]
         for i, cmd in enumerate(stage_commands(stage, data, work, a)):
-            r = run_timed(posterkg_bin() + ["--config", str(cfg), *cmd], logs / f"{stage}-{i}.log", a.timeout)
+            threads = a.torch_threads if stage.startswith("train") or stage in ("evaluate", "recommend") else None
+            r = run_timed(posterkg_bin() + ["--config", str(cfg), *cmd], logs / f"{stage}-{i}.log", a.timeout,
+                          threads)
             rows.append(r)
             if r["rc"] != 0:
                 break
@@ -251,6 +303,7 @@ def main(argv=None) -> None:
                "peak_rss_bytes": max((r["peak_rss_bytes"] or 0) for r in rows) or None,
                "load_avg": round((load0 + os.getloadavg()[0]) / 2, 1),
                "settings": dict(run["settings"]), "commands": [" ".join(c) for c in stage_commands(stage, data, work, a)],
+               **{k: rows[-1][k] for k in ("valid_ndcg@20", "steps") if k in rows[-1]},
                "tail": rows[-1]["tail"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         run["stages"][stage] = res
         print(f"{stage}: rc={res['rc']} {res['wall_s']:.1f}s "
