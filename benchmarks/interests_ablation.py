@@ -3,7 +3,8 @@
     nice -n 10 .venv/bin/python benchmarks/interests_ablation.py --epochs 30 --threads 1
 
 Arms (posterkg GNN, registry entry ``posterkg``, the [gnn]/[train.posterkg] settings of
-``configs/ml1m.toml``, one seed each, early stopping on valid NDCG@20, test read once per arm):
+``configs/ml1m.toml``, one seed per invocation (``--seed``; runs of other seeds in ``--out`` are
+kept and averaged in ``summary``), early stopping on valid NDCG@20, test read once per arm):
 
 * ``prefs``: ``user_prefs`` scores as the ``likes``/``dislikes`` edges (the default);
 * ``stats``: the ``user_interests`` rows of the ``stats`` backend (``posterkg interests extract
@@ -125,12 +126,17 @@ def llm_plumbing(db: Path, n_users: int) -> dict:
             run_id = store.scalar("SELECT run_id FROM interest_runs WHERE backend = 'hf' "
                                   "ORDER BY started_at DESC LIMIT 1")
             key = interest_key(store, run_id)
-            edges = interest_edges(store, run_id, "long")
+            rows = store.execute("SELECT horizon, polarity, count(*) FROM user_interests WHERE backend = ? "
+                                 "AND model = ? AND vocab_version = ? AND spec_hash = ? GROUP BY ALL "
+                                 "ORDER BY ALL", list(key)).fetchall()
+            edges = {h: len(interest_edges(store, run_id, h)["user_id"]) for h in ("long", "short", "mix")}
     return {"arm": "llm", "what": "PLUMBING CHECK with a tiny RANDOM-WEIGHTS Qwen2-VL (not an accuracy figure)",
             "users": users, "extract": {k: s[k] for k in ("selected", "done", "failed", "failures")},
             "prompt_tokens_per_user": round(s["prompt_tokens_per_user"], 1),
             "output_tokens_per_user": round(s["output_tokens_per_user"], 1),
-            "interests_stored": int(len(edges["user_id"])), "key": list(key),
+            "interests_stored": {f"{h} {p}": int(n) for h, p, n in rows},
+            "graph_edges_by_pref_horizon": edges,
+            "key": [key[0], "tests/tiny_vlm.py tiny random Qwen2-VL (temporary folder)", key[2], key[3]],
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -165,14 +171,30 @@ def run_arm(store, cfg, arm: str, base, args) -> dict:
             "config": dataclasses.asdict(tcfg), "model_config": dataclasses.asdict(res.model.cfg)}
 
 
+def summarise(runs) -> list[dict]:
+    import statistics
+
+    out = []
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        rs = [r for r in runs if r["arm"] == arm]
+        row = {"arm": arm, "seeds": sorted(r["seed"] for r in rs)}
+        for m in ("recall@20", "ndcg@10", "ndcg@20"):
+            vals = [r["test"][m] for r in rs]
+            row[m] = statistics.fmean(vals)
+            row[m + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        row["valid_ndcg@20"] = statistics.fmean(r["valid"]["ndcg@20"] for r in rs)
+        out.append(row)
+    return out
+
+
 def print_table(runs) -> None:
-    print(f"{'arm':<8} {'likes':>8} {'dislikes':>8} {'Recall@20':>9} {'NDCG@10':>8} {'NDCG@20':>8} "
+    print(f"{'arm':<8} {'seed':>4} {'likes':>8} {'dislikes':>8} {'Recall@20':>9} {'NDCG@10':>8} {'NDCG@20':>8} "
           f"{'robust':>8} {'valid':>7} {'best/run':>9} {'s/ep':>6}")
     for r in runs:
         if "test" not in r:
             continue
         t = r["test"]
-        print(f"{r['arm']:<8} {r['edges']['likes']:>8} {r['edges']['dislikes']:>8} {t['recall@20']:>9.4f} "
+        print(f"{r['arm']:<8} {r['seed']:>4} {r['edges']['likes']:>8} {r['edges']['dislikes']:>8} {t['recall@20']:>9.4f} "
               f"{t['ndcg@10']:>8.4f} {t['ndcg@20']:>8.4f} {r['test_robust']['ndcg@20']:>8.4f} "
               f"{r['valid']['ndcg@20']:>7.4f} {r['best_epoch']:>4}/{r['epochs_run']:<4} {r['seconds_per_epoch']:>6.1f}")
 
@@ -214,7 +236,7 @@ def main(argv=None) -> int:
     if args.epochs:
         cfg.data.setdefault("train", {}).setdefault("posterkg", {})["epochs"] = args.epochs
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    runs: list[dict] = [r for r in old.get("runs", []) if r["arm"] not in args.arms]
+    runs: list[dict] = [r for r in old.get("runs", []) if (r["arm"], r["seed"]) not in {(a, args.seed) for a in args.arms}]
     doc = {"benchmark": "interests_ablation", "source_db": str(args.src), "config": str(args.config),
            "database": info, "epochs_cap": args.epochs or "registry (60)",
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "threads": args.threads},
@@ -237,6 +259,8 @@ def main(argv=None) -> int:
                   f"valid {r['valid']['ndcg@20']:.4f} best {r['best_epoch']}/{r['epochs_run']} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
             args.out.write_text(json.dumps(doc, indent=1, default=float))
+    runs.sort(key=lambda r: (ARMS.index(r["arm"]), r["seed"]))
+    doc["summary"] = summarise(runs)
     print()
     print_table(runs)
     args.out.write_text(json.dumps(doc, indent=1, default=float))
