@@ -41,6 +41,10 @@ class Entry:
 # same cap for SASRec and posterkg-seq).
 _BPR = {"epochs": 60}
 _SEQ = {"lr": 0.003, "epochs": 20, "patience": 3, "batch_size": 128}
+# posterkg-seq's speed settings (chosen on valid, docs/gnn.md "Epoch speed"): no dropout on the
+# attention weights, length-bucketed batches; 2.1x faster per epoch on CPU, valid NDCG@20 0.2211
+# vs 0.2232 with SASRec's settings (seed 0; seed-to-seed std 0.0027)
+_SEQ_FAST = {"attn_dropout": 0.0, "bucket": True}
 # TIGER (posterkg/gnn/tiger.py): 256 teacher-forced targets per step, Adam lr 0.003, the sequence
 # models' cap and patience
 _TIGER = {"lr": 0.003, "epochs": 20, "patience": 3, "batch_size": 256}
@@ -67,10 +71,10 @@ _ENTRIES = [
     Entry("posterkg-seq", "posterkg.gnn.sequential:PosterKGSeq",
           "time-aware posterkg: short-term self-attention over fused movie representations "
           "(id + concepts + genres + poster features) gated with a long-term taste vector",
-          train=_SEQ, uses_visual=True),
+          config=_SEQ_FAST, train=_SEQ, uses_visual=True),
     Entry("posterkg-seq-novisual", "posterkg.gnn.sequential:PosterKGSeq",
           "posterkg-seq without visual concepts or poster features (ablation)",
-          config={"concepts": False, "features": []},
+          config={"concepts": False, "features": [], **_SEQ_FAST},
           train=_SEQ),
     Entry("tiger", "posterkg.gnn.tiger:TIGER",
           "TIGER: encoder-decoder transformer generating the next movie's semantic ID (poster + genre "
