@@ -8,7 +8,8 @@ stage, ``posterkg train``, ``load_model`` and the benchmarks call it); models ge
   with (rows naming users or movies outside it are dropped and counted in ``unknown``).
 * graph: interaction relations (pos/neu/neg) from the train part by the one rating rule
   (:mod:`posterkg.ratings`, the same edges ``graph build`` writes), ``has`` from
-  ``movie_concept_edges``, ``likes``/``dislikes`` from ``user_prefs`` (horizon as ``[graph]
+  ``movie_concept_edges``, ``likes``/``dislikes`` from ``user_prefs`` or, when the last
+  ``graph build`` set ``[graph] user_interests``, from those interests (horizon as ``[graph]
   pref_horizon`` of the last build), ``genre`` from ``movies.genres``.
 * features: ``poster_embeddings`` / ``text_embeddings`` rows of the requested encoders.
 * semantic IDs: ``semantic_ids`` rows of the requested version (:func:`load_semantic_ids`).
@@ -17,7 +18,6 @@ stage, ``posterkg train``, ``load_model`` and the benchmarks call it); models ge
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 
@@ -54,14 +54,6 @@ def graph_built(store) -> bool:
     return store.table_exists("graph_info") and store.count("graph_info") > 0
 
 
-def _pref_horizon(store) -> str:
-    if store.table_exists("graph_info"):
-        row = store.execute("SELECT config FROM graph_info ORDER BY built_at DESC LIMIT 1").fetchone()
-        if row and row[0]:
-            return json.loads(row[0]).get("pref_horizon", "long")
-    return "long"
-
-
 def build_graph(store, ids: IdVocab, data: Interactions, *, concepts: bool = True) -> Graph:
     g = Graph(ids.sizes)
     for name, sign in (("pos", 1), ("neu", 0), ("neg", -1)):
@@ -74,13 +66,13 @@ def build_graph(store, ids: IdVocab, data: Interactions, *, concepts: bool = Tru
         c, ok2 = ids.lookup("concept", mc["concept_id"])
         ok = ok1 & ok2
         g.add("has", m[ok], c[ok], np.abs(np.asarray(mc["weight"], np.float32)[ok]))
-        horizon = _pref_horizon(store)
-        if horizon == "mix":
-            sql = ("SELECT user_id, concept_id, sum(score) / 2 AS score FROM user_prefs "
-                   "GROUP BY user_id, concept_id")
-        else:
-            sql = f"SELECT user_id, concept_id, score FROM user_prefs WHERE horizon = '{horizon}'"
-        p = store.execute(f"SELECT * FROM ({sql}) WHERE score <> 0 ORDER BY user_id, concept_id").fetchnumpy()
+        # the graph's user -> concept edges as the last `graph build` defined them: user_prefs,
+        # or user_interests when [graph] user_interests selected them (one definition for every
+        # reader: posterkg.interests.edges.user_concept_sql)
+        from posterkg.interests.edges import user_concept_sql
+
+        sql, params = user_concept_sql(store)
+        p = store.execute(f"SELECT * FROM ({sql}) ORDER BY user_id, concept_id", params).fetchnumpy()
         u, ok1 = ids.lookup("user", p["user_id"])
         c, ok2 = ids.lookup("concept", p["concept_id"])
         s = np.asarray(p["score"], np.float32)

@@ -297,3 +297,30 @@ def test_which_interests_are_used(world, tmp_path):
         assert k.interest_source.backend == "stats" and not k.interest_source.from_graph
         assert k.prefs_source == "user_prefs" and len(k.interests(u)) == len(_table(world["db"], u))
         assert Knowledge(store, "off").interest_source is None
+
+
+def test_the_models_graph_takes_its_user_concept_edges_from_the_interests(world):
+    """With [graph] user_interests = "stats" the trained models' likes/dislikes relations are the
+    stats interests (signed confidence, stored rows), not user_prefs."""
+    from posterkg.gnn.inputs import assemble
+    from posterkg.store import open_store
+
+    with open_store(world["db"], read_only=True) as store:
+        inputs = assemble(store).inputs
+        g, ids = inputs.graph, inputs.ids
+        want = {}
+        for u, c, pol, conf in store.execute(
+                "SELECT user_id, concept_id, polarity, confidence FROM user_interests WHERE backend = 'stats' "
+                "AND horizon = 'long'").fetchall():
+            want[(u, c)] = want.get((u, c), 0.0) + (conf if pol == "likes" else -conf)
+        prefs = {(u, c): s for u, c, s in store.execute(
+            "SELECT user_id, concept_id, score FROM user_prefs WHERE horizon = 'long'").fetchall()}
+    got = {}
+    for rel, sign in (("likes", 1.0), ("dislikes", -1.0)):
+        r = g.get(rel)
+        for u, c, w in zip(r.src.tolist(), r.dst.tolist(), r.weight.tolist()):
+            got[(int(ids.user_ids[u]), int(ids.concept_ids[c]))] = sign * w
+    want = {k: v for k, v in want.items() if v != 0}
+    assert want and got.keys() == want.keys()
+    assert all(abs(got[k] - want[k]) < 1e-5 for k in want)
+    assert got != {k: v for k, v in prefs.items() if v != 0}     # not the user_prefs edges
