@@ -193,3 +193,13 @@ def test_engine_errors_are_clean(tmp_path):
         return
     with open_store(tmp_path / "y.duckdb") as store, pytest.raises(ConfigError, match="BackendRef"):
         tag_posters(store, get_backend("pixels"), load_schema().build_spec(), engine=make_engine("ray"))
+
+
+def test_more_workers_than_the_cluster_has_is_a_clean_error(ray_session, tmp_path):
+    from posterkg.engines import make_engine
+    from posterkg.errors import ConfigError
+    from posterkg.vlm.knowledge import load_schema
+    from posterkg.vlm.runner import BackendRef, tag_posters
+
+    with open_store(tmp_path / "z.duckdb") as store, pytest.raises(ConfigError, match="needs 5 CPUs"):
+        tag_posters(store, BackendRef("pixels"), load_schema().build_spec(), engine=make_engine("ray", workers=5))

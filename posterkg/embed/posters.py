@@ -19,7 +19,8 @@ Tables (component ``features``):
 ``done`` (and ``failed`` ones unless ``retry_failed``) are skipped; each batch's vectors, statuses
 and run counters are written in ONE transaction, so a kill -9 loses at most the batch in flight.
 Decoding and preprocessing of the next batch run in a helper thread while the model encodes the
-current one.
+current one. The loop is :mod:`posterkg.engines.work`, shared with tagging; ``engine=ray`` (given
+an :class:`EncoderRef`) runs the encoder as Ray Data actors instead, same tables and guarantees.
 
 :func:`load_features` is what stages and models use: ``(movie_ids, matrix)`` sorted by movie id.
 

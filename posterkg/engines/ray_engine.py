@@ -145,6 +145,11 @@ class RayEngine:
         per_gpu = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
         if self.workers:
             n = self.workers
+            cpus = float(total.get("CPU", 0.0))
+            if (per_gpu > 0 and n * per_gpu > gpus) or n * self.cpus_per_worker > cpus:
+                raise ConfigError(f"--workers {n} needs {n * self.cpus_per_worker:g} CPUs"
+                                  + (f" and {n * per_gpu:g} GPUs" if per_gpu else "")
+                                  + f"; the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs")
         elif per_gpu > 0:
             n = max(1, int(gpus // per_gpu))
         else:

@@ -23,6 +23,11 @@ reason ``no_poster``. Every answer is validated against the very JSON schema sen
 (:func:`posterkg.vlm.knowledge.check_answer`) before anything is stored; failure reasons:
 ``corrupt_image``, ``no_poster``, ``truncated``, ``invalid_json``, ``schema_violation``,
 ``out_of_memory``, ``backend_error``.
+
+The batch loop itself (plan, up-front failures, one commit per batch) is
+:mod:`posterkg.engines.work`, shared with poster embedding; ``engine=`` runs the backend in this
+process (``local``) or as Ray Data actors (``ray``, :mod:`posterkg.engines.ray_engine`, given a
+:class:`BackendRef`): same tables, same guarantees.
 """
 
 from __future__ import annotations
