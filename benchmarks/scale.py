@@ -220,10 +220,14 @@ def markdown(labels: list[str]) -> str:
     train = [(lb, name, runs[lb]["stages"][name]) for lb in labels for name in STAGES
              if name.startswith("train") and name in runs[lb]["stages"]]
     if train:
-        out += ["", "| data | stage | command | steps | valid NDCG@20 | CPU | peak RSS |", "|---|---|---|---:|---:|---:|---:|"]
+        out += ["", "| data | stage | command | steps | valid NDCG@20 | test NDCG@20 | test coverage@20 | CPU | peak RSS |",
+                "|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for lb, name, r in train:
             cmd = " ".join(c for c in (r.get("commands") or [""])[0].split() if c != "-v")
+            test = next((ln.split() for ln in r.get("tail", []) if len(ln.split()) == 8 and ln.split()[1] == "test"),
+                        None)      # model, part, users, recall@10, recall@20, ndcg@10, ndcg@20, coverage@20
             out.append(f"| {lb} | {name} | `{cmd}` | {r.get('steps', '')} | {r.get('valid_ndcg@20', '')} | "
+                       f"{test[6] if test else ''} | {test[7] if test else ''} | "
                        f"{r['cpu_s']:.0f} s | {(r['peak_rss_bytes'] or 0) / 2**30:.2f} GB |")
     return "\n".join(out)
 
