@@ -12,7 +12,9 @@ harness), so the user's most recent ratings count without refitting.
   ``k`` nearest neighbours kept; ``k`` and ``shrink`` chosen on valid from small grids.
 
 Memory: ``S`` is dense ``n_movies^2`` floats for EASE (ML-1M: 55 MB; ML-25M's 62k movies would
-need 15 GB, so EASE is an ML-1M-size baseline) and ``n_movies * k`` for ItemKNN.
+need 15 GB, so EASE is an ML-1M-size baseline) and ``n_movies * k`` for ItemKNN. ``fit``
+refuses, with one line, a size whose dense matrices exceed the available memory
+(:func:`check_memory`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,36 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from posterkg.errors import InputError
 from posterkg.gnn.base import FitInfo, ModelInputs, Recommender
+
+# bytes per item-item entry fit() holds at its peak: EASE the float64 Gram matrix, its copy, the
+# inverse and the scaled result, plus float32 candidate and best matrices; ItemKNN the float32
+# co-occurrences, similarities, top-k result and the best one
+PEAK_BYTES = {"ease": 40, "itemknn": 20}
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(name: str, n_movies: int, available: int | None = None) -> None:
+    """A clear error before a dense n_movies x n_movies fit that cannot fit in memory."""
+    need = PEAK_BYTES[name] * n_movies * n_movies
+    avail = available_bytes() if available is None else available
+    if avail is not None and need > avail:
+        raise InputError(
+            f"{name} needs about {need / 2**30:.1f} GB for {n_movies:,} movies (dense item-item "
+            f"matrices) but {avail / 2**30:.1f} GB are available: train lightgcn, bprmf or "
+            f"posterkg-seq at this size (docs/scale.md), or set [models.{name}] memory_check = false")
 
 
 def _history_matrix(history, which: str) -> sp.csr_matrix:
@@ -78,8 +109,11 @@ class EASE(_ItemItem):
         lambdas: list = dataclasses.field(default_factory=lambda: [250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
         history: str = "all"         # "all" rated movies or "positives" (>= 4) form the rows
         l2: float = 0.0              # the chosen lambda (set by fit)
+        memory_check: bool = True    # refuse a fit that cannot fit in the available memory
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
+        if self.cfg.memory_check:
+            check_memory("ease", self.n_movies)
         x = _history_matrix(inputs.data.history("valid"), self.cfg.history)   # = the train part
         g = torch.from_numpy((x.T @ x).toarray().astype(np.float64))
         diag = torch.arange(g.shape[0])
@@ -103,8 +137,11 @@ class ItemKNN(_ItemItem):
         history: str = "all"
         k: int = 0                   # chosen neighbourhood size (set by fit)
         shrink: float = 0.0          # chosen shrinkage (set by fit)
+        memory_check: bool = True
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
+        if self.cfg.memory_check:
+            check_memory("itemknn", self.n_movies)
         x = _history_matrix(inputs.data.history("valid"), self.cfg.history).astype(np.float32)
         co = torch.from_numpy((x.T @ x).toarray())
         norm = torch.sqrt(torch.diagonal(co)).clamp(min=1e-12)

@@ -79,3 +79,17 @@ def test_itemknn_keeps_the_k_most_similar_items_with_shrinkage():
         keep = np.argsort(-sim[:, j], kind="stable")[:3]
         assert np.allclose(np.sort(S[:, j][S[:, j] != 0]), np.sort(sim[keep, j][sim[keep, j] != 0]), atol=1e-5)
         assert (S[:, j] != 0).sum() <= 3
+
+
+def test_dense_fits_that_cannot_fit_in_memory_are_refused_with_one_line():
+    import pytest
+
+    from posterkg.errors import InputError
+    from posterkg.gnn.neighbours import check_memory
+
+    # ML-25M's 62,423 movies: EASE needs 40 bytes per entry (float64 Gram, copy, inverse, result)
+    with pytest.raises(InputError, match=r"ease needs about 145\.2 GB for 62,423 movies.*23\.0 GB"):
+        check_memory("ease", 62_423, available=23 * 2**30)
+    check_memory("ease", 3_883, available=23 * 2**30)        # ML-1M: 0.6 GB, fine
+    with pytest.raises(InputError, match="itemknn"):
+        check_memory("itemknn", 62_423, available=23 * 2**30)
