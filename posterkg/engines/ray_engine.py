@@ -204,7 +204,15 @@ class RayEngine:
             _BatchActor, fn_constructor_kwargs={"ref": ref}, batch_size=batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=min(res["workers"], len(blocks))),
             num_cpus=res["cpus_per_worker"], num_gpus=gpus)
-        for tbl in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+        stream = iter(out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1))
+        while True:
+            try:
+                tbl = next(stream)
+            except StopIteration:
+                return
+            except ray.exceptions.RayError as exc:   # a worker could not start or died: batches committed so far stay
+                raise PosterkgError(f"the ray engine stopped: {str(exc).strip().splitlines()[-1][:500]} "
+                                    "(committed batches are kept; rerun to resume)") from exc
             outcomes = [Outcome(int(m), None if v is None else ref.load_value(v), r, e)
                         for m, v, r, e in zip(*(tbl.column(c).to_pylist() for c in RESULT_COLUMNS))]
             if outcomes:
