@@ -38,7 +38,6 @@ given (e.g. masked) graph so explanations can take gradients through the concept
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import torch
@@ -47,7 +46,6 @@ import torch.nn.functional as F
 
 from posterkg.gnn.base import FitInfo, Graph, ModelInputs, Recommender
 from posterkg.gnn.sparse import row_norm, spmm
-from posterkg.progress import bar
 from posterkg.ratings import signs
 
 
@@ -256,14 +254,12 @@ class SASRec(Recommender):
         return -(picked * o).sum() / (o.sum() if norm is None else norm)
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
-        from posterkg.gnn.train import EarlyStopping, StepBudget
+        from posterkg.gnn.train import fit_epochs
 
         device = next(self.parameters()).device
         win, wsg = self._train_windows(inputs.data.history("valid"))
         gen = torch.Generator().manual_seed(train_cfg.seed)
         opt = torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
-        stop = EarlyStopping(train_cfg.patience)
-        history, secs = [], 0.0
         bs = train_cfg.batch_size
         n_batches = (len(win) + bs - 1) // bs
         lengths = (win > 0).sum(1)
@@ -273,34 +269,16 @@ class SASRec(Recommender):
             n_targets = sum(int(self._targets(win[a:a + 1024], wsg[a:a + 1024])[1].sum())
                             for a in range(0, len(win), 1024))
             norm = max(n_targets / max(n_batches, 1), 1.0)
-        budget = StepBudget(getattr(train_cfg, "max_steps", 0))    # [gnn] max_steps
-        for epoch in range(1, train_cfg.epochs + 1):
-            self.train()
-            t0 = time.perf_counter()
-            batches = _batches(lengths, bs, gen, bucket=self.cfg.bucket)
-            total = 0.0
-            n_steps = budget.left(n_batches)
-            for idx in bar(batches, total=n_steps, desc=f"{self.name} epoch {epoch}",
-                           unit="batch", disable=not verbose or None):
-                # windows are left-padded: drop the columns that are padding in every window of
-                # the batch (positions stay right-aligned, so the model sees the same inputs)
-                keep = max(2, int(lengths[idx].max()))
-                loss = self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) / max(n_steps, 1)
-                if budget.take():
-                    break
-            secs += time.perf_counter() - t0
-            row = {"epoch": epoch, "loss": total, "seconds": time.perf_counter() - t0}
-            if budget.max_steps:
-                row["steps"] = budget.steps
-            if stop.end_epoch(epoch, row, train_cfg, valid_fn, self, history, verbose, last=budget.spent):
-                break
-        stop.restore(self)
-        self.eval()
-        return FitInfo(history, stop.best_epoch, stop.best_valid, secs / max(len(history), 1))
+
+        def step_loss(idx):
+            # windows are left-padded: drop the columns that are padding in every window of the
+            # batch (positions stay right-aligned, so the model sees the same inputs)
+            keep = max(2, int(lengths[idx].max()))
+            return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm)
+
+        return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
+                          epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
+                          step_loss=step_loss)
 
 
 class PosterKGSeq(SASRec):

@@ -50,7 +50,6 @@ pass would be ~4.5 epochs). ML-25M/32M on a GPU (the paper's size; ``[models.tig
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import torch
@@ -59,7 +58,6 @@ import torch.nn.functional as F
 
 from posterkg.gnn.base import FitInfo, ModelInputs, Recommender
 from posterkg.gnn.trie import CodeTrie, beam_search
-from posterkg.progress import bar
 from posterkg.ratings import POSITIVE_MIN
 
 PAD, BOS, SEP = 0, 1, 2
@@ -339,7 +337,7 @@ class TIGER(Recommender):
         return flat, starts, targets
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
-        from posterkg.gnn.train import EarlyStopping, StepBudget
+        from posterkg.gnn.train import fit_epochs
 
         if self._misfit:
             raise ValueError("the semantic IDs do not fit this tiger config's code_sizes (drop code_sizes "
@@ -350,37 +348,18 @@ class TIGER(Recommender):
             raise ValueError("tiger: no user has two liked train movies with semantic IDs")
         rng = np.random.default_rng(train_cfg.seed)
         opt = torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
-        stop = EarlyStopping(train_cfg.patience)
-        history, secs = [], 0.0
         bs = train_cfg.batch_size
         n_ep = len(targets) if not self.cfg.epoch_samples else min(len(targets), int(self.cfg.epoch_samples))
         n_batches = (n_ep + bs - 1) // bs
         codes = self.codes.cpu()
-        budget = StepBudget(getattr(train_cfg, "max_steps", 0))    # [gnn] max_steps
-        for epoch in range(1, train_cfg.epochs + 1):
-            self.train()
-            t0 = time.perf_counter()
+
+        def epoch_batches():
             sel = rng.permutation(targets)[:n_ep]
-            total = 0.0
-            n_steps = budget.left(n_batches)
-            for start in bar(range(0, n_ep, bs), total=n_steps, desc=f"{self.name} epoch {epoch}",
-                             unit="batch", disable=not verbose or None):
-                g = sel[start:start + bs]
-                tokens = self.history_tokens(flat, g, starts[g])
-                target = codes[torch.from_numpy(flat[g])].to(device)
-                loss = self.train_loss(tokens, target)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) / max(n_steps, 1)
-                if budget.take():
-                    break
-            secs += time.perf_counter() - t0
-            row = {"epoch": epoch, "loss": total, "seconds": time.perf_counter() - t0, "targets": n_ep}
-            if budget.max_steps:
-                row["steps"] = budget.steps
-            if stop.end_epoch(epoch, row, train_cfg, valid_fn, self, history, verbose, last=budget.spent):
-                break
-        stop.restore(self)
-        self.eval()
-        return FitInfo(history, stop.best_epoch, stop.best_valid, secs / max(len(history), 1))
+            return (sel[start:start + bs] for start in range(0, n_ep, bs))
+
+        def step_loss(g):
+            tokens = self.history_tokens(flat, g, starts[g])
+            return self.train_loss(tokens, codes[torch.from_numpy(flat[g])].to(device))
+
+        return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
+                          epoch_batches=epoch_batches, step_loss=step_loss, row_extra={"targets": n_ep})

@@ -213,6 +213,43 @@ class EarlyStopping:
             model.load_state_dict(self.best_state)
 
 
+def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_batches: int,
+               verbose: bool = False, row_extra: dict | None = None):
+    """The epoch loop of the models that train themselves (``trainer = "fit"``: the sequence
+    models, TIGER): ``epoch_batches()`` gives one epoch's batches, ``step_loss(batch)`` the loss
+    of one; one optimizer step per batch within ``[gnn] max_steps``, then
+    :meth:`EarlyStopping.end_epoch`; the best state by valid NDCG@20 is restored. Returns the
+    :class:`~posterkg.gnn.base.FitInfo`."""
+    from posterkg.gnn.base import FitInfo
+
+    stop = EarlyStopping(train_cfg.patience)
+    budget = StepBudget(getattr(train_cfg, "max_steps", 0))    # [gnn] max_steps
+    history, secs = [], 0.0
+    for epoch in range(1, train_cfg.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        total = 0.0
+        n_steps = budget.left(n_batches)
+        for batch in bar(epoch_batches(), total=n_steps, desc=f"{model.name} epoch {epoch}",
+                         unit="batch", disable=not verbose or None):
+            loss = step_loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) / max(n_steps, 1)
+            if budget.take():
+                break
+        secs += time.perf_counter() - t0
+        row = {"epoch": epoch, "loss": total, "seconds": time.perf_counter() - t0, **(row_extra or {})}
+        if budget.max_steps:
+            row["steps"] = budget.steps
+        if stop.end_epoch(epoch, row, train_cfg, valid_fn, model, history, verbose, last=budget.spent):
+            break
+    stop.restore(model)
+    model.eval()
+    return FitInfo(history, stop.best_epoch, stop.best_valid, secs / max(len(history), 1))
+
+
 def log_row(row: dict, verbose: bool) -> None:
     if verbose:
         print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
