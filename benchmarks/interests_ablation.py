@@ -59,18 +59,11 @@ def interest_edges(store, selector: str, horizon: str):
 
 def with_user_concepts(graph, ids, edges):
     """A copy of ``graph`` whose likes/dislikes relations are ``edges`` (database ids)."""
-    import numpy as np
-
     from posterkg.gnn.base import Graph
+    from posterkg.gnn.inputs import add_user_concepts
 
     g = Graph(graph.sizes, {n: r for n, r in graph.relations.items() if n not in ("likes", "dislikes")})
-    u, ok1 = ids.lookup("user", edges["user_id"])
-    c, ok2 = ids.lookup("concept", edges["concept_id"])
-    s = np.asarray(edges["score"], np.float32)
-    ok = ok1 & ok2
-    g.add("likes", u[ok & (s > 0)], c[ok & (s > 0)], s[ok & (s > 0)])
-    g.add("dislikes", u[ok & (s < 0)], c[ok & (s < 0)], -s[ok & (s < 0)])
-    return g
+    return add_user_concepts(g, ids, edges)
 
 
 def prepare(src: Path, db: Path, fresh: bool) -> dict:

@@ -54,6 +54,19 @@ def graph_built(store) -> bool:
     return store.table_exists("graph_info") and store.count("graph_info") > 0
 
 
+def add_user_concepts(g: Graph, ids: IdVocab, edges) -> Graph:
+    """Set ``g``'s likes/dislikes relations from ``edges`` (``user_id``, ``concept_id``, signed
+    ``score`` columns, database ids; score > 0 likes, < 0 dislikes with weight -score); rows
+    naming ids outside ``ids`` are dropped."""
+    u, ok1 = ids.lookup("user", edges["user_id"])
+    c, ok2 = ids.lookup("concept", edges["concept_id"])
+    s = np.asarray(edges["score"], np.float32)
+    ok = ok1 & ok2
+    g.add("likes", u[ok & (s > 0)], c[ok & (s > 0)], s[ok & (s > 0)])
+    g.add("dislikes", u[ok & (s < 0)], c[ok & (s < 0)], -s[ok & (s < 0)])
+    return g
+
+
 def build_graph(store, ids: IdVocab, data: Interactions, *, concepts: bool = True) -> Graph:
     g = Graph(ids.sizes)
     for name, sign in (("pos", 1), ("neu", 0), ("neg", -1)):
@@ -73,12 +86,7 @@ def build_graph(store, ids: IdVocab, data: Interactions, *, concepts: bool = Tru
 
         sql, params = user_concept_sql(store)
         p = store.execute(f"SELECT * FROM ({sql}) ORDER BY user_id, concept_id", params).fetchnumpy()
-        u, ok1 = ids.lookup("user", p["user_id"])
-        c, ok2 = ids.lookup("concept", p["concept_id"])
-        s = np.asarray(p["score"], np.float32)
-        ok = ok1 & ok2
-        g.add("likes", u[ok & (s > 0)], c[ok & (s > 0)], s[ok & (s > 0)])
-        g.add("dislikes", u[ok & (s < 0)], c[ok & (s < 0)], -s[ok & (s < 0)])
+        add_user_concepts(g, ids, p)
     if ids.genre_names:
         _, gm, gg = _genres(store)
         m, ok = ids.lookup("movie", gm)
