@@ -78,3 +78,20 @@ def _movie_genres(inputs) -> list[set[str]]:
         out[m].add(inputs.ids.genre_names[k])
     assert set(inputs.ids.genre_names) == set(GENRES)
     return out
+
+
+def protocol_data(ratings: pd.DataFrame, n_movies: int):
+    """Interactions of a (user_id, movie_id, rating, ts) frame under the fixed protocol's split
+    (per user, by (ts, movie id): test the last max(1, n // 10), valid the same before) and the
+    train graph's interaction relations: (data, pos/neu/neg edges per relation name)."""
+    from posterkg.gnn.data import from_frames
+
+    ratings = ratings.sort_values(["user_id", "ts", "movie_id"]).reset_index(drop=True)
+    parts = []
+    for _, g in ratings.groupby("user_id", sort=False):
+        n = len(g)
+        k = max(1, n // 10)
+        parts += ["train"] * (n - 2 * k) + ["valid"] * k + ["test"] * k
+    split = ratings[["user_id", "movie_id"]].assign(part=parts)
+    data = from_frames(ratings, split, movie_ids=np.arange(1, n_movies + 1))
+    return data, {name: data.train_edges(sign) for name, sign in (("pos", 1), ("neu", 0), ("neg", -1))}

@@ -8,25 +8,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gnn_synth import protocol_data
 from posterkg.gnn import registry
 from posterkg.gnn.base import Graph, IdVocab, ModelInputs
-from posterkg.gnn.data import from_frames
 from posterkg.gnn.train import TrainConfig, train
 
 
 def _inputs(ratings: pd.DataFrame, n_movies: int, concepts=None) -> ModelInputs:
-    ratings = ratings.sort_values(["user_id", "ts", "movie_id"]).reset_index(drop=True)
-    parts = []
-    for _, g in ratings.groupby("user_id", sort=False):
-        n = len(g)
-        k = max(1, n // 10)
-        parts += ["train"] * (n - 2 * k) + ["valid"] * k + ["test"] * k
-    split = ratings[["user_id", "movie_id"]].assign(part=parts)
-    data = from_frames(ratings, split, movie_ids=np.arange(1, n_movies + 1))
+    data, edges = protocol_data(ratings, n_movies)
     ids = IdVocab(data.user_ids, data.movie_ids, np.arange(1, 4) if concepts else np.zeros(0, np.int64))
     g = Graph(ids.sizes)
-    for name, sign in (("pos", 1), ("neu", 0), ("neg", -1)):
-        g.add(name, *data.train_edges(sign))
+    for name, (u, m) in edges.items():
+        g.add(name, u, m)
     if concepts:
         g.add("has", concepts[0], concepts[1], concepts[2])
     return ModelInputs(ids, data, g)

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from contract_world import make_world
+from gnn_synth import protocol_data
 from torch_threads import one_torch_thread  # noqa: F401
 from posterkg.errors import InputError
 from posterkg.gnn import registry
 from posterkg.gnn.api import load_model, save_model
 from posterkg.gnn.base import Graph, IdVocab, ModelInputs
-from posterkg.gnn.data import from_frames
 from posterkg.gnn.evaluate import evaluate_model
 from posterkg.gnn.inputs import assemble, load_semantic_ids
 from posterkg.gnn.stage import feature_spec
@@ -31,18 +31,11 @@ from posterkg.store import open_store
 
 
 def _inputs(ratings: pd.DataFrame, n_movies: int, codes: np.ndarray) -> ModelInputs:
-    ratings = ratings.sort_values(["user_id", "ts", "movie_id"]).reset_index(drop=True)
-    parts = []
-    for _, g in ratings.groupby("user_id", sort=False):
-        n = len(g)
-        k = max(1, n // 10)
-        parts += ["train"] * (n - 2 * k) + ["valid"] * k + ["test"] * k
-    split = ratings[["user_id", "movie_id"]].assign(part=parts)
-    data = from_frames(ratings, split, movie_ids=np.arange(1, n_movies + 1))
+    data, edges = protocol_data(ratings, n_movies)
     ids = IdVocab(data.user_ids, data.movie_ids)
     g = Graph(ids.sizes)
-    for name, sign in (("pos", 1), ("neu", 0), ("neg", -1)):
-        g.add(name, *data.train_edges(sign))
+    for name, (u, m) in edges.items():
+        g.add(name, u, m)
     return ModelInputs(ids, data, g, semantic_ids=codes, semantic_version="test")
 
 
