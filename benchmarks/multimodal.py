@@ -46,6 +46,7 @@ gets the documented random fallback (:func:`posterkg.evaluation.random_scores`),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -235,25 +236,55 @@ def run_one(args, row: str, split: str, seed: int, cache: dict) -> dict:
                 "n_cold_test_movies": int(test["n_candidates"])}
     cold = np.asarray(data.matrix("train").sum(0)).ravel() == 0
     hide = split == "coldstart" and kind == SEQ and bool(inputs.features)
-    if hide:
-        # movies without train ratings are unknown while training (their dense features are
-        # not learnt against as softmax negatives); they come back for scoring, standardised
-        # with the statistics the model computed at init (PosterKGSeq's rule: mean/std over
-        # every row of the matrix it was given)
-        shown = dataclasses.replace(inputs, features={k: np.where(cold[:, None], 0.0, v).astype(np.float32)
-                                                       for k, v in inputs.features.items()},
-                                    feature_mask={k: v & ~cold for k, v in inputs.feature_mask.items()})
-        res = train(shown, tcfg, model_cfg=mcfg, verbose=args.verbose)
+    # movies without train ratings are unknown while training (their dense features are not
+    # learnt against as softmax negatives); for cold-start scoring they come back, standardised
+    # with the statistics the model computed at init (PosterKGSeq's rule: mean/std over every
+    # row of the matrix it was given), and their never-positive id embeddings are zeroed
+    shown = dataclasses.replace(inputs, features={k: np.where(cold[:, None], 0.0, v).astype(np.float32)
+                                                   for k, v in inputs.features.items()},
+                                feature_mask={k: v & ~cold for k, v in inputs.feature_mask.items()}) \
+        if hide else inputs
+    cold_t = torch.from_numpy(cold)
+
+    @contextlib.contextmanager
+    def cold_view(model, ids: bool = True):
+        """The model as a movie ingested after training sees it; restored on exit."""
+        saved = []
         with torch.no_grad():
-            for name in res.model.proj:
-                seen = torch.from_numpy(shown.features[name])
-                mean, std = seen.mean(0), seen.std(0).clamp(min=1e-6)
-                full = (torch.from_numpy(inputs.features[name]) - mean) / std
-                full[~torch.from_numpy(inputs.feature_mask[name])] = 0.0
-                buf = getattr(res.model, f"feat_{name}")
-                buf[torch.from_numpy(cold)] = full[torch.from_numpy(cold)]
-    else:
-        res = train(inputs, tcfg, model_cfg=mcfg, verbose=args.verbose)
+            if hide:
+                for name in model.proj:
+                    seen = torch.from_numpy(shown.features[name])
+                    mean, std = seen.mean(0), seen.std(0).clamp(min=1e-6)
+                    full = (torch.from_numpy(inputs.features[name]) - mean) / std
+                    full[~torch.from_numpy(inputs.feature_mask[name])] = 0.0
+                    buf = getattr(model, f"feat_{name}")
+                    saved.append((buf, buf[cold_t].clone()))
+                    buf[cold_t] = full[cold_t]
+            if ids and hasattr(model, "item"):       # posterkg-seq: ids of cold movies unknown
+                w = model.item.weight[1:]
+                saved.append((w, w[cold_t].clone()))
+                w[cold_t] = 0.0
+            if hasattr(model, "_final"):
+                model._final = None
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for t, rows in saved:
+                    t[cold_t] = rows
+                if hasattr(model, "_final"):
+                    model._final = None
+
+    valid_fn = None
+    if split == "coldstart":
+        vhist = data.history("valid")
+
+        def valid_fn(m):
+            # model selection on the valid part's cold movies, seen as test's are (not the full
+            # protocol, where a cold valid movie competes with the whole catalogue and scores ~0)
+            with cold_view(m):
+                return coldstart_eval(lambda u: m.score(u, vhist), data, "valid")
+    res = train(shown, tcfg, model_cfg=mcfg, verbose=args.verbose, valid_fn=valid_fn)
     model = res.model.eval()
     out = {"row": row, "split": split, "seed": seed, "model": kind, "valid": res.valid,
            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
@@ -264,14 +295,15 @@ def run_one(args, row: str, split: str, seed: int, cache: dict) -> dict:
             out["test"] = evaluate_model(model, data, "test")
             return out
         hist = data.history("test")
+
         def score(u):
             return model.score(u, hist)
-        raw = coldstart_eval(score, data, "test")
+        with cold_view(model, ids=False):
+            raw = coldstart_eval(score, data, "test")
+        with cold_view(model):
+            zeroed = coldstart_eval(score, data, "test")
         out["cold_features_hidden_in_training"] = hide or kind == "vbpr"
-        if hasattr(model, "item"):                      # posterkg-seq: ids of cold movies unknown
-            model.item.weight[1:][torch.from_numpy(cold)] = 0.0
-            model._final = None
-        zeroed = coldstart_eval(score, data, "test")
+        out["valid_protocol"] = "coldstart_eval on the valid part's cold movies"
         out["coldstart_raw_ids"] = raw
         out["coldstart_model"] = zeroed
         out["test"] = coldstart_eval(random_scores(inputs.n_movies, seed), data, "test") \

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -257,8 +257,12 @@ def log_row(row: dict, verbose: bool) -> None:
 
 
 def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recommender | None = None,
-          verbose: bool = False) -> TrainResult:
-    """Train ``cfg.model`` (or the given ``model``) with early stopping; return the best state."""
+          verbose: bool = False, valid_fn: Callable[[Recommender], dict] | None = None) -> TrainResult:
+    """Train ``cfg.model`` (or the given ``model``) with early stopping; return the best state.
+
+    Early stopping reads ``valid_fn(model)["ndcg@20"]``; by default that is the fixed protocol
+    on the valid part (:func:`posterkg.gnn.evaluate.evaluate_model`). A benchmark with another
+    protocol (the cold-start split ranks only the valid part's cold movies) passes its own."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -272,10 +276,19 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
         model = build_model(cfg, inputs, model_cfg)
     model = model.to(device)
 
-    def valid_fn(m: Recommender) -> dict:
+    def protocol_valid(m: Recommender) -> dict:
         m.eval()
-        out = evaluate_model(m, data, "valid", device=device, batch_size=cfg.eval_batch_size)
-        return out
+        return evaluate_model(m, data, "valid", device=device, batch_size=cfg.eval_batch_size)
+
+    if valid_fn is None:
+        valid_fn = protocol_valid
+    else:
+        custom = valid_fn
+
+        def valid_fn(m: Recommender) -> dict:
+            m.eval()
+            with torch.no_grad():
+                return custom(m)
 
     if model.trainer == "none":
         valid = valid_fn(model)

@@ -165,3 +165,27 @@ def test_cold_movies_with_the_liked_feature_rank_above_random():
     # the id part of every cold score is zero: the ranking comes from the poster feature
     parts = model.score_parts(users, torch.arange(n_warm, len(f)))
     assert torch.all(parts["id"] == 0)
+
+
+def test_train_selects_the_epoch_a_custom_valid_fn_prefers():
+    """``train(valid_fn=...)`` (the cold-start benchmark's model selection): early stopping reads
+    the given function, called in eval mode without gradients, and the best epoch's state and
+    figures come back."""
+    inputs = _small_world()
+    marks = iter([0.1, 0.3, 0.2, 0.15, 0.12, 0.11])
+    seen, states = [], []
+
+    def valid_fn(m):
+        seen.append((m.training, torch.is_grad_enabled()))
+        states.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"ndcg@20": next(marks), "n": len(seen)}
+
+    cfg = TrainConfig(model="vbpr", dim=4, epochs=6, batch_size=8, lr=0.05, patience=3, seed=0, threads=1)
+    res = train(inputs, cfg, model_cfg=registry.model_config("vbpr", {"dim": 4, "visual_dim": 2}),
+                valid_fn=valid_fn)
+    assert seen and all(s == (False, False) for s in seen)
+    assert res.best_epoch == 2 and res.valid == {"ndcg@20": 0.3, "n": 2}
+    assert len(seen) == 5                                   # 3 evaluations without a gain after epoch 2
+    best = states[1]
+    for k, v in res.model.state_dict().items():
+        assert torch.equal(v, best[k]), k
