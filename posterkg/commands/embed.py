@@ -57,7 +57,8 @@ def embed() -> None:
 @click.option("--retry-failed", is_flag=True, default=None, help="Re-try posters that failed before.")
 @engine_options
 @pass_env
-def posters(env: Env, encoder, batch_size, limit, movies, device, retry_failed, engine, ray_address, workers) -> None:
+def posters(env: Env, encoder, batch_size, limit, movies, device, retry_failed, engine, ray_address, workers,
+            parts) -> None:
     """Embed posters into table poster_embeddings (one vector per movie and encoder).
 
     Resumable and idempotent: a rerun skips posters already done with the same encoder; stop it
@@ -67,30 +68,16 @@ def posters(env: Env, encoder, batch_size, limit, movies, device, retry_failed, 
     `--engine ray` runs the encoder as Ray Data actors (one per GPU, or per CPU) on a local Ray
     cluster or the one at `--ray-address`; the rows are the same as the local engine's.
     """
-    from posterkg.embed.image import load_image_encoder
-    from posterkg.embed.posters import EncoderRef, FeaturesConfig, embed_posters
-    from posterkg.engines import make_engine
+    from posterkg.embed.posters import FeaturesConfig, run_poster_embed
 
     env.config.override("features", poster_encoder=encoder, batch_size=batch_size, limit=limit,
-                        device=device, retry_failed=retry_failed)
+                        device=device, retry_failed=retry_failed, engine=engine, ray_address=ray_address,
+                        workers=workers, parts=parts)
     cfg = env.config.section("features", FeaturesConfig)
     cfg.check()
     ids = _parse_movies(movies)
-    eng = make_engine(engine, address=ray_address, workers=workers or 0)
-    name = cfg.poster_encoder or "efficientnet-lite0"
     with env.store() as store:
-        if eng.name == "local":
-            enc = load_image_encoder(name, device=cfg.device)
-        else:
-            enc = EncoderRef(name, device=cfg.device)
-        try:
-            summary = embed_posters(store, enc, batch_size=cfg.batch_size, limit=cfg.limit or None,
-                                    movies=ids, retry_failed=cfg.retry_failed, engine=eng)
-        finally:
-            if eng.name == "local":
-                enc.close()
-            else:
-                eng.shutdown()
+        summary = run_poster_embed(store, cfg, movies=ids, name=cfg.poster_encoder or "efficientnet-lite0")
     print_table(_summary_rows(summary), ["embed posters", "value"])
 
 

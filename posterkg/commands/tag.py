@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import click
 
-from posterkg.clikit import Env, common_options, pass_env, print_table
+from posterkg.clikit import Env, common_options, pass_env
 from posterkg.errors import ConfigError
 
 
 def engine_options(f):
-    """``--engine``, ``--ray-address``, ``--workers`` (shared by ``tag`` and ``embed posters``)."""
+    """``--engine``, ``--ray-address``, ``--workers``, ``--parts`` (shared by ``tag`` and ``embed
+    posters``; config: the same keys in ``[tag]`` / ``[features]``)."""
+    f = click.option("--parts", help="ray engine: folder of the actors' Parquet parts (read by DuckDB; "
+                     "a restarted job commits what they hold) [<db stem>.parts beside the database]; "
+                     "'none': results through Ray's object store.")(f)
     f = click.option("--workers", type=click.IntRange(min=1),
                      help="ray engine: actors [one per GPU, else one per CPU of the cluster].")(f)
     f = click.option("--ray-address", help="ray engine: cluster to join (auto, ray://host:10001) "
                      "[start a local one]. Every node needs posterkg and the poster paths.")(f)
-    f = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help="local: this process; ray: Ray Data actors (pip install -e '.[ray]').")(f)
+    f = click.option("--engine", type=click.Choice(["local", "ray"]),
+                     help="local: this process; ray: Ray Data actors (pip install -e '.[ray]') "
+                     "[config: engine, default local].")(f)
     return f
 
 
@@ -44,7 +49,7 @@ def _parse_movies(text: str | None) -> list[int] | None:
 @engine_options
 @pass_env
 def tag(env: Env, backend, model, limit, movies, batch_size, mode, schema, vocab_version, retry_failed,
-        engine, ray_address, workers) -> None:
+        engine, ray_address, workers, parts) -> None:
     """Tag posters with typed visual knowledge points (table raw_points).
 
     Each poster gets up to 12 points such as (Lighting, "low-key lighting", 0.875), validated
@@ -70,40 +75,16 @@ def tag(env: Env, backend, model, limit, movies, batch_size, mode, schema, vocab
       [tag.vllm]
       max_model_len = 4096
       gpu_memory_utilization = 0.85
+
+    The engine too (`posterkg run` uses it): `[tag] engine = "ray"`, `ray_address`, `workers`,
+    `parts`.
     """
-    from posterkg.engines import make_engine
     from posterkg.vlm.stage import TagConfig, run_tag
 
     env.config.override("tag", backend=backend, model=model, limit=limit, batch_size=batch_size,
-                        mode=mode, schema=schema, vocab_version=vocab_version, retry_failed=retry_failed)
+                        mode=mode, schema=schema, vocab_version=vocab_version, retry_failed=retry_failed,
+                        engine=engine, ray_address=ray_address, workers=workers, parts=parts)
     cfg = env.config.section("tag", TagConfig)
     ids = _parse_movies(movies)
-    eng = make_engine(engine, address=ray_address, workers=workers or 0)
     with env.store() as store:
-        if eng.name == "local":
-            run_tag(store, cfg, movies=ids)
-            return
-        try:
-            summary = _tag_with_engine(store, cfg, eng, ids)
-        finally:
-            eng.shutdown()
-    from posterkg.vlm.runner import summary_rows
-
-    print_table(summary_rows(summary), ["tag", "value"])
-
-
-def _tag_with_engine(store, cfg, eng, movies):
-    """``run_tag`` for an engine that builds the backend on its workers (from a BackendRef)."""
-    from posterkg.vlm.knowledge import load_schema
-    from posterkg.vlm.runner import BackendRef, tag_posters
-    from posterkg.vlm.stage import load_vocab
-
-    cfg.check()
-    schema = load_schema(cfg.schema or None)
-    vocab = load_vocab(store, cfg.vocab_version or None) if cfg.mode == "closed" else None
-    options = cfg.backend_options()
-    return tag_posters(
-        store, BackendRef(cfg.backend, cfg.model or None, options), schema.build_spec(vocab), movies=movies,
-        limit=cfg.limit or None, batch_size=cfg.batch_size, retry_failed=cfg.retry_failed, engine=eng,
-        params={"options": options, "schema": str(schema.source), "schema_file_hash": schema.hash,
-                "vocab_version": cfg.vocab_version or None})
+        run_tag(store, cfg, movies=ids)

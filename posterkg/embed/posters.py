@@ -265,6 +265,7 @@ def embed_posters(store: Store, encoder, *, batch_size: int = 16, limit: int | N
 def _embed(store: Store, engine, handle, ident: dict[str, Any], *, batch_size, limit, movies, retry_failed,
            params, desc, on_batch) -> dict[str, Any]:
     from posterkg.engines import plan_posters
+    from posterkg.engines.work import committer
 
     name, dim = ident["encoder"], int(ident["dim"])
     plan = plan_posters(store, "SELECT movie_id, status, attempts FROM poster_embed_status WHERE encoder = ?",
@@ -304,10 +305,7 @@ def _embed(store: Store, engine, handle, ident: dict[str, Any], *, batch_size, l
         for o in failures:
             reasons[o.reason] = reasons.get(o.reason, 0) + 1
 
-    def commit(outcomes: list[Outcome]) -> None:
-        write(outcomes)
-        if on_batch is not None:
-            on_batch(counts["done"] + counts["failed"])
+    commit = committer(write, counts, on_batch)
 
     if plan.unsendable:
         write(plan.unsendable)
@@ -315,7 +313,7 @@ def _embed(store: Store, engine, handle, ident: dict[str, Any], *, batch_size, l
     t0 = time.perf_counter()
     progress = bar(total=len(plan.jobs), desc=desc or f"embed {name}", unit="poster")
     try:
-        engine.run(handle, plan.jobs, batch_size, commit, progress=progress)
+        engine.run(handle, plan.jobs, batch_size, commit, progress=progress, key=json.dumps(["embed", name]))
     finally:
         progress.close()
         store.execute("UPDATE feature_runs SET finished_at = ? WHERE run_id = ?", [_now(), run_id])
@@ -479,6 +477,10 @@ class FeaturesConfig:
     device: str = "auto"                         # auto (GPU when present) | cpu | cuda | cuda:N
     limit: int = 0                               # only the first N posters by movie id; 0 = all
     retry_failed: bool = False
+    engine: str = "local"                        # local | ray (posterkg.engines; docs/ray.md)
+    ray_address: str = ""                        # ray: cluster to join ("" = start a local one)
+    workers: int = 0                             # ray: actors (0 = one per GPU, else one per CPU)
+    parts: str = ""                              # ray: Parquet parts folder ("" = <db stem>.parts; "none")
 
     def check(self) -> None:
         if self.batch_size < 1:
@@ -496,6 +498,29 @@ def _text_encoder(config, cfg: FeaturesConfig):
     return load_encoder(ecfg)
 
 
+def run_poster_embed(store: Store, cfg: FeaturesConfig, *, movies: Sequence[int] | None = None,
+                     name: str | None = None) -> dict[str, Any]:
+    """Poster embeddings with ``name`` (default ``cfg.poster_encoder``) on the engine of
+    ``[features] engine``: the local engine loads the encoder here, the ray engine on its actors
+    (from an :class:`EncoderRef`). Returns :func:`embed_posters`' summary."""
+    from posterkg.embed.image import load_image_encoder
+    from posterkg.engines import engine_for
+
+    cfg.check()
+    engine = engine_for(cfg, "features", store.path)
+    name = name or cfg.poster_encoder or "efficientnet-lite0"
+    local = engine.name == "local"
+    enc = load_image_encoder(name, device=cfg.device) if local else EncoderRef(name, device=cfg.device)
+    try:
+        return embed_posters(store, enc, batch_size=cfg.batch_size, limit=cfg.limit or None, movies=movies,
+                             retry_failed=cfg.retry_failed, engine=engine)
+    finally:
+        if local:
+            enc.close()
+        else:
+            engine.shutdown()
+
+
 def run_embed(store: Store, config, *, echo: bool = True) -> dict[str, Any]:
     """The ``features`` stage: poster embeddings with ``[features] poster_encoder``, then (with
     ``text = true``) text embeddings with the ``[embed]`` model. ``config`` is a
@@ -506,12 +531,7 @@ def run_embed(store: Store, config, *, echo: bool = True) -> dict[str, Any]:
     cfg.check()
     out: dict[str, Any] = {"poster": None, "text": None}
     if cfg.poster_encoder:
-        enc = load_image_encoder(cfg.poster_encoder, device=cfg.device)
-        try:
-            out["poster"] = embed_posters(store, enc, batch_size=cfg.batch_size, limit=cfg.limit or None,
-                                          retry_failed=cfg.retry_failed)
-        finally:
-            enc.close()
+        out["poster"] = run_poster_embed(store, cfg)
     if cfg.text:
         out["text"] = embed_texts(store, _text_encoder(config, cfg), limit=None)
     if echo:

@@ -13,6 +13,7 @@ built once per worker) over the same work list and write the same tables with th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from posterkg.engines.work import Job, LocalEngine, Outcome, Plan, Worker, WorkRef, plan_posters
@@ -20,7 +21,8 @@ from posterkg.errors import ConfigError
 
 ENGINES = ("local", "ray")
 
-__all__ = ["ENGINES", "Job", "LocalEngine", "Outcome", "Plan", "Worker", "WorkRef", "make_engine", "plan_posters"]
+__all__ = ["ENGINES", "Job", "LocalEngine", "Outcome", "Plan", "Worker", "WorkRef", "engine_for", "make_engine",
+           "parts_folder", "plan_posters"]
 
 
 def make_engine(name: str | None = "local", *, address: str | None = None, workers: int = 0,
@@ -37,3 +39,31 @@ def make_engine(name: str | None = "local", *, address: str | None = None, worke
 
         return RayEngine(address=address or None, workers=workers, num_cpus=num_cpus, **options)
     raise ConfigError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+
+
+def parts_folder(setting: str | None, db: str | Path | None) -> Path | None:
+    """The ray engine's Parquet parts folder: ``setting`` (a path), ``"none"`` (results through
+    Ray's object store), or ``""``: ``<db stem>.parts`` beside the database (none for an
+    in-memory one)."""
+    if setting == "none":
+        return None
+    if setting:
+        return Path(setting)
+    if db is None or str(db) == ":memory:":
+        return None
+    db = Path(db)
+    return db.with_name(db.stem + ".parts")
+
+
+def engine_for(cfg: Any, section: str, db: str | Path | None):
+    """The engine a stage section asks for: ``engine``, ``ray_address``, ``workers`` and ``parts``
+    of ``[tag]`` or ``[features]`` (``cfg`` is that section's dataclass)."""
+    name = (cfg.engine or "local").lower()
+    if name not in ENGINES:
+        raise ConfigError(f"[{section}] engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
+    if cfg.workers < 0:
+        raise ConfigError(f"[{section}] workers must be >= 0")
+    if name == "local":
+        return make_engine("local", address=cfg.ray_address or None, workers=cfg.workers)
+    return make_engine("ray", address=cfg.ray_address or None, workers=cfg.workers,
+                       parts=parts_folder(cfg.parts, db))

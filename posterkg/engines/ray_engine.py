@@ -15,16 +15,30 @@ no dashboard, quiet logs) and shuts it down afterwards; ``"auto"`` or ``"ray://h
 joins an existing cluster. A Ray session that is already initialised in this process is used as
 it is and left running (tests start one per module).
 
+Parquet parts (``parts``, the CLI's default ``<db stem>.parts/`` beside the database): each actor
+writes its batch's results as one Parquet file into ``<parts>/<key hash>/`` (written to a hidden
+temporary name, then renamed: a part is whole or absent) and hands back only the file's path; the
+driver reads the part with DuckDB, commits it, and moves it to ``done/`` under the same folder. So
+the results of a job are one table for DuckDB (``read_parquet('<parts>/<key hash>/**/*.parquet')``)
+and a restarted job first commits the parts an earlier driver never committed (a kill -9 of the
+driver loses no finished batch) and sends only what no part holds. Without ``parts`` the results
+come back through Ray's object store instead (no shared filesystem needed).
+
 Every node must have posterkg installed (same version) and see the poster paths the driver reads
-from the ``posters`` table (a shared filesystem or the same folder layout).
+from the ``posters`` table (a shared filesystem or the same folder layout), and the ``parts`` folder
+when it is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
+import uuid
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from posterkg.engines.work import Job, Outcome, WorkRef, batches_of
@@ -49,12 +63,71 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def outcome_table(outcomes: Sequence[Outcome], ref: WorkRef):
+    """One batch's outcomes as an Arrow table of :data:`RESULT_COLUMNS` (values as bytes)."""
+    import pyarrow as pa
+
+    return pa.table({
+        "movie_id": pa.array([int(o.movie_id) for o in outcomes], pa.int64()),
+        "value": pa.array([None if o.value is None else ref.dump_value(o.value) for o in outcomes], pa.binary()),
+        "reason": pa.array([o.reason for o in outcomes], pa.string()),
+        "error": pa.array([o.error for o in outcomes], pa.string()),
+    })
+
+
+def part_folder(parts: str | Path, key: str) -> Path:
+    """The folder of one job's parts: ``<parts>/<sha1(key)[:16]>`` (its ``key.json`` names the key)."""
+    return Path(parts) / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def write_part(folder: str | Path, outcomes: Sequence[Outcome], ref: WorkRef) -> Path:
+    """Write one batch's outcomes as a Parquet part in ``folder``: to a hidden temporary name, then
+    renamed, so a reader sees a whole part or none."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    first = min((int(o.movie_id) for o in outcomes), default=0)
+    name = f"part-{first:010d}-{uuid.uuid4().hex[:12]}.parquet"
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(outcome_table(outcomes, ref), tmp)
+    os.replace(tmp, folder / name)
+    return folder / name
+
+
+def read_parts(paths: Sequence[str | Path], ref: WorkRef) -> dict[str, list[Outcome]]:
+    """The outcomes of Parquet parts, read by DuckDB as one table: ``{path: [Outcome, ...]}``."""
+    import duckdb
+
+    if not paths:
+        return {}
+    con = duckdb.connect()
+    try:
+        rows = con.execute("SELECT filename, movie_id, value, reason, error FROM "
+                           "read_parquet(?::VARCHAR[], filename = true) ORDER BY filename, movie_id",
+                           [[str(p) for p in paths]]).fetchall()
+    finally:
+        con.close()
+    out: dict[str, list[Outcome]] = {str(p): [] for p in paths}
+    for f, m, v, r, e in rows:
+        out[str(f)].append(Outcome(int(m), None if v is None else ref.load_value(bytes(v)), r, e))
+    return out
+
+
+def _retire(path: str | Path) -> None:
+    """A committed part moves to ``done/`` beside it (kept: the job's results stay one table)."""
+    path = Path(path)
+    (path.parent / "done").mkdir(exist_ok=True)
+    os.replace(path, path.parent / "done" / path.name)
+
+
 class _BatchActor:
     """The ``map_batches`` callable class: builds the worker once per actor."""
 
-    def __init__(self, ref: WorkRef):
+    def __init__(self, ref: WorkRef, folder: str | None = None):
         _quiet()
         self.ref = ref
+        self.folder = folder
         self.worker = ref.open()
 
     def __call__(self, batch):
@@ -62,13 +135,11 @@ class _BatchActor:
 
         jobs = [(int(m), str(p)) for m, p in zip(batch["movie_id"].to_pylist(), batch["path"].to_pylist())]
         outcomes = self.worker.compute(self.worker.load(jobs))
-        return pa.table({
-            "movie_id": pa.array([int(o.movie_id) for o in outcomes], pa.int64()),
-            "value": pa.array([None if o.value is None else self.ref.dump_value(o.value) for o in outcomes],
-                              pa.binary()),
-            "reason": pa.array([o.reason for o in outcomes], pa.string()),
-            "error": pa.array([o.error for o in outcomes], pa.string()),
-        })
+        if self.folder is None:
+            return outcome_table(outcomes, self.ref)
+        path = write_part(self.folder, outcomes, self.ref)
+        return pa.table({"part": pa.array([str(path)], pa.string()),
+                         "rows": pa.array([len(outcomes)], pa.int64())})
 
 
 def _probe(ref: WorkRef) -> dict[str, Any]:
@@ -90,6 +161,7 @@ class RayEngine:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float | None = None   # None = 1 when the cluster has GPUs, else 0
     probe_on_driver: bool | None = None    # where the resume key is learnt; None = driver when no GPU per worker
+    parts: str | Path | None = None        # Parquet parts folder (module doc); None = results via the object store
     name: str = "ray"
     _started: bool = dataclasses.field(default=False, init=False, repr=False)
     _resolved: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
@@ -159,7 +231,10 @@ class RayEngine:
         return self._resolved
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": "ray", "address": self.address or "local", **self.resources()}
+        out = {"engine": "ray", "address": self.address or "local", **self.resources()}
+        if self.parts:
+            out["parts"] = str(self.parts)
+        return out
 
     # -- work ---------------------------------------------------------------------------------------
 
@@ -182,9 +257,44 @@ class RayEngine:
                 raise type(cause)(str(cause)) from None
             raise PosterkgError(f"the ray engine could not build the worker: {cause}") from exc
 
+    def recover(self, ref: WorkRef, jobs: Sequence[Job], key: str,
+                commit: Callable[[list[Outcome]], None], *, progress=None) -> list[Job]:
+        """Commit the parts of ``key`` that an earlier driver left uncommitted (their outcomes for
+        the movies of ``jobs``; the others are already recorded), retire them, and return the jobs
+        no part holds. Needs no Ray cluster."""
+        folder = part_folder(self.parts, key)
+        pending = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+        if not pending:
+            return list(jobs)
+        wanted = {int(m) for m, _ in jobs}
+        for path, outcomes in read_parts(pending, ref).items():
+            mine = [o for o in outcomes if o.movie_id in wanted]
+            if mine:
+                commit(mine)
+                wanted.difference_update(o.movie_id for o in mine)
+                if progress is not None:
+                    progress.update(len(mine))
+            _retire(path)
+        return [j for j in jobs if int(j[0]) in wanted]
+
     def run(self, ref: WorkRef, jobs: Sequence[Job], batch_size: int,
-            commit: Callable[[list[Outcome]], None], *, progress=None) -> None:
-        """Map ``jobs`` over the actor pool; ``commit`` each batch as it streams back."""
+            commit: Callable[[list[Outcome]], None], *, progress=None, key: str | None = None) -> None:
+        """Map ``jobs`` over the actor pool; ``commit`` each batch as it streams back. With
+        ``parts``, ``key`` (the job's resume key as text) names its parts folder, and the parts
+        an earlier run left are committed first (:meth:`recover`)."""
+        folder = None
+        if self.parts and jobs:
+            if not key:
+                raise ValueError("the ray engine's parts need the job's resume key")
+            folder = part_folder(self.parts, key)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                meta = folder / "key.json"
+                if not meta.exists():
+                    meta.write_text(json.dumps({"key": key}) + "\n")
+            except OSError as exc:
+                raise PosterkgError(f"cannot write the ray engine's parts folder {folder}: {exc}") from exc
+            jobs = self.recover(ref, jobs, key, commit, progress=progress)
         if not jobs:
             return
         ray = self.connect()
@@ -201,7 +311,8 @@ class RayEngine:
         ds = ray.data.from_arrow(blocks)
         gpus = res["gpus_per_worker"] or None
         out = ds.map_batches(
-            _BatchActor, fn_constructor_kwargs={"ref": ref}, batch_size=batch_size, batch_format="pyarrow",
+            _BatchActor, fn_constructor_kwargs={"ref": ref, "folder": None if folder is None else str(folder)},
+            batch_size=batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=min(res["workers"], len(blocks))),
             num_cpus=res["cpus_per_worker"], num_gpus=gpus)
         stream = iter(out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1))
@@ -213,6 +324,14 @@ class RayEngine:
             except ray.exceptions.RayError as exc:   # a worker could not start or died: batches committed so far stay
                 raise PosterkgError(f"the ray engine stopped: {str(exc).strip().splitlines()[-1][:500]} "
                                     "(committed batches are kept; rerun to resume)") from exc
+            if folder is not None:
+                for path, outcomes in read_parts(tbl.column("part").to_pylist(), ref).items():
+                    if outcomes:
+                        commit(outcomes)
+                    _retire(path)
+                    if progress is not None:
+                        progress.update(len(outcomes))
+                continue
             outcomes = [Outcome(int(m), None if v is None else ref.load_value(v), r, e)
                         for m, v, r, e in zip(*(tbl.column(c).to_pylist() for c in RESULT_COLUMNS))]
             if outcomes:

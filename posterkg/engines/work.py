@@ -136,6 +136,17 @@ def plan_posters(store: Store, previous_sql: str, previous_params: Sequence[Any]
                 attempts={m: a for m, (_, a) in previous.items()})
 
 
+def committer(write: Callable[[list[Outcome]], None], counts: dict[str, int],
+              on_batch: Callable[[int], None] | None) -> Callable[[list[Outcome]], None]:
+    """The engines' ``commit`` callback: ``write`` one batch (its own transaction), then tell
+    ``on_batch`` how many posters this run has committed (``counts["done"] + counts["failed"]``)."""
+    def commit(outcomes: list[Outcome]) -> None:
+        write(outcomes)
+        if on_batch is not None:
+            on_batch(counts["done"] + counts["failed"])
+    return commit
+
+
 def batches_of(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     return [list(jobs[i:i + batch_size]) for i in range(0, len(jobs), batch_size)]
 
@@ -155,8 +166,9 @@ class LocalEngine:
         return ref.identity(worker), worker
 
     def run(self, worker: Worker, jobs: Sequence[Job], batch_size: int,
-            commit: Callable[[list[Outcome]], None], *, progress=None) -> None:
-        """``commit`` each batch's outcomes in job order; ``progress.update(n)`` after each."""
+            commit: Callable[[list[Outcome]], None], *, progress=None, key: str | None = None) -> None:
+        """``commit`` each batch's outcomes in job order; ``progress.update(n)`` after each.
+        (``key``, the job's resume key, is for engines that keep results outside the database.)"""
         batches = batches_of(jobs, batch_size)
         pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterkg-load")
         try:

@@ -203,6 +203,7 @@ def tag_posters(store: Store, backend: Backend | BackendRef, spec: TagSpec, *, m
 def _tag(store: Store, engine, handle, key: tuple[str, str, str], spec: TagSpec, *, movies, limit, batch_size,
          retry_failed, params, desc, on_batch) -> dict[str, Any]:
     from posterkg.engines import plan_posters
+    from posterkg.engines.work import committer
 
     plan = plan_posters(store, "SELECT movie_id, status, attempts FROM tag_status "
                         "WHERE backend = ? AND model = ? AND schema_hash = ?", key,
@@ -261,10 +262,7 @@ def _tag(store: Store, engine, handle, key: tuple[str, str, str], spec: TagSpec,
             else:
                 reasons[o.reason or "backend_error"] += 1
 
-    def commit(outcomes: list[Outcome]) -> None:
-        write(outcomes)
-        if on_batch is not None:
-            on_batch(counts["done"] + counts["failed"])
+    commit = committer(write, counts, on_batch)
 
     # posters that cannot be sent: recorded at once, one transaction
     if plan.unsendable:
@@ -272,7 +270,7 @@ def _tag(store: Store, engine, handle, key: tuple[str, str, str], spec: TagSpec,
 
     progress = bar(total=len(plan.jobs), desc=desc or f"tag {key[0]}", unit="poster")
     try:
-        engine.run(handle, plan.jobs, batch_size, commit, progress=progress)
+        engine.run(handle, plan.jobs, batch_size, commit, progress=progress, key=json.dumps(["tag", *key]))
     finally:
         progress.close()
         store.execute("UPDATE tag_runs SET finished_at = ? WHERE run_id = ?", [_now(), run_id])

@@ -42,6 +42,10 @@ class TagConfig:
     vocab_version: int = 0
     limit: int = 0
     retry_failed: bool = False
+    engine: str = "local"            # local | ray (posterkg.engines; docs/ray.md)
+    ray_address: str = ""            # ray: cluster to join ("" = start a local one)
+    workers: int = 0                 # ray: actors (0 = one per GPU, else one per CPU)
+    parts: str = ""                  # ray: Parquet parts folder ("" = <db stem>.parts; "none")
     pixels: dict = dataclasses.field(default_factory=dict)
     hf: dict = dataclasses.field(default_factory=dict)
     vllm: dict = dataclasses.field(default_factory=dict)
@@ -83,27 +87,36 @@ def load_vocab(store: Store, version: int | None) -> dict[str, list[str]]:
 
 def run_tag(store: Store, cfg: TagConfig, *, movies: Sequence[int] | None = None,
             echo: bool = True) -> dict[str, Any]:
-    """Build the spec and backend from ``cfg``, tag, print the summary table; return the summary."""
+    """Build the spec, the engine (``[tag] engine``) and the backend from ``cfg``, tag, print the
+    summary table; return the summary. The local engine builds the backend here; the ray engine
+    builds it on its actors from a :class:`~posterkg.vlm.runner.BackendRef`."""
     from posterkg.clikit import print_table
+    from posterkg.engines import engine_for
     from posterkg.vlm.backends import get_backend
     from posterkg.vlm.knowledge import load_schema
-    from posterkg.vlm.runner import summary_rows, tag_posters
+    from posterkg.vlm.runner import BackendRef, summary_rows, tag_posters
 
     cfg.check()
+    engine = engine_for(cfg, "tag", store.path)
     schema = load_schema(cfg.schema or None)
     vocab = load_vocab(store, cfg.vocab_version or None) if cfg.mode == "closed" else None
     spec = schema.build_spec(vocab)
     options = cfg.backend_options()
-    backend = get_backend(cfg.backend, cfg.model or None, **options)
+    local = engine.name == "local"
+    backend = get_backend(cfg.backend, cfg.model or None, **options) if local \
+        else BackendRef(cfg.backend, cfg.model or None, options)
     try:
         summary = tag_posters(
             store, backend, spec, movies=movies, limit=cfg.limit or None, batch_size=cfg.batch_size,
-            retry_failed=cfg.retry_failed,
+            retry_failed=cfg.retry_failed, engine=engine,
             params={"options": options, "schema": str(schema.source), "schema_file_hash": schema.hash,
                     "vocab_version": cfg.vocab_version or None},
         )
     finally:
-        backend.close()
+        if local:
+            backend.close()
+        else:
+            engine.shutdown()
     if echo:
         print_table(summary_rows(summary), ["tag", "value"])
     return summary
