@@ -77,6 +77,10 @@ ROWS: dict[str, tuple[str, dict, str]] = {
     "+ text": (SEQ, {"concepts": False, "genres": True, "features": ["text"]}, "imagenet"),
     "+ text + EfficientNet": (SEQ, {"concepts": False, "genres": True, "features": ["text", "poster"]},
                               "imagenet"),
+    "+ text + EfficientNet, PCA 32": (SEQ, {"concepts": False, "genres": True, "features": ["text", "poster"],
+                                            "feature_dim": 32}, "imagenet"),
+    "+ text, PCA 32": (SEQ, {"concepts": False, "genres": True, "features": ["text"], "feature_dim": 32},
+                       "imagenet"),
     "VBPR": ("vbpr", {"features": ["poster"]}, "imagenet"),
     "VBPR (text)": ("vbpr", {"features": ["text"]}, "imagenet"),
     "VBPR (poster + text)": ("vbpr", {"features": ["poster", "text"]}, "imagenet"),
@@ -237,9 +241,9 @@ def run_one(args, row: str, split: str, seed: int, cache: dict) -> dict:
     cold = np.asarray(data.matrix("train").sum(0)).ravel() == 0
     hide = split == "coldstart" and kind == SEQ and bool(inputs.features)
     # movies without train ratings are unknown while training (their dense features are not
-    # learnt against as softmax negatives); for cold-start scoring they come back, standardised
-    # with the statistics the model computed at init (PosterKGSeq's rule: mean/std over every
-    # row of the matrix it was given), and their never-positive id embeddings are zeroed
+    # learnt against as softmax negatives); for cold-start scoring they come back through the
+    # model's own transform (PosterKGSeq.feature_rows: the statistics computed at init over the
+    # matrix it was given), and their never-positive id embeddings are zeroed
     shown = dataclasses.replace(inputs, features={k: np.where(cold[:, None], 0.0, v).astype(np.float32)
                                                    for k, v in inputs.features.items()},
                                 feature_mask={k: v & ~cold for k, v in inputs.feature_mask.items()}) \
@@ -253,10 +257,8 @@ def run_one(args, row: str, split: str, seed: int, cache: dict) -> dict:
         with torch.no_grad():
             if hide:
                 for name in model.proj:
-                    seen = torch.from_numpy(shown.features[name])
-                    mean, std = seen.mean(0), seen.std(0).clamp(min=1e-6)
-                    full = (torch.from_numpy(inputs.features[name]) - mean) / std
-                    full[~torch.from_numpy(inputs.feature_mask[name])] = 0.0
+                    full = model.feature_rows(name, torch.from_numpy(inputs.features[name]),
+                                              torch.from_numpy(inputs.feature_mask[name]))
                     buf = getattr(model, f"feat_{name}")
                     saved.append((buf, buf[cold_t].clone()))
                     buf[cold_t] = full[cold_t]

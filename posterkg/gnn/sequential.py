@@ -299,6 +299,7 @@ class PosterKGSeq(SASRec):
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"
+        feature_dim: int = 0           # >0: each dense feature reduced to its top principal components
         poster_encoder: str = "efficientnet-lite0"
         text_encoder: str = "minilm"
         short_term: bool = True        # the self-attentive short-term part
@@ -321,16 +322,43 @@ class PosterKGSeq(SASRec):
         for name in c.features:
             if name not in inputs.features:
                 raise ValueError(f"feature {name!r} was not assembled for posterkg-seq")
-            feat = torch.from_numpy(inputs.features[name])
-            feat = (feat - feat.mean(0)) / feat.std(0).clamp(min=1e-6)
-            feat[~torch.from_numpy(inputs.feature_mask[name])] = 0.0
-            self.register_buffer(f"feat_{name}", feat.float())
+            raw = torch.from_numpy(inputs.features[name]).float()
+            mask = torch.from_numpy(inputs.feature_mask[name])
+            # the transform of raw rows into model rows (standardise over the matrix given, then
+            # optionally the top principal components of the rows that have the feature, scaled
+            # to unit variance); kept (not saved: recomputed from the same inputs at load) so a
+            # movie's row can be made later with the same statistics (feature_rows)
+            self.register_buffer(f"feat_mean_{name}", raw.mean(0), persistent=False)
+            self.register_buffer(f"feat_std_{name}", raw.std(0).clamp(min=1e-6), persistent=False)
+            basis, center = torch.zeros(0), torch.zeros(0)
+            if c.feature_dim and c.feature_dim < raw.shape[1]:
+                z = ((raw - raw.mean(0)) / raw.std(0).clamp(min=1e-6))[mask].double()
+                center = z.mean(0)
+                _, sv, vt = torch.linalg.svd(z - center, full_matrices=False)
+                k = int(c.feature_dim)
+                basis = (vt[:k].T / (sv[:k] / max(len(z) - 1, 1) ** 0.5).clamp(min=1e-6)).float()
+                center = center.float()
+            self.register_buffer(f"feat_basis_{name}", basis, persistent=False)
+            self.register_buffer(f"feat_center_{name}", center, persistent=False)
+            feat = self.feature_rows(name, raw, mask)
+            self.register_buffer(f"feat_{name}", feat)
             self.proj[name] = nn.Linear(feat.shape[1], c.dim, bias=False)
             nn.init.normal_(self.proj[name].weight, std=0.02 / max(feat.shape[1], 1) ** 0.5)
         self.part_gate = nn.ParameterDict({k: nn.Parameter(torch.tensor(1.0))
                                            for k in ["concepts", "genres", *c.features]})
         self.long_map = nn.Linear(c.dim, c.dim)
         self.gate = nn.Linear(2 * c.dim, c.dim)
+
+    def feature_rows(self, name: str, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Model rows of dense feature ``name`` for raw rows ``raw`` (movies without the feature,
+        ``~mask``, get zeros), with the statistics computed at init."""
+        x = (raw.float() - getattr(self, f"feat_mean_{name}")) / getattr(self, f"feat_std_{name}")
+        basis = getattr(self, f"feat_basis_{name}")
+        if basis.numel():
+            x = (x - getattr(self, f"feat_center_{name}")) @ basis
+        x = x.clone()
+        x[~mask] = 0.0
+        return x
 
     def _agg(self, graph: Graph, rel: str, n_dst: int, emb: nn.Embedding) -> torch.Tensor:
         r = graph.get(rel)

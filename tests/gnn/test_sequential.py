@@ -197,3 +197,43 @@ def test_loss_norm_weighs_every_target_alike():
     sa, sb = wsg[:4], wsg[4:]
     half = m.train_loss(a, sa, norm=float(count)) + m.train_loss(b, sb, norm=float(count))
     assert torch.allclose(half, mean, atol=1e-5)
+
+
+def test_dense_features_reduced_to_principal_components_and_rebuilt_for_new_rows():
+    """``feature_dim``: a dense feature becomes its top principal components (unit variance over
+    the movies that have it, zeros for the others); ``feature_rows`` rebuilds any movie's row with
+    the statistics of init (how a movie's feature enters after training); 0 = the standardised
+    feature, as before."""
+    import dataclasses
+
+    ratings, n = _cycle_world(n_movies=30, length=40)
+    base = _inputs(ratings, n)
+    rng = np.random.default_rng(0)
+    low = rng.normal(size=(n, 3))                                       # a 3-d signal in 50 dims
+    raw = (low @ rng.normal(size=(3, 50)) * 4 + rng.normal(size=(n, 50)) * 0.1 + 7).astype(np.float32)
+    mask = np.ones(n, bool)
+    mask[[4, 9]] = False
+    raw[~mask] = 0.0
+    inputs = dataclasses.replace(base, features={"poster": raw}, feature_mask={"poster": mask})
+    cfg = registry.model_config("posterkg-seq", {"dim": 8, "features": ["poster"], "feature_dim": 3,
+                                                 "concepts": False, "genres": False})
+    model = registry.build("posterkg-seq", inputs, cfg)
+    x = model.feat_poster
+    assert tuple(x.shape) == (n, 3) and model.proj["poster"].in_features == 3
+    assert torch.all(x[~torch.from_numpy(mask)] == 0)
+    kept = x[torch.from_numpy(mask)].double()
+    np.testing.assert_allclose(kept.std(0).numpy(), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(kept.mean(0).numpy(), 0.0, atol=1e-4)
+    # 3 components hold the planted 3-d signal: a least-squares map from them recovers it
+    coef, *_ = np.linalg.lstsq(kept.numpy(), low[mask] - low[mask].mean(0), rcond=None)
+    resid = (low[mask] - low[mask].mean(0)) - kept.numpy() @ coef
+    assert (resid ** 2).sum() / ((low[mask] - low[mask].mean(0)) ** 2).sum() < 0.01
+    # a movie's row made later from its raw feature equals the one built at init
+    again = model.feature_rows("poster", torch.from_numpy(raw[[0, 4, 7]]), torch.tensor([True, False, True]))
+    torch.testing.assert_close(again, x[[0, 4, 7]])
+    # the saved state has the rows, not the statistics (recomputed from the inputs at load)
+    assert "feat_poster" in model.state_dict() and "feat_basis_poster" not in model.state_dict()
+    plain = registry.build("posterkg-seq", inputs, dataclasses.replace(cfg, feature_dim=0))
+    z = (torch.from_numpy(raw) - torch.from_numpy(raw).mean(0)) / torch.from_numpy(raw).std(0)
+    z[~torch.from_numpy(mask)] = 0
+    torch.testing.assert_close(plain.feat_poster, z)
