@@ -52,6 +52,8 @@ class TrainConfig:
     reg: float = 1e-4              # L2 on the batch's ego embeddings
     eval_every: int = 1            # epochs between valid evaluations
     patience: int = 5              # evaluations without a better valid NDCG@20 before stopping
+    min_epochs: int = 0            # early stopping never ends training before this epoch (sequence
+                                   # models sit at popularity level for their first epochs)
     eval_batch_size: int = 1024
     max_steps: int = 0             # optimizer steps in all (0 = no bound): the epoch it ends in is cut
                                    # there, evaluated on valid and is the last (big data on a CPU)
@@ -66,6 +68,8 @@ class TrainConfig:
                 raise ConfigError(f"[gnn] {name} must be >= 1")
         if self.max_steps < 0:
             raise ConfigError("[gnn] max_steps must be >= 0 (0: no bound)")
+        if self.min_epochs < 0:
+            raise ConfigError("[gnn] min_epochs must be >= 0")
         if self.lr <= 0:
             raise ConfigError("[gnn] lr must be > 0")
 
@@ -181,18 +185,20 @@ class StepBudget:
 class EarlyStopping:
     """Best-by-valid-NDCG@20 bookkeeping shared by the BPR loop and the models' own ``fit``."""
 
-    def __init__(self, patience: int):
+    def __init__(self, patience: int, min_epochs: int = 0):
         self.patience = patience
+        self.min_epochs = min_epochs
         self.best, self.best_epoch, self.best_valid, self.best_state, self.stale = -1.0, 0, {}, None, 0
 
     def update(self, epoch: int, valid: dict, model: torch.nn.Module) -> bool:
-        """Record one evaluation; return True when training should stop."""
+        """Record one evaluation; return True when training should stop (``patience``
+        evaluations without a gain, and not before epoch ``min_epochs``)."""
         if valid["ndcg@20"] > self.best:
             self.best, self.best_epoch, self.best_valid, self.stale = valid["ndcg@20"], epoch, valid, 0
             self.best_state = copy.deepcopy(model.state_dict())
         else:
             self.stale += 1
-        return self.stale >= self.patience
+        return self.stale >= self.patience and epoch >= self.min_epochs
 
     def end_epoch(self, epoch: int, row: dict, cfg: "TrainConfig", valid_fn, model: torch.nn.Module,
                   history: list, verbose: bool, last: bool = False) -> bool:
@@ -222,7 +228,7 @@ def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_b
     :class:`~posterkg.gnn.base.FitInfo`."""
     from posterkg.gnn.base import FitInfo
 
-    stop = EarlyStopping(train_cfg.patience)
+    stop = EarlyStopping(train_cfg.patience, getattr(train_cfg, "min_epochs", 0))
     budget = StepBudget(getattr(train_cfg, "max_steps", 0))    # [gnn] max_steps
     history, secs = [], 0.0
     for epoch in range(1, train_cfg.epochs + 1):
@@ -304,7 +310,7 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
     torch.manual_seed(cfg.seed)
     sampler = PairSampler(data, cfg.seed, hard=getattr(model, "wants_hard_negatives", False))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    stop = EarlyStopping(cfg.patience)
+    stop = EarlyStopping(cfg.patience, cfg.min_epochs)
     history: list[dict[str, Any]] = []
     train_seconds = 0.0
     graph = model.graph

@@ -189,3 +189,26 @@ def test_train_selects_the_epoch_a_custom_valid_fn_prefers():
     best = states[1]
     for k, v in res.model.state_dict().items():
         assert torch.equal(v, best[k]), k
+
+
+def test_min_epochs_keeps_training_through_an_early_plateau():
+    """``min_epochs``: patience cannot end training before that epoch (a sequence model's first
+    epochs sit at popularity level); the best epoch is still the one restored."""
+    inputs = _small_world()
+    marks = [0.2, 0.1, 0.1, 0.1, 0.1, 0.3, 0.25, 0.2, 0.2, 0.2, 0.2]
+
+    def run(min_epochs):
+        it = iter(marks)
+        cfg = TrainConfig(model="vbpr", dim=4, epochs=len(marks), batch_size=8, lr=0.05, patience=3,
+                          min_epochs=min_epochs, seed=0, threads=1)
+        return train(inputs, cfg, model_cfg=registry.model_config("vbpr", {"dim": 4, "visual_dim": 2}),
+                     valid_fn=lambda m: {"ndcg@20": next(it)})
+
+    plain = run(0)
+    assert (plain.best_epoch, plain.epochs_run) == (1, 4)        # stopped in the plateau
+    assert (run(5).best_epoch, run(5).epochs_run) == (1, 5)      # may stop at epoch 5, not before
+    held = run(6)
+    assert (held.best_epoch, held.epochs_run) == (6, 9)          # took off at 6, 3 stale after it
+    assert held.valid == {"ndcg@20": 0.3}
+    with pytest.raises(Exception, match="min_epochs"):
+        TrainConfig(min_epochs=-1).validate()
