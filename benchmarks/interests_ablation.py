@@ -233,8 +233,8 @@ def main(argv=None) -> int:
     doc = {"benchmark": "interests_ablation", "source_db": str(args.src), "config": str(args.config),
            "database": info, "epochs_cap": args.epochs or "registry (60)",
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "threads": args.threads},
-           "note": ("posterkg GNN, 1 seed per arm, test read once per arm; timings wall-clock on shared "
-                    "CPU cores (noisy)"), "runs": runs}
+           "note": ("posterkg GNN, one seed per invocation (--seed; the others are kept), test read once per "
+                    "(arm, seed); timings wall-clock on shared CPU cores (noisy)"), "runs": runs}
     if "llm_plumbing" in old:
         doc["llm_plumbing"] = old["llm_plumbing"]
     if args.llm_users:
