@@ -387,6 +387,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", nargs="+", default=["temporal", "coldstart"], choices=["temporal", "coldstart"])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--only-seeds", type=int, nargs="+", default=None,
+                   help="run only these seeds (several processes, then --merge)")
     p.add_argument("--epochs", type=int, default=8, help="posterkg-seq epoch cap (every row)")
     p.add_argument("--vbpr-epochs", type=int, default=40)
     p.add_argument("--lr", type=float, default=0.003)
@@ -430,7 +432,7 @@ def main(argv=None) -> int:
     runs = json.loads(args.out.read_text())["runs"] if args.resume and args.out.is_file() else []
     done = {(r["row"], r["split"], r["seed"]) for r in runs}
     cache: dict = {}
-    for seed in range(args.seeds):
+    for seed in (args.only_seeds if args.only_seeds is not None else range(args.seeds)):
         for split in args.split:
             for row in args.rows:
                 if (row, split, seed) in done:
