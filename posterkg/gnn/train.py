@@ -221,9 +221,10 @@ class EarlyStopping:
 
 def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_batches: int,
                verbose: bool = False, row_extra: dict | None = None):
-    """The epoch loop of the models that train themselves (``trainer = "fit"``: the sequence
-    models, TIGER): ``epoch_batches()`` gives one epoch's batches, ``step_loss(batch)`` the loss
-    of one; one optimizer step per batch within ``[gnn] max_steps``, then
+    """The one epoch loop (the BPR loop of :func:`train` and the models that train themselves,
+    ``trainer = "fit"``: the sequence models, TIGER): ``epoch_batches()`` gives one epoch's
+    batches, ``step_loss(batch)`` the loss of one, a tensor or a dict of loss terms (summed, and
+    each term's epoch mean logged); one optimizer step per batch within ``[gnn] max_steps``, then
     :meth:`EarlyStopping.end_epoch`; the best state by valid NDCG@20 is restored. Returns the
     :class:`~posterkg.gnn.base.FitInfo`."""
     from posterkg.gnn.base import FitInfo
@@ -234,19 +235,24 @@ def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_b
     for epoch in range(1, train_cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        total = 0.0
+        totals: dict[str, float] = {}
         n_steps = budget.left(n_batches)
         for batch in bar(epoch_batches(), total=n_steps, desc=f"{model.name} epoch {epoch}",
                          unit="batch", disable=not verbose or None):
-            loss = step_loss(batch)
+            out = step_loss(batch)
+            terms = out if isinstance(out, dict) else {"loss": out}
+            loss = sum(terms.values())
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss.detach()) / max(n_steps, 1)
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) / max(n_steps, 1)
             if budget.take():
                 break
         secs += time.perf_counter() - t0
-        row = {"epoch": epoch, "loss": total, "seconds": time.perf_counter() - t0, **(row_extra or {})}
+        parts = {} if list(totals) == ["loss"] else totals
+        row = {"epoch": epoch, "loss": sum(totals.values()), **parts, "seconds": time.perf_counter() - t0,
+               **(row_extra or {})}
         if budget.max_steps:
             row["steps"] = budget.steps
         if stop.end_epoch(epoch, row, train_cfg, valid_fn, model, history, verbose, last=budget.spent):
@@ -310,41 +316,19 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
     torch.manual_seed(cfg.seed)
     sampler = PairSampler(data, cfg.seed, hard=getattr(model, "wants_hard_negatives", False))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    stop = EarlyStopping(cfg.patience, cfg.min_epochs)
-    history: list[dict[str, Any]] = []
-    train_seconds = 0.0
     graph = model.graph
     n_batches = (len(sampler) + cfg.batch_size - 1) // cfg.batch_size
-    budget = StepBudget(cfg.max_steps)
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        totals: dict[str, float] = {}
-        n_steps = budget.left(n_batches)
-        for batch in bar(sampler.epoch(cfg.batch_size), total=n_steps, desc=f"{model.name} epoch {epoch}",
-                         unit="batch", disable=not verbose or None):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            emb = model.embeddings(graph)
-            u, m = emb[0], emb[1]
-            terms = {"bpr": losses.bpr(u[batch["users"]], m[batch["pos"]], m[batch["neg"]])}
-            terms["reg"] = cfg.reg * model.reg_loss(batch["users"], batch["pos"], batch["neg"])
-            terms.update(model.extra_loss(batch, emb))
-            loss = sum(terms.values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) / max(n_steps, 1)
-            if budget.take():
-                break
-        train_seconds += time.perf_counter() - t0
-        row: dict[str, Any] = {"epoch": epoch, "loss": sum(totals.values()), **totals,
-                               "seconds": time.perf_counter() - t0}
-        if budget.max_steps:
-            row["steps"] = budget.steps
-        if stop.end_epoch(epoch, row, cfg, valid_fn, model, history, verbose, last=budget.spent):
-            break
-    stop.restore(model)
-    model.eval()
-    return TrainResult(model, cfg, history, stop.best_epoch, stop.best_valid,
-                       train_seconds / max(len(history), 1), time.perf_counter() - t_start, model.cfg)
+
+    def step_loss(batch) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        emb = model.embeddings(graph)
+        u, m = emb[0], emb[1]
+        terms = {"bpr": losses.bpr(u[batch["users"]], m[batch["pos"]], m[batch["neg"]])}
+        terms["reg"] = cfg.reg * model.reg_loss(batch["users"], batch["pos"], batch["neg"])
+        terms.update(model.extra_loss(batch, emb))
+        return terms
+
+    info = fit_epochs(model, cfg, valid_fn, opt, epoch_batches=lambda: sampler.epoch(cfg.batch_size),
+                      step_loss=step_loss, n_batches=n_batches, verbose=verbose)
+    return TrainResult(model, cfg, info.history, info.best_epoch, info.valid, info.seconds_per_epoch,
+                       time.perf_counter() - t_start, model.cfg)
