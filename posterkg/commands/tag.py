@@ -47,9 +47,12 @@ def _parse_movies(text: str | None) -> list[int] | None:
 @click.option("--vocab-version", type=click.IntRange(min=0), help="Closed mode: vocabulary version [latest].")
 @click.option("--retry-failed", is_flag=True, default=None, help="Re-try posters that failed in earlier runs.")
 @engine_options
+@click.option("--ray-llm/--no-ray-llm", default=None,
+              help="ray engine + vllm backend: through Ray Data's LLM processor (ray.data.llm) or "
+              "posterkg's own actor per GPU [config: tag.ray_llm, default on].")
 @pass_env
 def tag(env: Env, backend, model, limit, movies, batch_size, mode, schema, vocab_version, retry_failed,
-        engine, ray_address, workers, parts) -> None:
+        engine, ray_address, workers, parts, ray_llm) -> None:
     """Tag posters with typed visual knowledge points (table raw_points).
 
     Each poster gets up to 12 points such as (Lighting, "low-key lighting", 0.875), validated
@@ -77,13 +80,13 @@ def tag(env: Env, backend, model, limit, movies, batch_size, mode, schema, vocab
       gpu_memory_utilization = 0.85
 
     The engine too (`posterkg run` uses it): `[tag] engine = "ray"`, `ray_address`, `workers`,
-    `parts`.
+    `parts`, `ray_llm` (the vllm backend through ray.data.llm, docs/ray.md).
     """
     from posterkg.vlm.stage import TagConfig, run_tag
 
     env.config.override("tag", backend=backend, model=model, limit=limit, batch_size=batch_size,
                         mode=mode, schema=schema, vocab_version=vocab_version, retry_failed=retry_failed,
-                        engine=engine, ray_address=ray_address, workers=workers, parts=parts)
+                        engine=engine, ray_address=ray_address, workers=workers, parts=parts, ray_llm=ray_llm)
     cfg = env.config.section("tag", TagConfig)
     ids = _parse_movies(movies)
     with env.store() as store:

@@ -57,7 +57,7 @@ def parts_folder(setting: str | None, db: str | Path | None) -> Path | None:
 
 def engine_for(cfg: Any, section: str, db: str | Path | None):
     """The engine a stage section asks for: ``engine``, ``ray_address``, ``workers`` and ``parts``
-    of ``[tag]`` or ``[features]`` (``cfg`` is that section's dataclass)."""
+    of ``[tag]`` or ``[features]`` (``cfg`` is that section's dataclass), and ``[tag] ray_llm``."""
     name = (cfg.engine or "local").lower()
     if name not in ENGINES:
         raise ConfigError(f"[{section}] engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
@@ -66,4 +66,4 @@ def engine_for(cfg: Any, section: str, db: str | Path | None):
     if name == "local":
         return make_engine("local", address=cfg.ray_address or None, workers=cfg.workers)
     return make_engine("ray", address=cfg.ray_address or None, workers=cfg.workers,
-                       parts=parts_folder(cfg.parts, db))
+                       parts=parts_folder(cfg.parts, db), ray_llm=bool(getattr(cfg, "ray_llm", True)))

@@ -162,6 +162,7 @@ class RayEngine:
     gpus_per_worker: float | None = None   # None = 1 when the cluster has GPUs, else 0
     probe_on_driver: bool | None = None    # where the resume key is learnt; None = driver when no GPU per worker
     parts: str | Path | None = None        # Parquet parts folder (module doc); None = results via the object store
+    ray_llm: bool = True                   # the vllm tagging backend through ray.data.llm (posterkg.engines.ray_llm)
     name: str = "ray"
     _started: bool = dataclasses.field(default=False, init=False, repr=False)
     _resolved: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
@@ -242,8 +243,12 @@ class RayEngine:
         """Build the worker once to learn the resume key (backend + model, encoder + dim): on the
         driver when the workers use no GPU (a CPU backend is cheap to build), else in a Ray task
         with the actors' resources, so a GPU model is never loaded on the driver. The handle for
-        :meth:`run` is the recipe itself."""
+        :meth:`run` is the recipe itself. The vllm backend through ``ray.data.llm`` needs neither:
+        its key comes from the options (:meth:`llm_plan`)."""
+        plan = self.llm_plan(ref)
         ray = self.connect()
+        if plan is not None:
+            return plan.identity(), ref
         res = self.resources()
         on_driver = self.probe_on_driver if self.probe_on_driver is not None else not res["gpus_per_worker"]
         if on_driver:
@@ -256,6 +261,15 @@ class RayEngine:
             if isinstance(cause, PosterkgError):
                 raise type(cause)(str(cause)) from None
             raise PosterkgError(f"the ray engine could not build the worker: {cause}") from exc
+
+    def llm_plan(self, ref: WorkRef):
+        """The :class:`~posterkg.engines.ray_llm.LLMTagPlan` when ``ref`` is vllm tagging and
+        ``ray_llm`` is on (the work then runs through Ray Data's LLM processor), else ``None``."""
+        if not self.ray_llm:
+            return None
+        from posterkg.engines.ray_llm import LLMTagPlan
+
+        return LLMTagPlan.for_work(ref)
 
     def recover(self, ref: WorkRef, jobs: Sequence[Job], key: str,
                 commit: Callable[[list[Outcome]], None], *, progress=None) -> list[Job]:
@@ -310,11 +324,18 @@ class RayEngine:
                   for b in batches_of(jobs, batch_size)]
         ds = ray.data.from_arrow(blocks)
         gpus = res["gpus_per_worker"] or None
-        out = ds.map_batches(
-            _BatchActor, fn_constructor_kwargs={"ref": ref, "folder": None if folder is None else str(folder)},
-            batch_size=batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=min(res["workers"], len(blocks))),
-            num_cpus=res["cpus_per_worker"], num_gpus=gpus)
+        plan = self.llm_plan(ref)
+        if plan is not None:
+            from posterkg.engines.ray_llm import map_dataset
+
+            out = map_dataset(plan, ds, ref, batch_size=batch_size, resources=res, workers=self.workers,
+                              folder=None if folder is None else str(folder))
+        else:
+            out = ds.map_batches(
+                _BatchActor, fn_constructor_kwargs={"ref": ref, "folder": None if folder is None else str(folder)},
+                batch_size=batch_size, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=min(res["workers"], len(blocks))),
+                num_cpus=res["cpus_per_worker"], num_gpus=gpus)
         stream = iter(out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1))
         while True:
             try:

@@ -46,6 +46,7 @@ class TagConfig:
     ray_address: str = ""            # ray: cluster to join ("" = start a local one)
     workers: int = 0                 # ray: actors (0 = one per GPU, else one per CPU)
     parts: str = ""                  # ray: Parquet parts folder ("" = <db stem>.parts; "none")
+    ray_llm: bool = True             # ray + vllm: through Ray Data's LLM processor (false: one actor per GPU)
     pixels: dict = dataclasses.field(default_factory=dict)
     hf: dict = dataclasses.field(default_factory=dict)
     vllm: dict = dataclasses.field(default_factory=dict)
