@@ -127,6 +127,10 @@ class SASRec(Recommender):
         weight_decay: float = 0.0
         horizon: int = 1              # targets: the liked movies among the next `horizon` positions
         bucket: bool = False          # batch windows of similar length (each target weighed alike)
+        negatives: int = 0            # 0: softmax over the whole catalogue; N: over the target and
+        #                               N uniformly sampled movies shared by the batch
+        bf16_logits: bool = False     # training only: the catalogue logits and their log-softmax
+        #                               in bfloat16 (AMX/AVX512-BF16 CPUs, GPUs); weights stay float32
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -139,6 +143,7 @@ class SASRec(Recommender):
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.dropout, c.attn_dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.dim)
         self.drop = nn.Dropout(c.dropout)
+        self._neg_gen: torch.Generator | None = None    # sampled negatives (seeded in fit)
         nn.init.normal_(self.item.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
         nn.init.normal_(self.sign.weight, std=0.02)
@@ -248,9 +253,22 @@ class SASRec(Recommender):
         rows = ok.any(-1)
         if not bool(rows.any()):
             return h.sum() * 0.0
-        logp = torch.log_softmax(h[rows] @ table.T, dim=-1)        # [P, n_movies]
-        t, o = tgt[rows].clamp(min=0), ok[rows]
-        picked = logp.gather(1, t)
+        hh, t, o = h[rows], tgt[rows].clamp(min=0), ok[rows]       # [P, d], [P, K], [P, K]
+        n_neg = int(self.cfg.negatives)
+        if n_neg <= 0:
+            if self.cfg.bf16_logits and self.training:
+                logp = torch.log_softmax(hh.bfloat16() @ table.bfloat16().T, dim=-1)
+            else:
+                logp = torch.log_softmax(hh @ table.T, dim=-1)     # [P, n_movies]
+            picked = logp.gather(1, t).float()
+        else:
+            # sampled softmax: each target against the same N uniform negatives (uniform
+            # sampling needs no log-q correction); a negative that is the target is masked out
+            neg = torch.randint(0, table.shape[0], (n_neg,), generator=self._neg_gen, device=hh.device)
+            pos = torch.einsum("pd,pkd->pk", hh, table[t])                      # [P, K]
+            negl = hh @ table[neg].T                                           # [P, N]
+            negl = negl.unsqueeze(1).masked_fill(neg.view(1, 1, -1) == t.unsqueeze(-1), float("-inf"))
+            picked = pos - torch.logsumexp(torch.cat([pos.unsqueeze(-1), negl], -1), -1)
         return -(picked * o).sum() / (o.sum() if norm is None else norm)
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
@@ -259,6 +277,7 @@ class SASRec(Recommender):
         device = next(self.parameters()).device
         win, wsg = self._train_windows(inputs.data.history("valid"))
         gen = torch.Generator().manual_seed(train_cfg.seed)
+        self._neg_gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
         opt = torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
         bs = train_cfg.batch_size
         n_batches = (len(win) + bs - 1) // bs
@@ -296,6 +315,8 @@ class PosterKGSeq(SASRec):
         weight_decay: float = 0.0
         horizon: int = 1
         bucket: bool = False
+        negatives: int = 0
+        bf16_logits: bool = False
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"

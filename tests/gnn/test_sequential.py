@@ -237,3 +237,58 @@ def test_dense_features_reduced_to_principal_components_and_rebuilt_for_new_rows
     z = (torch.from_numpy(raw) - torch.from_numpy(raw).mean(0)) / torch.from_numpy(raw).std(0)
     z[~torch.from_numpy(mask)] = 0
     torch.testing.assert_close(plain.feat_poster, z)
+
+
+def test_sampled_softmax_is_the_softmax_over_the_target_and_the_drawn_negatives():
+    ratings, n = _cycle_world(n_users=10, n_movies=12)
+    inputs = _inputs(ratings, n)
+    for kind in ("sasrec", "posterkg-seq"):
+        for horizon in (1, 3):
+            mc = registry.model_config(kind, {"dim": 16, "max_len": 20, "dropout": 0.0, "negatives": 5,
+                                              "horizon": horizon})
+            m = registry.build(kind, inputs, mc)
+            m.eval()
+            win, wsg = m._train_windows(inputs.data.history("valid"))
+            m._neg_gen = torch.Generator().manual_seed(7)
+            loss = m.train_loss(win, wsg)
+            # by hand: the same 5 draws; per target, log-softmax over [target, negatives that
+            # are not the target] (with 12 movies, draws often hit a target: they must drop out)
+            neg = torch.randint(0, n, (5,), generator=torch.Generator().manual_seed(7))
+            table = m.movie_table(m.graph)
+            h = m.user_states(win[:, :-1], wsg[:, :-1], table)
+            tgt, ok = m._targets(win, wsg)
+            total, count, hits = 0.0, 0, 0
+            for b, p, k in ok.nonzero().tolist():
+                t = int(tgt[b, p, k])
+                cand = [t] + [int(j) for j in neg if int(j) != t]
+                hits += 6 - len(cand)
+                logits = h[b, p] @ table[cand].T
+                total += float(torch.log_softmax(logits, 0)[0])
+                count += 1
+            assert hits > 0                                   # the masking was exercised
+            assert abs(float(loss) - (-total / count)) < 1e-4, (kind, horizon, float(loss), -total / count)
+            # and it is not the full softmax
+            m.cfg.negatives = 0
+            assert abs(float(m.train_loss(win, wsg)) - float(loss)) > 1e-3
+
+
+def test_bf16_logits_only_in_training_and_close_to_float32():
+    ratings, n = _cycle_world(n_users=10, n_movies=12)
+    inputs = _inputs(ratings, n)
+    m = registry.build("posterkg-seq", inputs, registry.model_config(
+        "posterkg-seq", {"dim": 16, "max_len": 20, "dropout": 0.0, "bf16_logits": True}))
+    win, wsg = m._train_windows(inputs.data.history("valid"))
+    m.train()
+    low = m.train_loss(win, wsg)
+    (g_low,) = torch.autograd.grad(low, m.item.weight)
+    m.cfg.bf16_logits = False
+    full = m.train_loss(win, wsg)
+    (g_full,) = torch.autograd.grad(full, m.item.weight)
+    assert low.dtype == torch.float32
+    assert float(low) != float(full)                       # it did run in bfloat16
+    assert abs(float(low) - float(full)) < 0.02 * abs(float(full))
+    cos = torch.nn.functional.cosine_similarity(g_low.flatten(), g_full.flatten(), 0)
+    assert cos > 0.99, float(cos)
+    m.cfg.bf16_logits = True
+    m.eval()                                              # evaluation: float32 as before
+    assert torch.equal(m.train_loss(win, wsg), full.detach())
