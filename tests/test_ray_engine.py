@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from conftest import ML1M, skip_or_fail
 from posterkg.store import open_store
+from tag_tables import tag_rows
 
 POSTERS = ML1M / "posters"
 N_POSTERS = 24
@@ -80,13 +81,6 @@ def _cli(*args):
     return r.output
 
 
-def _tag_rows(db):
-    with open_store(db, read_only=True) as store:
-        pts = store.execute("SELECT movie_id, type, value, confidence, backend, model, schema_hash "
-                            "FROM raw_points ORDER BY ALL").fetchall()
-        st = store.execute("SELECT movie_id, backend, model, schema_hash, status, reason, attempts "
-                           "FROM tag_status ORDER BY ALL").fetchall()
-    return pts, st
 
 
 class _Stop(Exception):
@@ -141,7 +135,7 @@ def test_tag_with_ray_equals_local_resumes_and_records_failures(ray_session, pos
     with open_store(ray_db, read_only=True) as store:
         last = store.execute("SELECT skipped, done + failed FROM tag_runs ORDER BY started_at DESC LIMIT 1").fetchone()
     assert last == (first, n - first)
-    assert _tag_rows(ray_db) == _tag_rows(local_db)       # every value equal, one attempt each
+    assert tag_rows(ray_db) == tag_rows(local_db)       # every value equal, one attempt each
     # every poster sent to an actor is in exactly one part (none computed twice), and the parts,
     # read by DuckDB as one table, hold the statuses the database has
     assert not list(folder.glob("part-*.parquet")) and not list(folder.glob(".*.tmp"))
@@ -154,10 +148,10 @@ def test_tag_with_ray_equals_local_resumes_and_records_failures(ray_session, pos
 
     got = duckdb.sql(f"SELECT movie_id, value IS NOT NULL, reason FROM read_parquet('{folder}/**/*.parquet') "
                      "ORDER BY movie_id").fetchall()
-    st = {m: (status, reason) for m, _, _, _, status, reason, _ in _tag_rows(ray_db)[1]}
+    st = {m: (status, reason) for m, _, _, _, status, reason, _ in tag_rows(ray_db)[1]}
     assert [(m, "done" if ok else "failed", r) for m, ok, r in got] == \
         [(m, *st[m]) for m in sorted(st) if m != SCAN_REJECTED]
-    pts, st = _tag_rows(ray_db)
+    pts, st = tag_rows(ray_db)
     assert len(pts) > 3 * N_POSTERS
     failed = {(m, reason) for m, *_, status, reason, _ in st if status == "failed"}
     assert failed == {(SCAN_REJECTED, "corrupt_image"), (BROKEN_LATER, "corrupt_image")}
@@ -166,7 +160,7 @@ def test_tag_with_ray_equals_local_resumes_and_records_failures(ray_session, pos
     with open_store(ray_db) as store:
         again = tag_posters(store, BackendRef("pixels"), spec, batch_size=BATCH, engine=_ray())
     assert (again["done"], again["failed"], again["skipped"]) == (0, 0, n)
-    assert _tag_rows(ray_db) == _tag_rows(local_db)
+    assert tag_rows(ray_db) == tag_rows(local_db)
 
 
 def test_embed_posters_with_ray_equals_local(ray_session, posters, tmp_path):

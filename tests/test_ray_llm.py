@@ -33,6 +33,7 @@ from posterkg.engines.ray_llm import ERROR_KEY, LLMTagPlan, finish_batch, outcom
 from posterkg.vlm.base import PosterJob, TagResult  # noqa: E402
 from posterkg.vlm.knowledge import load_schema  # noqa: E402
 from posterkg.vlm.runner import BackendRef, TagWork, _outcome  # noqa: E402
+from tag_tables import tag_rows  # noqa: E402
 
 POSTERS = ML1M / "posters"
 QWEN = "Qwen/Qwen2-VL-2B-Instruct"
@@ -323,15 +324,6 @@ def llm_run(tmp_path_factory, poster_files, tiny_vlm_dir):
     return args, json.loads(line[len("RESULT "):])
 
 
-def _tables(db: str):
-    from posterkg.store import open_store
-
-    with open_store(db, read_only=True) as store:
-        points = store.execute("SELECT movie_id, type, value, confidence, backend, model, schema_hash "
-                               "FROM raw_points ORDER BY ALL").fetchall()
-        status = store.execute("SELECT movie_id, backend, model, schema_hash, status, reason, error, attempts "
-                               "FROM tag_status ORDER BY movie_id").fetchall()
-    return points, status
 
 
 @pytest.mark.slow
@@ -348,8 +340,8 @@ def test_processor_rows_equal_the_vllm_backends(llm_run, spec, tiny_vlm_dir):
     assert out["ray"]["engine"] == "ray" and out["local"]["engine"] == "local"
     assert out["ray"]["done"] == out["local"]["done"] == 6
     assert out["ray"]["failures"] == out["local"]["failures"] == {"corrupt_image": 1}
-    points, status = _tables(args["ray_db"])
-    assert (points, status) == _tables(args["local_db"])
+    points, status = tag_rows(args["ray_db"], error=True)
+    assert (points, status) == tag_rows(args["local_db"], error=True)
     assert len({p[0] for p in points}) == 6 and len(points) >= 6
     assert {p[4:] for p in points} == {("vllm", str(tiny_vlm_dir), spec.schema_hash)}
     assert [s[4:6] for s in status if s[0] == BROKEN_LATER] == [("failed", "corrupt_image")]
@@ -366,7 +358,7 @@ def test_processor_parts_hold_every_poster(llm_run):
     assert not list(folders[0].glob("part-*.parquet"))          # every part committed and retired
     rows = duckdb.connect().execute(
         f"SELECT movie_id, reason FROM read_parquet('{folders[0]}/**/*.parquet') ORDER BY movie_id").fetchall()
-    _, status = _tables(args["ray_db"])
+    _, status = tag_rows(args["ray_db"], error=True)
     assert rows == [(s[0], s[5]) for s in status]
 
 
@@ -376,4 +368,4 @@ def test_too_small_budget_is_truncated_on_both_paths(llm_run):
     args, out = llm_run
     for name in ("local_truncated", "ray_truncated"):
         assert out[name]["failed"] == 2 and out[name]["failures"] == {"truncated": 2}, out[name]
-    assert _tables(args["ray_truncated_db"]) == _tables(args["local_truncated_db"])
+    assert tag_rows(args["ray_truncated_db"], error=True) == tag_rows(args["local_truncated_db"], error=True)

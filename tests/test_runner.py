@@ -19,6 +19,7 @@ from posterkg.ingest.posters import scan_posters
 from posterkg.store import open_store
 from posterkg.vlm.knowledge import load_schema
 from posterkg.vlm.runner import tag_posters
+from tag_tables import tag_rows
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,15 +113,6 @@ def _backend(**options):
     return get_backend("fake_tagger", **options)   # the registry's module-path hook
 
 
-def _rows(db, *, with_run=False):
-    with open_store(db, read_only=True) as store:
-        pts = store.execute(
-            "SELECT movie_id, type, value, confidence, backend, model, schema_hash"
-            + (", run_id" if with_run else "") + " FROM raw_points ORDER BY ALL").fetchall()
-        st = store.execute(
-            "SELECT movie_id, backend, model, schema_hash, status, reason, attempts "
-            "FROM tag_status ORDER BY ALL").fetchall()
-    return pts, st
 
 
 def test_tag_stores_valid_points_and_records_failures(world):
@@ -238,7 +230,7 @@ def test_kill_9_mid_run_then_rerun_equals_one_clean_run(world, tmp_path):
     p = _cli([*args, "--db", str(world["db"])], {"PYTHONPATH": pythonpath})
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
-    assert _rows(world["db"]) == _rows(clean_db)
+    assert tag_rows(world["db"]) == tag_rows(clean_db)
     # the resumed run only did what the killed one had not
     with open_store(world["db"], read_only=True) as store:
         last = store.execute("SELECT skipped, done + failed FROM tag_runs ORDER BY started_at DESC LIMIT 1").fetchone()
