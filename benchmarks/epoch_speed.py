@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/epoch_speed.py                       # lightgcn posterkg sasrec posterkg-seq
     .venv/bin/python benchmarks/epoch_speed.py --models lightgcn posterkg-seq --rounds 3
+    # a variant: model settings after "@" (JSON values), e.g. the one-shot softmax
+    .venv/bin/python benchmarks/epoch_speed.py --models lightgcn posterkg-seq posterkg-seq@softmax_chunk=0
 
 Each round trains every model for exactly one epoch (no early stopping, no evaluation) in a
 rotated order, so machine noise hits every model alike; prints min and median seconds per epoch
@@ -23,6 +25,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+
+def variant(label: str) -> tuple[str, dict]:
+    """``"kind@key=value,key=value"`` -> ``(kind, {key: value})`` (values read as JSON, else text)."""
+    kind, _, rest = label.partition("@")
+    over = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"{label}: expected key=value after @, got {item!r}")
+        try:
+            over[key] = json.loads(value)
+        except json.JSONDecodeError:
+            over[key] = value
+    return kind, over
 
 
 def main(argv=None) -> int:
@@ -53,31 +70,35 @@ def main(argv=None) -> int:
         # each model's own inputs (dense features, semantic IDs: feature_spec), shared when equal
         by_spec: dict[str, object] = {}
         inputs_of = {}
-        for kind in args.models:
-            spec = feature_spec(model_configs(cfg, kind)[1])
+        for label in args.models:
+            kind, over = variant(label)
+            spec = feature_spec(dataclasses.replace(model_configs(cfg, kind)[1], **over))
             key = json.dumps(spec, sort_keys=True)
             if key not in by_spec:
                 by_spec[key] = assemble(store, features=spec).inputs
-            inputs_of[kind] = by_spec[key]
+            inputs_of[label] = by_spec[key]
     times: dict[str, list[float]] = {m: [] for m in args.models}
+    width = max(16, *(len(m) for m in args.models))
     load = []
     for r in range(args.rounds):
         order = args.models[r % len(args.models):] + args.models[: r % len(args.models)]
-        for kind in order:
+        for label in order:
+            kind, over = variant(label)
             tcfg, mcfg = model_configs(cfg, kind)
+            mcfg = dataclasses.replace(mcfg, **over)
             tcfg = dataclasses.replace(tcfg, epochs=1, patience=1, eval_every=10 ** 6, seed=r)
             t0 = time.perf_counter()
-            res = train(inputs_of[kind], tcfg, model_cfg=mcfg)
-            times[kind].append(res.seconds_per_epoch)
-            print(f"round {r} {kind:<14} {res.seconds_per_epoch:6.2f} s/epoch "
+            res = train(inputs_of[label], tcfg, model_cfg=mcfg)
+            times[label].append(res.seconds_per_epoch)
+            print(f"round {r} {label:<{width}} {res.seconds_per_epoch:6.2f} s/epoch "
                   f"({time.perf_counter() - t0:.1f} s with set-up)", flush=True)
         load.append(os.getloadavg()[0])
     base = statistics.median(times[args.models[0]])
     rows = [{"model": m, "min_s": min(v), "median_s": statistics.median(v),
              "ratio_to_" + args.models[0]: statistics.median(v) / base} for m, v in times.items()]
-    print(f"\n{'model':<16}{'min s/epoch':>12}{'median':>10}{'x ' + args.models[0]:>16}")
+    print(f"\n{'model':<{width}}{'min s/epoch':>12}{'median':>10}{'x ' + args.models[0]:>16}")
     for row in rows:
-        print(f"{row['model']:<16}{row['min_s']:>12.2f}{row['median_s']:>10.2f}"
+        print(f"{row['model']:<{width}}{row['min_s']:>12.2f}{row['median_s']:>10.2f}"
               f"{row['ratio_to_' + args.models[0]]:>16.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "epoch_speed", "rounds": args.rounds, "threads": torch.get_num_threads(),

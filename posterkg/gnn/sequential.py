@@ -45,6 +45,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from posterkg.gnn.base import FitInfo, Graph, ModelInputs, Recommender
+from posterkg.gnn.losses import catalogue_log_softmax_at
 from posterkg.gnn.sparse import row_norm, spmm
 from posterkg.ratings import signs
 
@@ -131,6 +132,9 @@ class SASRec(Recommender):
         #                               N uniformly sampled movies shared by the batch
         bf16_logits: bool = False     # training only: the catalogue logits and their log-softmax
         #                               in bfloat16 (AMX/AVX512-BF16 CPUs, GPUs); weights stay float32
+        softmax_chunk: int = -1       # full softmax `chunk` positions at a time, logits recomputed in
+        #                               the backward (same loss and gradients, ~2.3x faster on a CPU);
+        #                               0 = one [P, n_movies] log-softmax; -1 = 256 on CPU, 0 elsewhere
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -255,7 +259,12 @@ class SASRec(Recommender):
             return h.sum() * 0.0
         hh, t, o = h[rows], tgt[rows].clamp(min=0), ok[rows]       # [P, d], [P, K], [P, K]
         n_neg = int(self.cfg.negatives)
-        if n_neg <= 0:
+        chunk = int(self.cfg.softmax_chunk)
+        if chunk < 0:
+            chunk = 256 if hh.device.type == "cpu" else 0
+        if n_neg <= 0 and chunk > 0:
+            picked = catalogue_log_softmax_at(hh, table, t, chunk, bf16=self.cfg.bf16_logits and self.training)
+        elif n_neg <= 0:
             if self.cfg.bf16_logits and self.training:
                 logp = torch.log_softmax(hh.bfloat16() @ table.bfloat16().T, dim=-1)
             else:
@@ -317,6 +326,7 @@ class PosterKGSeq(SASRec):
         bucket: bool = False
         negatives: int = 0
         bf16_logits: bool = False
+        softmax_chunk: int = -1
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"

@@ -69,7 +69,8 @@ def test_horizon_targets_are_the_next_liked_movies():
                             "rating": [5, 5, 2, 5, 5, 5] * 2, "ts": list(range(6)) * 2})
     inputs = _inputs(ratings, 6)
     m = registry.build("sasrec", inputs, registry.model_config("sasrec", {"dim": 8, "max_len": 5, "dropout": 0.0,
-                                                                          "inputs": "all", "horizon": 2}))
+                                                                          "inputs": "all", "horizon": 2,
+                                                                          "softmax_chunk": 0}))
     win = torch.tensor([[1, 2, 3, 4, 5, 6]])
     wsg = torch.tensor([[3, 3, 1, 3, 3, 3]])
     captured = {}
@@ -93,6 +94,8 @@ def test_horizon_targets_are_the_next_liked_movies():
     logp = real(h @ table.T, dim=-1)
     pairs = [(0, 2), (1, 4), (2, 4), (2, 5), (3, 5), (3, 6), (4, 6)]
     want = -sum(float(logp[p, t - 1]) for p, t in pairs) / len(pairs)
+    assert abs(float(m.train_loss(win, wsg)) - want) < 1e-5
+    m.cfg.softmax_chunk = 2                                # chunked: the same pairs, the same loss
     assert abs(float(m.train_loss(win, wsg)) - want) < 1e-5
 
 
@@ -292,3 +295,53 @@ def test_bf16_logits_only_in_training_and_close_to_float32():
     m.cfg.bf16_logits = True
     m.eval()                                              # evaluation: float32 as before
     assert torch.equal(m.train_loss(win, wsg), full.detach())
+
+
+def test_chunked_catalogue_softmax_equals_the_one_shot_log_softmax():
+    from posterkg.gnn.losses import catalogue_log_softmax_at
+
+    g = torch.Generator().manual_seed(3)
+    h0 = torch.randn(37, 8, generator=g, dtype=torch.float64)
+    t0 = torch.randn(11, 8, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 11, (37, 3), generator=g)
+    targets[0] = torch.tensor([4, 4, 9])                  # a target twice in one row
+    weight = torch.rand(37, 3, generator=g, dtype=torch.float64) * (torch.rand(37, 3, generator=g) > 0.3)
+
+    def grads(fn):
+        h, t = h0.clone().requires_grad_(), t0.clone().requires_grad_()
+        out = fn(h, t)
+        (out * weight).sum().backward()
+        return out.detach(), h.grad, t.grad
+
+    ref = grads(lambda h, t: torch.log_softmax(h @ t.T, -1).gather(1, targets))
+    for chunk in (1, 5, 37, 64):
+        got = grads(lambda h, t: catalogue_log_softmax_at(h.float(), t.float(), targets, chunk).double())
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    low = grads(lambda h, t: catalogue_log_softmax_at(h.float(), t.float(), targets, 5, bf16=True).double())
+    assert not torch.equal(low[0], ref[0].float().double())   # bfloat16 products ran
+    for a, b in zip(low, ref):
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
+
+
+def test_models_chunked_softmax_gives_the_same_loss_and_gradients():
+    ratings, n = _cycle_world(n_users=10, n_movies=12)
+    inputs = _inputs(ratings, n)
+    for kind in ("sasrec", "posterkg-seq"):
+        for horizon in (1, 3):
+            m = registry.build(kind, inputs, registry.model_config(
+                kind, {"dim": 16, "max_len": 20, "dropout": 0.0, "horizon": horizon, "softmax_chunk": 0}))
+            win, wsg = m._train_windows(inputs.data.history("valid"))
+            params = [p for p in m.parameters() if p.requires_grad]
+            full = m.train_loss(win, wsg)
+            g_full = torch.autograd.grad(full, params, allow_unused=True)
+            for chunk in (7, -1):                          # -1: the default, 256 on a CPU
+                m.cfg.softmax_chunk = chunk
+                part = m.train_loss(win, wsg)
+                g_part = torch.autograd.grad(part, params, allow_unused=True)
+                torch.testing.assert_close(part, full, rtol=1e-5, atol=1e-6)
+                for a, b in zip(g_part, g_full):
+                    assert (a is None) == (b is None)
+                    if a is not None:
+                        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+            m.cfg.softmax_chunk = 0
