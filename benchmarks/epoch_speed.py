@@ -66,12 +66,12 @@ def main(argv=None) -> int:
         print(f"no database at {args.db}: run benchmarks/accuracy.py --prepare-only first", file=sys.stderr)
         return 2
     cfg = Config.load(args.config)
+    variants = {label: variant(label) for label in args.models}
     with open_store(args.db, read_only=True) as store:
         # each model's own inputs (dense features, semantic IDs: feature_spec), shared when equal
         by_spec: dict[str, object] = {}
         inputs_of = {}
-        for label in args.models:
-            kind, over = variant(label)
+        for label, (kind, over) in variants.items():
             spec = feature_spec(dataclasses.replace(model_configs(cfg, kind)[1], **over))
             key = json.dumps(spec, sort_keys=True)
             if key not in by_spec:
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         order = args.models[r % len(args.models):] + args.models[: r % len(args.models)]
         for label in order:
-            kind, over = variant(label)
+            kind, over = variants[label]
             tcfg, mcfg = model_configs(cfg, kind)
             mcfg = dataclasses.replace(mcfg, **over)
             tcfg = dataclasses.replace(tcfg, epochs=1, patience=1, eval_every=10 ** 6, seed=r)

@@ -81,8 +81,6 @@ def _cli(*args):
     return r.output
 
 
-
-
 class _Stop(Exception):
     pass
 

@@ -324,8 +324,6 @@ def llm_run(tmp_path_factory, poster_files, tiny_vlm_dir):
     return args, json.loads(line[len("RESULT "):])
 
 
-
-
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_sampling_params_are_the_backends(llm_run):

@@ -113,8 +113,6 @@ def _backend(**options):
     return get_backend("fake_tagger", **options)   # the registry's module-path hook
 
 
-
-
 def test_tag_stores_valid_points_and_records_failures(world):
     spec = load_schema().build_spec()
     with open_store(world["db"]) as store:

@@ -13,7 +13,7 @@
   the targets only: ``log_softmax(h @ table.T)[p, targets[p, k]]``, computed ``chunk`` positions
   at a time without keeping the ``[P, n_movies]`` logits (recomputed in the backward). The same
   values and gradients as the one-shot form to float rounding; on a CPU the chunks stay in cache,
-  ~2.3x faster for ML-1M's 3,706 movies (``benchmarks/softmax_speed.py``).
+  2.16x faster for ML-1M's 3,706 movies (``benchmarks/softmax_speed.py``).
 """
 
 from __future__ import annotations

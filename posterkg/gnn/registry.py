@@ -49,8 +49,9 @@ _SEQ = {"lr": 0.003, "epochs": 30, "patience": 3, "batch_size": 128, "min_epochs
 # vs 0.2232 with SASRec's settings (seed 0; seed-to-seed std 0.0027)
 _SEQ_FAST = {"attn_dropout": 0.0, "bucket": True}
 # TIGER (posterkg/gnn/tiger.py): 256 teacher-forced targets per step, Adam lr 0.003, the sequence
-# models' patience and floor, at most 20 epochs of 50k targets (its valid NDCG@20 sits at popularity level, ~0.05, for its first
-# epochs: tiger-text stopped at epoch 4 on its epoch-1 best with patience alone)
+# models' patience and floor (its valid NDCG@20 sits at popularity level, ~0.05, for its first
+# epochs: tiger-text stopped at epoch 4 on its epoch-1 best with patience alone), at most 20
+# epochs of 50k targets
 _TIGER = {"lr": 0.003, "epochs": 20, "patience": 3, "batch_size": 256, "min_epochs": 8}
 
 _ENTRIES = [

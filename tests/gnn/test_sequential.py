@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from gnn_synth import protocol_data
@@ -275,11 +276,13 @@ def test_sampled_softmax_is_the_softmax_over_the_target_and_the_drawn_negatives(
             assert abs(float(m.train_loss(win, wsg)) - float(loss)) > 1e-3
 
 
-def test_bf16_logits_only_in_training_and_close_to_float32():
+@pytest.mark.parametrize("softmax_chunk", [0, -1])          # one-shot and chunked (the default)
+def test_bf16_logits_only_in_training_and_close_to_float32(softmax_chunk):
     ratings, n = _cycle_world(n_users=10, n_movies=12)
     inputs = _inputs(ratings, n)
     m = registry.build("posterkg-seq", inputs, registry.model_config(
-        "posterkg-seq", {"dim": 16, "max_len": 20, "dropout": 0.0, "bf16_logits": True}))
+        "posterkg-seq", {"dim": 16, "max_len": 20, "dropout": 0.0, "bf16_logits": True,
+                         "softmax_chunk": softmax_chunk}))
     win, wsg = m._train_windows(inputs.data.history("valid"))
     m.train()
     low = m.train_loss(win, wsg)
@@ -344,4 +347,3 @@ def test_models_chunked_softmax_gives_the_same_loss_and_gradients():
                     assert (a is None) == (b is None)
                     if a is not None:
                         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-            m.cfg.softmax_chunk = 0
