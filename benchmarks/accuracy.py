@@ -20,6 +20,12 @@ early stopping on valid NDCG@20 and read once on test, in three columns:
 * ``train only``: the same trained model scored with the train history only;
 * ``robust``: ``test`` without the test ratings that share a second with the user's last valid
   rating (MovieLens rates in bursts and the protocol breaks ties by movie id).
+* with ``--refit``, ``refit`` and ``refit robust``: the issue's other rule for the valid ratings,
+  the model trained again from scratch on train + valid with the settings and epoch count chosen
+  on valid (:func:`posterkg.gnn.train.refit`), then scored like ``test``. With ``--resume``, a
+  finished run without these columns gets them without training its first model again (the
+  first model's chosen epoch count is in the run; EASE/ItemKNN choose again, in seconds).
+  ``benchmarks/refit_rule.py`` decides between the two rules on valid.
 
 Prints Recall/NDCG@10/20 mean +- std over the seeds (deterministic models: one run), coverage@20,
 seconds per epoch; writes ``benchmarks/results/accuracy.json`` after every run (``--resume``
@@ -42,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
 METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20"]
-COLUMNS = ("test", "test_trainonly", "test_robust")
+COLUMNS = ("test", "test_trainonly", "test_robust", "test_refit", "test_refitrobust")
 
 
 def load_config(path: Path, db: Path, data_dir: Path):
@@ -98,10 +104,56 @@ def run_one(store, cfg, kind: str, seed: int, args, cache: dict) -> dict:
         test = {"test": evaluate_model(res.model, data, "test"),
                 "test_trainonly": evaluate_model(res.model, data, "test", history_of="valid"),
                 "test_robust": evaluate_model(res.model, data, "test", robust=True)}
-    return {"model": kind, "seed": seed, **test, "valid": res.valid,
-            "best_epoch": res.best_epoch, "epochs_run": len(res.history),
-            "seconds_per_epoch": res.seconds_per_epoch, "seconds": res.seconds,
-            "config": dataclasses.asdict(tcfg), "model_config": dataclasses.asdict(res.model.cfg)}
+    run = {"model": kind, "seed": seed, **test, "valid": res.valid,
+           "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+           "seconds_per_epoch": res.seconds_per_epoch, "seconds": res.seconds,
+           "config": dataclasses.asdict(tcfg), "model_config": dataclasses.asdict(res.model.cfg)}
+    if args.refit:
+        run.update(refit_columns(inputs, res, args))
+    return run
+
+
+def refit_columns(inputs, first, args) -> dict:
+    """The ``refit`` columns of one run: ``first``'s model trained again on train + valid."""
+    import torch
+
+    from posterkg.gnn.evaluate import evaluate_model
+    from posterkg.gnn.train import refit
+
+    again = refit(inputs, first, verbose=args.verbose)
+    data = inputs.data
+    with torch.no_grad():
+        return {"test_refit": evaluate_model(again.model, data, "test"),
+                "test_refitrobust": evaluate_model(again.model, data, "test", robust=True),
+                "refit_epochs": len(again.history), "refit_seconds": again.seconds}
+
+
+def add_refit(store, cfg, run: dict, args, cache: dict) -> dict:
+    """A finished run's ``refit`` columns. Models with epochs are refit for the run's recorded
+    best epoch (training is deterministic for a seed on one device and thread count, so the
+    first model need not be trained again); EASE/ItemKNN/MostPop choose again (seconds)."""
+    import dataclasses as dc
+
+    from posterkg.gnn import registry
+    from posterkg.gnn.inputs import assemble
+    from posterkg.gnn.stage import feature_spec, model_configs
+    from posterkg.gnn.train import TrainResult, train
+
+    kind, seed = run["model"], run["seed"]
+    tcfg, mcfg = model_configs(cfg, kind)
+    over = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
+    tcfg = dc.replace(tcfg, seed=seed, **over)
+    feats = feature_spec(mcfg)
+    key = json.dumps(feats, sort_keys=True)
+    if key not in cache:
+        cache[key] = assemble(store, features=feats).inputs
+    inputs = cache[key]
+    model = registry.build(kind, inputs, mcfg, seed=seed)
+    if model.trainer == "none" or hasattr(model, "_grid"):
+        first = train(inputs, tcfg, model_cfg=mcfg)
+    else:
+        first = TrainResult(model, tcfg, [], int(run["best_epoch"]), run["valid"], 0.0, 0.0, mcfg)
+    return {**run, **refit_columns(inputs, first, args)}
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -126,14 +178,16 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     head = (f"{'model':<22} {'Recall@10':>15} {'Recall@20':>15} {'NDCG@10':>15} {'NDCG@20':>15} "
-            f"{'Cov@20':>6} {'NDCG@20 train-only':>18} {'NDCG@20 robust':>15} {'valid':>7} {'s/ep':>6} {'ep':>5}")
+            f"{'Cov@20':>6} {'NDCG@20 train-only':>18} {'NDCG@20 robust':>15} {'NDCG@20 refit':>14} {'valid':>7} "
+            f"{'s/ep':>6} {'ep':>5}")
     print(head)
     print("-" * len(head))
     for r in rows:
         cells = [f"{r[m]:.4f}±{r[m + '_std']:.4f}" for m in METRICS[:4]]
         print(f"{r['model']:<22} " + " ".join(f"{c:>15}" for c in cells)
               + f" {r['coverage@20']:>6.3f} {r.get('trainonly:ndcg@20', float('nan')):>18.4f}"
-              f" {r.get('robust:ndcg@20', float('nan')):>15.4f} {r['valid_ndcg@20']:>7.4f}"
+              f" {r.get('robust:ndcg@20', float('nan')):>15.4f} {r.get('refit:ndcg@20', float('nan')):>14.4f}"
+              f" {r['valid_ndcg@20']:>7.4f}"
               f" {r['s_per_epoch']:>6.1f} {r['epochs']:>5.1f}")
 
 
@@ -155,6 +209,9 @@ def main(argv=None) -> int:
                    help="only merge the runs of these result files into --out and print the table")
     p.add_argument("--prepare-only", action="store_true")
     p.add_argument("--resume", action="store_true", help="keep finished (model, seed) runs of --out")
+    p.add_argument("--refit", action="store_true",
+                   help="also refit each model on train + valid (the refit columns); with --resume, "
+                        "finished runs of --models get them too")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("POSTERKG_PROGRESS", "0")
@@ -181,6 +238,15 @@ def main(argv=None) -> int:
     done = {(r["model"], r["seed"]) for r in runs}
     cache: dict = {}
     with open_store(db, read_only=True) as store:
+        if args.refit:       # finished runs of the asked models without the refit columns
+            for i, r in enumerate(runs):
+                if r["model"] in args.models and "test_refit" not in r and (
+                        args.only_seeds is None or r["seed"] in args.only_seeds):
+                    runs[i] = add_refit(store, cfg, r, args, cache)
+                    print(f"{r['model']:<22} seed {r['seed']}: refit test ndcg@20 "
+                          f"{runs[i]['test_refit']['ndcg@20']:.4f} (fold-in {r['test']['ndcg@20']:.4f}) "
+                          f"after {runs[i]['refit_epochs']} epochs", flush=True)
+                    _write(args, info, runs)
         for seed in (args.only_seeds if args.only_seeds is not None else range(args.seeds)):
             for kind in args.models:
                 if (kind, seed) in done or (seed > 0 and not REGISTRY[kind].stochastic):
@@ -191,7 +257,8 @@ def main(argv=None) -> int:
                 print(f"{kind:<22} seed {seed}: test ndcg@20 {t['ndcg@20']:.4f} (train-only "
                       f"{r['test_trainonly']['ndcg@20']:.4f}, robust {r['test_robust']['ndcg@20']:.4f}) "
                       f"valid {r['valid']['ndcg@20']:.4f} best epoch {r['best_epoch']}/{r['epochs_run']} "
-                      f"{r['seconds_per_epoch']:.1f}s/epoch", flush=True)
+                      f"{r['seconds_per_epoch']:.1f}s/epoch"
+                      + (f", refit {r['test_refit']['ndcg@20']:.4f}" if "test_refit" in r else ""), flush=True)
                 _write(args, info, runs)
     rows = _write(args, info, runs)
     print()

@@ -20,10 +20,13 @@ SHOWN = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20"]
 @click.option("--device", help="cpu, cuda, cuda:1 ... [default: [gnn] device, else cpu].")
 @click.option("--max-steps", type=click.IntRange(min=0),
               help="Stop after this many optimizer steps in all (0: no bound) [default: [gnn] max_steps].")
+@click.option("--refit/--no-refit", default=None,
+              help="After early stopping, train again from scratch on train + valid for the chosen "
+                   "epoch count, and store that model [default: [gnn] refit, else no].")
 @click.option("--id", "model_id", help="Store under this model id [default: <model>-seed<seed>].")
 @click.option("-v", "--verbose", is_flag=True, help="Print one line per epoch.")
 @pass_env
-def train(env: Env, kind, seed, epochs, device, max_steps, model_id, verbose) -> None:
+def train(env: Env, kind, seed, epochs, device, max_steps, refit, model_id, verbose) -> None:
     """Train a registered model, evaluate it on test, and store it.
 
     Models (posterkg/gnn/registry.py): posterkg-seq (the time-aware posterkg: short-term
@@ -42,14 +45,17 @@ def train(env: Env, kind, seed, epochs, device, max_steps, model_id, verbose) ->
       posterkg train                              # [gnn] model (configs/ml1m.toml: posterkg-seq)
       posterkg train --model sasrec --seed 1 -v   # -v: one line per epoch
       posterkg train --model posterkg-seq-novisual  # ablation: no concepts, no poster features
+      posterkg train --refit                      # then again on train + valid (the refit rule)
     """
     from posterkg.gnn.stage import configs, train_and_store
 
-    env.config.override("gnn", model=kind, seed=seed, epochs=epochs, device=device, max_steps=max_steps)
+    env.config.override("gnn", model=kind, seed=seed, epochs=epochs, device=device, max_steps=max_steps,
+                        refit=refit)
     cfg = configs(env.config)
     with env.store() as store:
         mid, res, test = train_and_store(store, env.config, cfg.model, verbose=verbose, model_id=model_id)
-    click.echo(f"stored {mid}: {res.epochs_run} epochs (best {res.best_epoch}), "
+    click.echo(f"stored {mid}: {res.epochs_run} epochs (best {res.best_epoch}"
+               f"{'; refit on train + valid' if res.refit else ''}), "
                f"{res.seconds_per_epoch:.1f} s/epoch, valid NDCG@20 {res.valid.get('ndcg@20', 0):.4f}")
     print_table([[mid, part, t["n_users"], *[t[k] for k in SHOWN]] for part, t in test.items()],
                 ["model", "part", "users", *SHOWN], title="test (test_robust: without ratings in the "

@@ -323,5 +323,11 @@ class Recommender(nn.Module):
         emb = self.history_embeddings(history)
         return emb[0][users] @ emb[1].T
 
+    def refit_config(self):
+        """The model config of a refit on train + valid (:func:`posterkg.gnn.train.refit`): the
+        settings chosen on valid, fixed. Models that choose settings inside ``fit`` (EASE, ItemKNN)
+        narrow their grids to the chosen values."""
+        return self.cfg
+
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn: Callable[["Recommender"], dict]) -> FitInfo:
         raise NotImplementedError(f"{self.name} is trained by the {self.trainer!r} trainer")

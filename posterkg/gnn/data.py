@@ -197,6 +197,40 @@ class Interactions:
         return (Interactions(user_ids, movie_ids, parts, self.relevant_min),
                 {"users": len(dropped_u), "movies": max(len(dropped_m), new_movies)})
 
+    def refit_view(self) -> "Interactions":
+        """The data a model is *refit* on (the harness's refit rule): the train and valid rows
+        together as the train part, an empty valid part, the test part unchanged. ``history``,
+        ``seen`` and ``relevant`` of ``test`` are the same as here; a model's training data (train
+        history, ``train_pos``) now include the valid period."""
+        tr, va = self.parts["train"], self.parts["valid"]
+        u = np.concatenate([tr.users, va.users])
+        m = np.concatenate([tr.movies, va.movies])
+        t = np.concatenate([tr.ts, va.ts])
+        order = np.lexsort((m, t, u))
+        train = Part(u[order], m[order], np.concatenate([tr.ratings, va.ratings])[order], t[order])
+        empty = va.select(np.zeros(len(va), bool))
+        return Interactions(self.user_ids, self.movie_ids, {"train": train, "valid": empty,
+                                                             "test": self.parts["test"]}, self.relevant_min)
+
+    def shifted_view(self, share: float = 0.1) -> "Interactions":
+        """The protocol one period earlier, to choose between rules on valid without reading
+        test: each user's train rows split like the fixed protocol (the last max(1, floor(n *
+        share)) of the n train rows, by (timestamp, movie id), become the inner valid part; users
+        with fewer than 10 train rows keep them all in train), and the valid part becomes the
+        test part."""
+        tr = self.parts["train"]
+        order = np.lexsort((tr.movies, tr.ts, tr.users))
+        tr = Part(tr.users[order], tr.movies[order], tr.ratings[order], tr.ts[order])
+        counts = np.bincount(tr.users, minlength=self.n_users)
+        start = np.concatenate([[0], np.cumsum(counts)])[:-1]
+        rank = np.arange(len(tr)) - start[tr.users]                 # position within the user's rows
+        n = counts[tr.users]
+        k = np.maximum(1, np.floor(n * share).astype(np.int64))
+        inner = (n >= 10) & (rank >= n - k)
+        return Interactions(self.user_ids, self.movie_ids,
+                            {"train": tr.select(~inner), "valid": tr.select(inner), "test": self.parts["valid"]},
+                            self.relevant_min)
+
     def summary(self) -> dict:
         return {"users": self.n_users, "movies": self.n_movies,
                 **{name: len(p) for name, p in self.parts.items()},

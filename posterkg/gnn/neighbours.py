@@ -102,8 +102,15 @@ class _ItemItem(Recommender):
             setattr(self.cfg, k, v)
         return FitInfo(hist, best_p[0], best, (time.perf_counter() - t0) / max(len(candidates), 1))
 
+    def refit_config(self):
+        """The config of a refit (:func:`posterkg.gnn.train.refit`): the grid narrowed to the values
+        chosen on valid."""
+        grid = {name: [self.chosen[key]] for key, name in self._grid.items()}
+        return dataclasses.replace(self.cfg, **grid)
+
 
 class EASE(_ItemItem):
+    _grid = {"l2": "lambdas"}     # chosen value -> its config list
     @dataclasses.dataclass
     class Config:
         lambdas: list = dataclasses.field(default_factory=lambda: [250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
@@ -130,6 +137,7 @@ class EASE(_ItemItem):
 
 
 class ItemKNN(_ItemItem):
+    _grid = {"k": "ks", "shrink": "shrinks"}
     @dataclasses.dataclass
     class Config:
         ks: list = dataclasses.field(default_factory=lambda: [100, 200, 400, 800])

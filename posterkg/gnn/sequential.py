@@ -66,11 +66,15 @@ class Block(nn.Module):
         # step); residual and feed-forward dropout stay `dropout`
         self.p = dropout if attn_dropout is None or attn_dropout < 0 else attn_dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``last_only``: only the last position's output ([B, 1, d]; its keys and values still
+        come from every position) - all that scoring a user needs from the last block."""
         B, L, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, mask, x = q[:, :, -1:], mask[:, :, -1:], x[:, -1:]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(B, L, d)))
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(B, x.shape[1], d)))
         return x + self.drop(self.ff(self.ln2(x)))
 
 
@@ -168,8 +172,10 @@ class SASRec(Recommender):
         return self.movie_table(self.graph).detach()
 
     # -- user side -------------------------------------------------------------------------------
-    def encode(self, tok: torch.Tensor, sgn: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, L, dim] of token windows (left-padded)."""
+    def encode(self, tok: torch.Tensor, sgn: torch.Tensor, table: torch.Tensor,
+               last_only: bool = False) -> torch.Tensor:
+        """Hidden states [B, L, dim] of token windows (left-padded); ``last_only``: [B, 1, dim],
+        the last position's (the last block computes nothing else)."""
         full = torch.cat([torch.zeros(1, table.shape[1], device=table.device), table])
         x = full[tok]
         if self.cfg.inputs == "all":
@@ -181,29 +187,42 @@ class SASRec(Recommender):
         allowed = self.causal[:L, :L].unsqueeze(0) & (tok != 0).unsqueeze(1)
         allowed = allowed | torch.eye(L, dtype=torch.bool, device=tok.device).unsqueeze(0)
         mask = allowed.unsqueeze(1)                  # [B, 1, L, L], broadcast over heads
-        for blk in self.blocks:
-            x = blk(x, mask)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mask, last_only=last_only and i == len(self.blocks) - 1)
         return self.norm(x)
 
-    def user_states(self, tok, sgn, table) -> torch.Tensor:
-        return self.encode(tok, sgn, table)
+    def user_states(self, tok, sgn, table, last_only: bool = False) -> torch.Tensor:
+        return self.encode(tok, sgn, table, last_only)
 
     def _batch(self, history, users: np.ndarray, device):
+        """Token and sign windows of ``users``, without the columns that are padding in every
+        window (positions are right-aligned, so the model sees the same inputs)."""
         tok, sgn = _windows(history, users, self.cfg.max_len, self.cfg.inputs == "positives")
-        return torch.from_numpy(tok).to(device), torch.from_numpy(sgn).to(device)
+        filled = (tok > 0).any(0)
+        keep = max(1, self.cfg.max_len - int(filled.argmax())) if filled.any() else 1
+        return (torch.from_numpy(np.ascontiguousarray(tok[:, -keep:])).to(device),
+                torch.from_numpy(np.ascontiguousarray(sgn[:, -keep:])).to(device))
+
+    def _user_scores(self, users: np.ndarray, history, table: torch.Tensor) -> torch.Tensor:
+        tok, sgn = self._batch(history, users, table.device)
+        return self.user_states(tok, sgn, table, last_only=True)[:, -1] @ table.T
 
     def score_graph(self, users: torch.Tensor, history, graph: Graph | None = None) -> torch.Tensor:
         table = self.movie_table(graph if graph is not None else self.graph)
-        tok, sgn = self._batch(history, users.cpu().numpy(), table.device)
-        h = self.user_states(tok, sgn, table)[:, -1]
-        return h @ table.T
+        return self._user_scores(users.cpu().numpy(), history, table)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, history=None) -> torch.Tensor:
-        out = []
-        for start in range(0, len(users), 512):
-            out.append(self.score_graph(users[start:start + 512], history))
-        return torch.cat(out) if out else torch.zeros(0, self.n_movies)
+        """Scores of ``users`` in batches of users with similar history lengths (each batch's
+        windows trimmed to its longest; the rows come back in the order asked)."""
+        table = self.movie_table(self.graph)
+        u = users.cpu().numpy().astype(np.int64)
+        out = torch.empty(len(u), self.n_movies, device=table.device)
+        order = np.argsort(history.indptr[u + 1] - history.indptr[u], kind="stable")
+        for start in range(0, len(u), 512):
+            idx = order[start:start + 512]
+            out[torch.from_numpy(idx).to(table.device)] = self._user_scores(u[idx], history, table)
+        return out
 
     # -- training --------------------------------------------------------------------------------
     def _train_windows(self, history):
@@ -335,6 +354,8 @@ class PosterKGSeq(SASRec):
         short_term: bool = True        # the self-attentive short-term part
         long_term: bool = True         # the running liked-minus-disliked long-term part
         neg_weight: float = 0.5        # disliked movies subtract with this weight (long term)
+        id_dropout: float = 0.0        # training only: each step, this share of movies loses its id
+        #                                embedding (content parts alone: concepts, genres, features)
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -401,6 +422,9 @@ class PosterKGSeq(SASRec):
     def movie_table(self, graph: Graph | None = None) -> torch.Tensor:
         graph = graph if graph is not None else self.graph
         x = self.item.weight[1:]
+        if self.training and self.cfg.id_dropout > 0:
+            keep = torch.rand(x.shape[0], 1, device=x.device) >= self.cfg.id_dropout
+            x = x * keep
         if self.n_concepts:
             x = x + self.part_gate["concepts"] * self._agg(graph, "has", self.n_concepts, self.concept)
         if self.n_genres:
@@ -409,9 +433,9 @@ class PosterKGSeq(SASRec):
             x = x + self.part_gate[name] * lin(getattr(self, f"feat_{name}"))
         return x
 
-    def _parts(self, tok, sgn, table):
+    def _parts(self, tok, sgn, table, last_only: bool = False):
         c = self.cfg
-        short = self.encode(tok, sgn, table) if c.short_term else None
+        short = self.encode(tok, sgn, table, last_only) if c.short_term else None
         long = None
         if c.long_term:
             full = torch.cat([torch.zeros(1, table.shape[1], device=table.device), table])
@@ -420,8 +444,12 @@ class PosterKGSeq(SASRec):
             disliked = (sgn == 1).float().unsqueeze(-1)
             if c.inputs == "positives":
                 liked = (tok > 0).float().unsqueeze(-1)
-            mean_l = (x * liked).cumsum(1) / liked.cumsum(1).clamp(min=1.0)
-            mean_d = (x * disliked).cumsum(1) / disliked.cumsum(1).clamp(min=1.0)
+            if last_only:    # the running means at the last position: the means of the window
+                mean_l = (x * liked).sum(1, keepdim=True) / liked.sum(1, keepdim=True).clamp(min=1.0)
+                mean_d = (x * disliked).sum(1, keepdim=True) / disliked.sum(1, keepdim=True).clamp(min=1.0)
+            else:
+                mean_l = (x * liked).cumsum(1) / liked.cumsum(1).clamp(min=1.0)
+                mean_d = (x * disliked).cumsum(1) / disliked.cumsum(1).clamp(min=1.0)
             long = self.long_map(mean_l - c.neg_weight * mean_d)
         return short, long
 
@@ -433,8 +461,8 @@ class PosterKGSeq(SASRec):
         g = torch.sigmoid(self.gate(torch.cat([short, long], -1)))
         return g * short + (1 - g) * long, g
 
-    def user_states(self, tok, sgn, table) -> torch.Tensor:
-        short, long = self._parts(tok, sgn, table)
+    def user_states(self, tok, sgn, table, last_only: bool = False) -> torch.Tensor:
+        short, long = self._parts(tok, sgn, table, last_only)
         return self._fuse(short, long)[0]
 
     def explain_parts(self, users: torch.Tensor, history, movies: torch.Tensor,
@@ -443,7 +471,7 @@ class PosterKGSeq(SASRec):
         (``score = short + long``): [len(users), len(movies)] tensors, plus the mean gate."""
         table = self.movie_table(graph if graph is not None else self.graph)
         tok, sgn = self._batch(history, users.cpu().numpy(), table.device)
-        short, long = self._parts(tok, sgn, table)
+        short, long = self._parts(tok, sgn, table, last_only=True)
         v = table[movies]
         if short is None or long is None:
             h = (short if long is None else long)[:, -1]

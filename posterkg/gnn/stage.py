@@ -1,5 +1,8 @@
 """Pipeline stage ``train``: train the configured model (``[gnn] model``) and any
 ``[gnn] baselines``, evaluate each on the test part (and the robustness column), store them.
+With ``[gnn] refit = true`` each model, once early stopping has chosen its epoch count on valid,
+is trained again from scratch on train + valid for that many epochs (the refit rule,
+:func:`posterkg.gnn.train.refit`) and that model is evaluated and stored.
 
 Settings, lowest precedence first: the :class:`~posterkg.gnn.train.TrainConfig` defaults, the
 registry's training defaults for the model (:mod:`posterkg.gnn.registry`), the keys set in
@@ -82,7 +85,7 @@ def train_and_store(store: Store, config: Config, kind: str, *, verbose: bool = 
     from posterkg.gnn.api import save_model
     from posterkg.gnn.evaluate import evaluate_model
     from posterkg.gnn.inputs import assemble
-    from posterkg.gnn.train import train
+    from posterkg.gnn.train import refit, train
 
     tcfg, mcfg = model_configs(config, kind)
     if seed is not None:
@@ -90,6 +93,11 @@ def train_and_store(store: Store, config: Config, kind: str, *, verbose: bool = 
     feats = feature_spec(mcfg)
     asm = assembled if assembled is not None and not feats else assemble(store, features=feats)
     res = train(asm.inputs, tcfg, model_cfg=mcfg, verbose=verbose)
+    if tcfg.refit:
+        # the refit rule: the settings and epoch count chosen on valid, trained again on train + valid
+        if verbose:
+            print(f"{kind}: refit on train + valid for the chosen {max(1, res.best_epoch)} epoch(s)", flush=True)
+        res = refit(asm.inputs, res, verbose=verbose)
     res.model.feature_spec = feats
     dev = torch.device(tcfg.device)
     data = asm.inputs.data
@@ -113,6 +121,7 @@ def run_train(store: Store, config: Config, *, verbose: bool = False) -> list[di
         mid, res, test = train_and_store(store, config, kind, verbose=verbose, assembled=shared)
         t, r = test["test"], test["test_robust"]
         rows.append({"model_id": mid, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
+                     "refit": "yes" if res.refit else "no",
                      "s/epoch": res.seconds_per_epoch,
                      **{k: t[k] for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20")},
                      "robust ndcg@20": r["ndcg@20"]})

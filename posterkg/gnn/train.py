@@ -58,6 +58,8 @@ class TrainConfig:
     max_steps: int = 0             # optimizer steps in all (0 = no bound): the epoch it ends in is cut
                                    # there, evaluated on valid and is the last (big data on a CPU)
     threads: int = 0               # torch intra-op threads; 0 = torch's default
+    refit: bool = False            # pipeline/`posterkg train`: after early stopping, train again from
+                                   # scratch on train + valid for the chosen epoch count (refit())
     baselines: list = dataclasses.field(default_factory=list)   # pipeline: also train these kinds
 
     def validate(self) -> None:
@@ -91,6 +93,7 @@ class TrainResult:
     seconds_per_epoch: float
     seconds: float
     model_config: Any = None
+    refit: bool = False            # trained again on train + valid (:func:`refit`)
 
     @property
     def epochs_run(self) -> int:
@@ -332,3 +335,32 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
                       step_loss=step_loss, n_batches=n_batches, verbose=verbose)
     return TrainResult(model, cfg, info.history, info.best_epoch, info.valid, info.seconds_per_epoch,
                        time.perf_counter() - t_start, model.cfg)
+
+
+def refit_inputs(inputs: ModelInputs) -> ModelInputs:
+    """``inputs`` with the valid rows moved into train (:meth:`Interactions.refit_view`); a graph
+    with user-movie relations gets them from train + valid (the fold-in graph of the test part)."""
+    data = inputs.data.refit_view()
+    graph = inputs.graph
+    if graph is not None and "pos" in graph:
+        graph = graph.with_history(data.history("test"))
+    return dataclasses.replace(inputs, data=data, graph=graph)
+
+
+def refit(inputs: ModelInputs, first: TrainResult, *, verbose: bool = False) -> TrainResult:
+    """The harness's *refit* rule: train ``first``'s model again from scratch, same seed and
+    settings, on train + valid (:func:`refit_inputs`) for the epoch count chosen on valid
+    (``first.best_epoch``; models that choose settings inside ``fit`` keep the chosen ones,
+    :meth:`~posterkg.gnn.base.Recommender.refit_config`). Nothing is left to validate on, so there
+    is no early stopping: the state after the last epoch is the result. ``valid`` and
+    ``best_epoch`` of the result are ``first``'s (what the choice was made on)."""
+    cfg = first.config
+    epochs = max(1, int(first.best_epoch)) if first.model.trainer != "none" else 1
+    if first.model.trainer == "fit" and hasattr(first.model, "_grid"):
+        epochs = 1                       # EASE / ItemKNN: best_epoch indexes the grid, not epochs
+    rcfg = dataclasses.replace(cfg, epochs=epochs, patience=10 ** 9, min_epochs=0, eval_every=10 ** 9)
+    t0 = time.perf_counter()
+    res = train(refit_inputs(inputs), rcfg, model_cfg=first.model.refit_config(), verbose=verbose,
+                valid_fn=lambda m: {"ndcg@20": 0.0})
+    return dataclasses.replace(res, config=cfg, valid=first.valid, best_epoch=first.best_epoch, refit=True,
+                               seconds=time.perf_counter() - t0)

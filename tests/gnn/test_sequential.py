@@ -347,3 +347,58 @@ def test_models_chunked_softmax_gives_the_same_loss_and_gradients():
                     assert (a is None) == (b is None)
                     if a is not None:
                         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_scoring_shortcuts_give_the_full_encoder_scores():
+    """score() batches users by history length, trims common padding and runs the last block for
+    the last position only: the scores must equal the plain path's (every position of the
+    untrimmed max_len window through every block, then the last state), row for row in the
+    order asked."""
+    from posterkg.gnn.sequential import _windows
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(1, 31):                      # histories of very different lengths, mixed signs
+        n = int(rng.integers(10, 40))
+        for t, m in enumerate(rng.choice(40, n, replace=False) + 1):
+            rows.append((u, int(m), float(rng.choice([1, 3, 4, 5])), t))
+    inputs = _inputs(pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), 40,
+                     concepts=(np.arange(40) % 40, np.arange(40) % 3, np.ones(40)))
+    hist = inputs.data.history("test")
+    users = torch.from_numpy(rng.permutation(inputs.data.n_users))
+    for kind in ("sasrec", "posterkg-seq"):
+        m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 48}))
+        m.eval()
+        with torch.no_grad():
+            table = m.movie_table(m.graph)
+            tok, sgn = _windows(hist, users.numpy(), 48, kind == "sasrec")
+            want = m.user_states(torch.from_numpy(tok), torch.from_numpy(sgn), table)[:, -1] @ table.T
+            got = m.score(users, hist)
+        assert tok[:, 0].max() == 0                    # the plain path had padding to trim
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-5), (kind, (got - want).abs().max())
+        if kind == "posterkg-seq":   # explain_parts (last position only) still splits the same score
+            parts = m.explain_parts(users[:5], hist, torch.arange(40))
+            assert torch.allclose(parts["short"] + parts["long"], want[:5], atol=1e-5)
+
+
+def test_id_dropout_drops_id_embeddings_in_training_only():
+    ratings, n = _cycle_world(n_users=6)
+    inputs = _inputs(ratings, n, concepts=(np.arange(n), np.arange(n) % 3, np.ones(n)))
+    m = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"dim": 8, "id_dropout": 0.5}))
+    with torch.no_grad():
+        m.item.weight[1:] += 1.0                  # ids far from zero: a dropped one shows
+        m.eval()
+        full = m.movie_table(m.graph)
+        m.item.weight[1:] -= m.item.weight[1:]    # what is left without ids: content only
+        content = m.movie_table(m.graph)
+        m.item.weight[1:] += (full - content)
+        torch.manual_seed(0)
+        m.train()
+        drop = m.movie_table(m.graph)
+    same_full = torch.isclose(drop, full, atol=1e-6).all(1)
+    same_content = torch.isclose(drop, content, atol=1e-6).all(1)
+    assert bool((same_full | same_content).all())           # each movie: all of its id, or none
+    assert 0 < int(same_content.sum()) < n                   # some dropped, some kept
+    m.eval()
+    assert torch.allclose(m.movie_table(m.graph), full, atol=1e-6)

@@ -67,3 +67,23 @@ def test_real_training_beats_mostpop(ml1m_db_copy, kind):
     assert res.history[-1]["bpr"] < res.history[0]["bpr"]
     got = evaluate_model(res.model, data, "test")
     assert got["ndcg@20"] > pop["ndcg@20"] * 1.05, (got, pop)
+
+
+def test_cli_train_refit_stores_the_model_trained_on_train_and_valid(synth_db, tmp_path):
+    db = tmp_path / "refit.duckdb"
+    shutil.copy(synth_db, db)
+    cfgfile = tmp_path / "c.toml"
+    cfgfile.write_text(f'db = "{db}"\n[gnn]\nthreads = 1\n')
+    r = CliRunner().invoke(cli, ["train", "--config", str(cfgfile), "--model", "mostpop", "--refit"])
+    assert r.exit_code == 0, r.output
+    assert "refit on train + valid" in r.output
+    from posterkg.gnn.api import load_model
+
+    with open_store(db, read_only=True) as s:
+        tm = load_model(s, "mostpop-seed0")
+        # the stored popularity counts the valid positives too (by SQL, independently of the model)
+        want = dict(s.execute("SELECT movie_id, count(*) FROM split JOIN ratings USING (user_id, movie_id) "
+                              "WHERE part IN ('train', 'valid') AND rating >= 4 GROUP BY movie_id").fetchall())
+    pop = tm.model.pop.numpy()
+    got = {int(m): float(pop[i]) for i, m in enumerate(tm.ids.movie_ids) if pop[i] > 0}
+    assert got == {int(k): float(v) for k, v in want.items()}

@@ -1,0 +1,142 @@
+"""The refit rule (train again on train + valid for the epoch count chosen on valid) and the
+shifted protocol that chooses between refit and fold-in on valid. Expected values are worked out
+here from the raw rows (numpy), not by the code under test."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gnn_synth import protocol_data
+from torch_threads import one_torch_thread  # noqa: F401
+from posterkg.gnn import registry
+from posterkg.gnn.base import Graph, IdVocab, ModelInputs
+from posterkg.gnn.train import TrainConfig, refit, refit_inputs, train
+
+
+def _ratings(n_users=12, n_movies=15, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        n = int(rng.integers(10, 15))
+        for t, m in enumerate(rng.choice(n_movies, n, replace=False) + 1):
+            rows.append((u, int(m), float(rng.choice([1, 2, 3, 4, 5])), 100 * t + int(rng.integers(0, 2))))
+    return pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), n_movies
+
+
+def _inputs(ratings, n_movies):
+    data, edges = protocol_data(ratings, n_movies)
+    ids = IdVocab(data.user_ids, data.movie_ids)
+    g = Graph(ids.sizes)
+    for name, (u, m) in edges.items():
+        g.add(name, u, m)
+    return ModelInputs(ids, data, g)
+
+
+def _rows(part):
+    return sorted(zip(part.users.tolist(), part.movies.tolist(), part.ratings.tolist(), part.ts.tolist()))
+
+
+def test_refit_view_moves_valid_into_train_and_keeps_test():
+    data = _inputs(*_ratings()).data
+    view = data.refit_view()
+    assert _rows(view.parts["train"]) == sorted(_rows(data.parts["train"]) + _rows(data.parts["valid"]))
+    assert len(view.parts["valid"]) == 0
+    assert _rows(view.parts["test"]) == _rows(data.parts["test"])
+    # what test is scored from and against does not change
+    for a, b in ((view.history("test"), data.history("test")),):
+        assert (a.movies == b.movies).all() and (a.users == b.users).all() and (a.ratings == b.ratings).all()
+    assert (view.seen("test") != data.seen("test")).nnz == 0
+    assert (view.relevant("test") != data.relevant("test")).nnz == 0
+    # the training data now include the valid period, in the protocol's order per user
+    h = view.history("valid")
+    assert len(h) == len(data.parts["train"]) + len(data.parts["valid"])
+    for u in range(view.n_users):
+        a, b = h.indptr[u], h.indptr[u + 1]
+        key = list(zip(h.ts[a:b].tolist(), h.movies[a:b].tolist()))
+        assert key == sorted(key)
+
+
+def test_shifted_view_plays_the_protocol_one_period_earlier():
+    ratings, n_movies = _ratings(n_users=20, seed=3)
+    data = _inputs(ratings, n_movies).data
+    sh = data.shifted_view()
+    assert _rows(sh.parts["test"]) == _rows(data.parts["valid"])
+    tr = data.parts["train"]
+    for u in range(data.n_users):
+        rows = sorted((t, m) for uu, m, _, t in _rows(tr) if uu == u)       # the user's train rows, in order
+        n = len(rows)
+        k = max(1, n // 10) if n >= 10 else 0
+        inner_valid = sorted((t, m) for uu, m, _, t in _rows(sh.parts["valid"]) if uu == u)
+        inner_train = sorted((t, m) for uu, m, _, t in _rows(sh.parts["train"]) if uu == u)
+        assert inner_valid == rows[n - k:]
+        assert inner_train == rows[:n - k]
+    # valid (playing test) is ranked against the whole train part
+    assert (sh.seen("test") != data.seen("valid")).nnz == 0
+
+
+def test_refit_mostpop_counts_train_and_valid_positives():
+    inputs = _inputs(*_ratings())
+    first = train(inputs, TrainConfig(model="mostpop"))
+    again = refit(inputs, first)
+    d = inputs.data
+    want = np.zeros(d.n_movies)
+    for name in ("train", "valid"):
+        p = d.parts[name]
+        np.add.at(want, p.movies[p.ratings >= 4], 1.0)
+    assert np.allclose(again.model.pop.numpy(), want)
+    assert not np.allclose(first.model.pop.numpy(), want)         # the valid positives count now
+    assert again.refit and not first.refit
+
+
+def test_refit_ease_keeps_the_chosen_lambda_and_solves_on_train_plus_valid():
+    inputs = _inputs(*_ratings(seed=1))
+    first = train(inputs, TrainConfig(model="ease"), model_cfg=registry.model_config("ease", {"lambdas": [1.0, 30.0]}))
+    chosen = first.model.cfg.l2
+    again = refit(inputs, first)
+    assert again.model.cfg.lambdas == [chosen]
+    d = inputs.data
+    x = np.zeros((d.n_users, d.n_movies))
+    for name in ("train", "valid"):
+        p = d.parts[name]
+        x[p.users, p.movies] = 1.0
+    pinv = np.linalg.inv(x.T @ x + chosen * np.eye(d.n_movies))
+    b = -pinv / np.diag(pinv)[None, :]
+    np.fill_diagonal(b, 0.0)
+    assert np.allclose(again.model.S.numpy(), b, atol=1e-5)
+
+
+def test_refit_sequence_model_trains_the_chosen_epochs_on_train_plus_valid():
+    inputs = _inputs(*_ratings(n_users=16, seed=2))
+    kind = "posterkg-seq"
+    mcfg = registry.model_config(kind, {"dim": 8, "max_len": 16, "dropout": 0.0})
+    cfg = TrainConfig(model=kind, epochs=3, patience=5, batch_size=8, lr=0.01, seed=0)
+    first = train(inputs, cfg, model_cfg=mcfg)
+    first = dataclasses.replace(first, best_epoch=2)       # as if valid had chosen epoch 2
+    again = refit(inputs, first)
+    assert len(again.history) == 2 and again.refit
+    assert again.best_epoch == 2 and again.valid == first.valid
+    # the refit model is the same seed and settings trained for 2 epochs on train + valid: the
+    # first model's training on the refit data, by hand, gives the same parameters
+    by_hand = train(refit_inputs(inputs), dataclasses.replace(cfg, epochs=2, patience=10 ** 9, eval_every=10 ** 9),
+                    model_cfg=mcfg, valid_fn=lambda m: {"ndcg@20": 0.0})
+    for (name, a), b in zip(again.model.state_dict().items(), by_hand.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    # ... and it differs from a model trained on train only for the same 2 epochs
+    train_only = train(inputs, dataclasses.replace(cfg, epochs=2, patience=10 ** 9, eval_every=10 ** 9),
+                       model_cfg=mcfg, valid_fn=lambda m: {"ndcg@20": 0.0})
+    assert not torch.equal(again.model.item.weight, train_only.model.item.weight)
+
+
+def test_refit_inputs_graph_has_the_valid_edges():
+    inputs = _inputs(*_ratings())
+    ri = refit_inputs(inputs)
+    d = inputs.data
+    pos = ri.graph.get("pos")
+    got = sorted(zip(pos.src.tolist(), pos.dst.tolist()))
+    want = sorted((int(u), int(m)) for name in ("train", "valid")
+                  for u, m, r in zip(d.parts[name].users, d.parts[name].movies, d.parts[name].ratings) if r >= 4)
+    assert got == want
