@@ -22,6 +22,7 @@ dataclass with defaults from :mod:`posterkg.gnn.registry`, overridden by ``[mode
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -58,6 +59,8 @@ class TrainConfig:
     max_steps: int = 0             # optimizer steps in all (0 = no bound): the epoch it ends in is cut
                                    # there, evaluated on valid and is the last (big data on a CPU)
     threads: int = 0               # torch intra-op threads; 0 = torch's default
+    ema: float = 0.0               # > 0: validate and keep an exponential moving average of the weights
+                                   # (this decay per optimizer step) instead of the weights themselves
     refit: bool = False            # pipeline/`posterkg train`: after early stopping, train again from
                                    # scratch on train + valid for the chosen epoch count (refit())
     baselines: list = dataclasses.field(default_factory=list)   # pipeline: also train these kinds
@@ -72,6 +75,8 @@ class TrainConfig:
             raise ConfigError("[gnn] max_steps must be >= 0 (0: no bound)")
         if self.min_epochs < 0:
             raise ConfigError("[gnn] min_epochs must be >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError("[gnn] ema must be in [0, 1) (0: off)")
         if self.lr <= 0:
             raise ConfigError("[gnn] lr must be > 0")
 
@@ -222,6 +227,38 @@ class EarlyStopping:
             model.load_state_dict(self.best_state)
 
 
+class WeightAverage:
+    """``[gnn] ema``: an exponential moving average of a model's trainable parameters, updated
+    after every optimizer step (torch's ``get_ema_multi_avg_fn``), and :meth:`swapped` to put it
+    in the model for a while (validation, the best-state copy) without copying the model."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.avg = [p.detach().clone() for p in self.params]
+        self.update_fn = get_ema_multi_avg_fn(decay)
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.update_fn(self.avg, [p.detach() for p in self.params], self.steps)
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def swapped(self):
+        with torch.no_grad():
+            live = [p.detach().clone() for p in self.params]
+            for p, a in zip(self.params, self.avg):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, x in zip(self.params, live):
+                    p.copy_(x)
+
+
 def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_batches: int,
                verbose: bool = False, row_extra: dict | None = None):
     """The one epoch loop (the BPR loop of :func:`train` and the models that train themselves,
@@ -234,6 +271,8 @@ def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_b
 
     stop = EarlyStopping(train_cfg.patience, getattr(train_cfg, "min_epochs", 0))
     budget = StepBudget(getattr(train_cfg, "max_steps", 0))    # [gnn] max_steps
+    decay = float(getattr(train_cfg, "ema", 0.0) or 0.0)
+    average = WeightAverage(model, decay) if decay > 0 else None
     history, secs = [], 0.0
     for epoch in range(1, train_cfg.epochs + 1):
         model.train()
@@ -248,6 +287,8 @@ def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_b
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if average is not None:
+                average.update()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / max(n_steps, 1)
             if budget.take():
@@ -258,7 +299,10 @@ def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_b
                **(row_extra or {})}
         if budget.max_steps:
             row["steps"] = budget.steps
-        if stop.end_epoch(epoch, row, train_cfg, valid_fn, model, history, verbose, last=budget.spent):
+        # with [gnn] ema the averaged weights are what is validated and kept as the best state
+        with average.swapped() if average is not None else contextlib.nullcontext():
+            done = stop.end_epoch(epoch, row, train_cfg, valid_fn, model, history, verbose, last=budget.spent)
+        if done:
             break
     stop.restore(model)
     model.eval()

@@ -140,3 +140,39 @@ def test_refit_inputs_graph_has_the_valid_edges():
     want = sorted((int(u), int(m)) for name in ("train", "valid")
                   for u, m, r in zip(d.parts[name].users, d.parts[name].movies, d.parts[name].ratings) if r >= 4)
     assert got == want
+
+
+def test_weight_average_is_the_exponential_average_and_swaps_back():
+    from posterkg.gnn.train import WeightAverage
+
+    lin = torch.nn.Linear(3, 2)
+    w0 = lin.weight.detach().clone()
+    avg = WeightAverage(lin, 0.8)
+    want = w0.clone()
+    for step in range(4):
+        with torch.no_grad():
+            lin.weight.add_(float(step + 1))              # a "step" of the optimizer
+        avg.update()
+        want = 0.8 * want + 0.2 * lin.weight.detach()     # by hand
+    live = lin.weight.detach().clone()
+    with avg.swapped():
+        assert torch.allclose(lin.weight, want, atol=1e-6)
+    assert torch.equal(lin.weight, live)
+
+
+def test_ema_training_keeps_the_averaged_weights():
+    inputs = _inputs(*_ratings(n_users=16, seed=2))
+    kind = "sasrec"
+    mcfg = registry.model_config(kind, {"dim": 8, "max_len": 16, "dropout": 0.0})
+    cfg = TrainConfig(model=kind, epochs=2, patience=5, batch_size=8, lr=0.05, seed=0)
+    seen = {}
+
+    def spy(m):                                     # what validation sees with ema on
+        seen["w"] = m.item.weight.detach().clone()
+        return {"ndcg@20": 0.0}
+
+    ema = train(inputs, dataclasses.replace(cfg, ema=0.5, epochs=1), model_cfg=mcfg, valid_fn=spy)
+    one = train(inputs, dataclasses.replace(cfg, epochs=1), model_cfg=mcfg, valid_fn=lambda m: {"ndcg@20": 0.0})
+    # validation saw the average, not the live weights of the same run (equal to the plain run's)
+    assert not torch.allclose(seen["w"], one.model.item.weight)
+    assert torch.equal(ema.model.item.weight, seen["w"])    # and the average is what is kept
