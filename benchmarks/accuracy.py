@@ -82,22 +82,29 @@ def prepare(cfg) -> dict:
     return info
 
 
+def _inputs(store, mcfg, cache: dict):
+    """The assembled inputs a model config asks for (dense features, semantic IDs), shared."""
+    from posterkg.gnn.inputs import assemble
+    from posterkg.gnn.stage import feature_spec
+
+    feats = feature_spec(mcfg)
+    key = json.dumps(feats, sort_keys=True)
+    if key not in cache:
+        cache[key] = assemble(store, features=feats).inputs
+    return cache[key]
+
+
 def run_one(store, cfg, kind: str, seed: int, args, cache: dict) -> dict:
     import torch
 
     from posterkg.gnn.evaluate import evaluate_model
-    from posterkg.gnn.inputs import assemble
-    from posterkg.gnn.stage import feature_spec, model_configs
+    from posterkg.gnn.stage import model_configs
     from posterkg.gnn.train import train
 
     tcfg, mcfg = model_configs(cfg, kind)
     over = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
     tcfg = dataclasses.replace(tcfg, seed=seed, **over)
-    feats = feature_spec(mcfg)
-    key = json.dumps(feats, sort_keys=True)
-    if key not in cache:
-        cache[key] = assemble(store, features=feats).inputs
-    inputs = cache[key]
+    inputs = _inputs(store, mcfg, cache)
     res = train(inputs, tcfg, model_cfg=mcfg, verbose=args.verbose)
     data = inputs.data
     with torch.no_grad():
@@ -128,27 +135,22 @@ def refit_columns(inputs, first, args) -> dict:
                 "refit_epochs": len(again.history), "refit_seconds": again.seconds}
 
 
-def add_refit(store, cfg, run: dict, args, cache: dict) -> dict:
-    """A finished run's ``refit`` columns. Models with epochs are refit for the run's recorded
-    best epoch (training is deterministic for a seed on one device and thread count, so the
-    first model need not be trained again); EASE/ItemKNN/MostPop choose again (seconds)."""
-    import dataclasses as dc
-
+def add_refit(store, run: dict, args, cache: dict) -> dict:
+    """A finished run's ``refit`` columns, with the run's recorded settings. Models with epochs
+    are refit for the run's recorded best epoch (training is deterministic for a seed on one
+    device and thread count, so the first model need not be trained again); EASE/ItemKNN/MostPop
+    choose again (seconds)."""
     from posterkg.gnn import registry
-    from posterkg.gnn.inputs import assemble
-    from posterkg.gnn.stage import feature_spec, model_configs
-    from posterkg.gnn.train import TrainResult, train
+    from posterkg.gnn.train import TrainConfig, TrainResult, train
 
-    kind, seed = run["model"], run["seed"]
-    tcfg, mcfg = model_configs(cfg, kind)
-    over = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
-    tcfg = dc.replace(tcfg, seed=seed, **over)
-    feats = feature_spec(mcfg)
-    key = json.dumps(feats, sort_keys=True)
-    if key not in cache:
-        cache[key] = assemble(store, features=feats).inputs
-    inputs = cache[key]
-    model = registry.build(kind, inputs, mcfg, seed=seed)
+    kind = run["model"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    tcfg = TrainConfig(**{k: v for k, v in run["config"].items() if k in known})
+    if args.threads is not None:
+        tcfg = dataclasses.replace(tcfg, threads=args.threads)
+    mcfg = registry.model_config(kind, run["model_config"])
+    inputs = _inputs(store, mcfg, cache)
+    model = registry.build(kind, inputs, mcfg, seed=tcfg.seed)
     if model.trainer == "none" or hasattr(model, "_grid"):
         first = train(inputs, tcfg, model_cfg=mcfg)
     else:
@@ -242,7 +244,7 @@ def main(argv=None) -> int:
             for i, r in enumerate(runs):
                 if r["model"] in args.models and "test_refit" not in r and (
                         args.only_seeds is None or r["seed"] in args.only_seeds):
-                    runs[i] = add_refit(store, cfg, r, args, cache)
+                    runs[i] = add_refit(store, r, args, cache)
                     print(f"{r['model']:<22} seed {r['seed']}: refit test ndcg@20 "
                           f"{runs[i]['test_refit']['ndcg@20']:.4f} (fold-in {r['test']['ndcg@20']:.4f}) "
                           f"after {runs[i]['refit_epochs']} epochs", flush=True)
