@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from posterkg.gnn.evaluate import evaluate_model
     from posterkg.gnn.inputs import assemble
     from posterkg.gnn.stage import feature_spec, model_configs
-    from posterkg.gnn.train import refit, train
+    from posterkg.gnn.train import inputs_on, refit, train
     from posterkg.store import open_store
 
     if not args.db.is_file():
@@ -63,11 +63,8 @@ def main(argv=None) -> int:
         tcfg, mcfg = model_configs(cfg, kind)
         with open_store(args.db, read_only=True) as store:
             inputs = assemble(store, features=feature_spec(mcfg)).inputs
-        data = inputs.data.shifted_view()
-        graph = inputs.graph
-        if graph is not None and "pos" in graph:
-            graph = graph.with_history(data.history("valid"))      # inner train edges only
-        shifted = dataclasses.replace(inputs, data=data, graph=graph)
+        shifted = inputs_on(inputs, inputs.data.shifted_view())    # graph edges: inner train only
+        data = shifted.data
         for seed in args.seeds:
             over = {"seed": seed, **({"threads": args.threads} if args.threads else {})}
             t0 = time.perf_counter()

@@ -202,15 +202,12 @@ class Interactions:
         together as the train part, an empty valid part, the test part unchanged. ``history``,
         ``seen`` and ``relevant`` of ``test`` are the same as here; a model's training data (train
         history, ``train_pos``) now include the valid period."""
-        tr, va = self.parts["train"], self.parts["valid"]
-        u = np.concatenate([tr.users, va.users])
-        m = np.concatenate([tr.movies, va.movies])
-        t = np.concatenate([tr.ts, va.ts])
-        order = np.lexsort((m, t, u))
-        train = Part(u[order], m[order], np.concatenate([tr.ratings, va.ratings])[order], t[order])
-        empty = va.select(np.zeros(len(va), bool))
-        return Interactions(self.user_ids, self.movie_ids, {"train": train, "valid": empty,
-                                                             "test": self.parts["test"]}, self.relevant_min)
+        h = self.history("test")                     # train + valid rows, in the protocol's order
+        va = self.parts["valid"]
+        return Interactions(self.user_ids, self.movie_ids,
+                            {"train": Part(h.users, h.movies, h.ratings, h.ts),
+                             "valid": va.select(np.zeros(len(va), bool)), "test": self.parts["test"]},
+                            self.relevant_min)
 
     def shifted_view(self, share: float = 0.1) -> "Interactions":
         """The protocol one period earlier, to choose between rules on valid without reading
@@ -218,9 +215,8 @@ class Interactions:
         share)) of the n train rows, by (timestamp, movie id), become the inner valid part; users
         with fewer than 10 train rows keep them all in train), and the valid part becomes the
         test part."""
-        tr = self.parts["train"]
-        order = np.lexsort((tr.movies, tr.ts, tr.users))
-        tr = Part(tr.users[order], tr.movies[order], tr.ratings[order], tr.ts[order])
+        h = self.history("valid")                    # the train rows, in the protocol's order
+        tr = Part(h.users, h.movies, h.ratings, h.ts)
         counts = np.bincount(tr.users, minlength=self.n_users)
         start = np.concatenate([[0], np.cumsum(counts)])[:-1]
         rank = np.arange(len(tr)) - start[tr.users]                 # position within the user's rows

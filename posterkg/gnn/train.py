@@ -381,14 +381,19 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
                        time.perf_counter() - t_start, model.cfg)
 
 
-def refit_inputs(inputs: ModelInputs) -> ModelInputs:
-    """``inputs`` with the valid rows moved into train (:meth:`Interactions.refit_view`); a graph
-    with user-movie relations gets them from train + valid (the fold-in graph of the test part)."""
-    data = inputs.data.refit_view()
+def inputs_on(inputs: ModelInputs, data: Interactions) -> ModelInputs:
+    """``inputs`` over other interactions ``data`` (a view of the same users and movies): a graph
+    with user-movie relations gets ``data``'s train rows as those edges."""
     graph = inputs.graph
     if graph is not None and "pos" in graph:
-        graph = graph.with_history(data.history("test"))
+        graph = graph.with_history(data.history("valid"))
     return dataclasses.replace(inputs, data=data, graph=graph)
+
+
+def refit_inputs(inputs: ModelInputs) -> ModelInputs:
+    """``inputs`` with the valid rows moved into train (:meth:`Interactions.refit_view`), the
+    graph's user-movie relations from train + valid."""
+    return inputs_on(inputs, inputs.data.refit_view())
 
 
 def refit(inputs: ModelInputs, first: TrainResult, *, verbose: bool = False) -> TrainResult:
@@ -399,10 +404,10 @@ def refit(inputs: ModelInputs, first: TrainResult, *, verbose: bool = False) -> 
     is no early stopping: the state after the last epoch is the result. ``valid`` and
     ``best_epoch`` of the result are ``first``'s (what the choice was made on)."""
     cfg = first.config
-    epochs = max(1, int(first.best_epoch)) if first.model.trainer != "none" else 1
-    if first.model.trainer == "fit" and hasattr(first.model, "_grid"):
-        epochs = 1                       # EASE / ItemKNN: best_epoch indexes the grid, not epochs
-    rcfg = dataclasses.replace(cfg, epochs=epochs, patience=10 ** 9, min_epochs=0, eval_every=10 ** 9)
+    # models without epochs (MostPop, EASE/ItemKNN, whose best_epoch indexes their grid) never
+    # read the count
+    rcfg = dataclasses.replace(cfg, epochs=max(1, int(first.best_epoch)), patience=10 ** 9, min_epochs=0,
+                               eval_every=10 ** 9)
     t0 = time.perf_counter()
     res = train(refit_inputs(inputs), rcfg, model_cfg=first.model.refit_config(), verbose=verbose,
                 valid_fn=lambda m: {"ndcg@20": 0.0})
