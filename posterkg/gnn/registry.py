@@ -51,11 +51,15 @@ _SEQ = {"lr": 0.003, "epochs": 30, "patience": 3, "batch_size": 128, "min_epochs
 # attention weights, length-bucketed batches; 2.1x faster per epoch on CPU, valid NDCG@20 0.2211
 # vs 0.2232 with SASRec's settings (seed 0; seed-to-seed std 0.0027)
 _SEQ_FAST = {"attn_dropout": 0.0, "bucket": True}
-# TIGER (posterkg/gnn/tiger.py): 256 teacher-forced targets per step, Adam lr 0.003, the sequence
-# models' patience and floor (its valid NDCG@20 sits at popularity level, ~0.05, for its first
-# epochs: tiger-text stopped at epoch 4 on its epoch-1 best with patience alone), at most 20
-# epochs of 50k targets
-_TIGER = {"lr": 0.003, "epochs": 20, "patience": 3, "batch_size": 256, "min_epochs": 8}
+# TIGER (posterkg/gnn/tiger.py): the causal encoder (every target of a window from one encoder
+# pass: one full pass over the ~227k ML-1M targets in ~45 s on one thread, where the
+# bidirectional encoder took ~80-150 s for 50k), 32 windows of 21 liked movies per step (~400
+# steps per pass; poster IDs, seed 0, valid NDCG@20 after 5 passes: 0.057 with 128 windows,
+# 0.060 with 64 at lr 0.005, 0.103 with 32; 16 was no better over its first 4 passes;
+# benchmarks/results/tiger_tuning.json), Adam lr 0.003, the sequence models' patience and floor
+# (valid sits at popularity level, ~0.06, for the first epochs), at most 30 passes. docs/tiger.md
+_TIGER = {"lr": 0.003, "epochs": 30, "patience": 3, "batch_size": 32, "min_epochs": 8}
+_TIGER_CFG = {"encoder": "causal"}
 
 _ENTRIES = [
     Entry("mostpop", "posterkg.gnn.baselines:MostPop", "most train positives first", stochastic=False),
@@ -86,11 +90,11 @@ _ENTRIES = [
           train=_SEQ),
     Entry("tiger", "posterkg.gnn.tiger:TIGER",
           "TIGER: encoder-decoder transformer generating the next movie's semantic ID (poster + genre "
-          "RQ-VAE codes), trie-constrained beam search", config={"semantic_ids": "poster"}, train=_TIGER,
+          "RQ-VAE codes), trie-constrained beam search", config={"semantic_ids": "poster", **_TIGER_CFG}, train=_TIGER,
           uses_visual=True),
     Entry("tiger-text", "posterkg.gnn.tiger:TIGER",
           "TIGER over text-only semantic IDs (text embedding + genre RQ-VAE codes; ablation)",
-          config={"semantic_ids": "text"}, train=_TIGER),
+          config={"semantic_ids": "text", **_TIGER_CFG}, train=_TIGER),
 ]
 
 REGISTRY: dict[str, Entry] = {e.name: e for e in _ENTRIES}

@@ -310,10 +310,10 @@ class SASRec(Recommender):
         n_batches = (len(win) + bs - 1) // bs
         lengths = (win > 0).sum(1)
         norm = None
+        n_targets = sum(int(self._targets(win[a:a + 1024], wsg[a:a + 1024])[1].sum())
+                        for a in range(0, len(win), 1024))
         if self.cfg.bucket:
             # bucketed batches differ in size (short windows together): weigh every target alike
-            n_targets = sum(int(self._targets(win[a:a + 1024], wsg[a:a + 1024])[1].sum())
-                            for a in range(0, len(win), 1024))
             norm = max(n_targets / max(n_batches, 1), 1.0)
 
         def step_loss(idx):
@@ -324,7 +324,7 @@ class SASRec(Recommender):
 
         return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
                           epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
-                          step_loss=step_loss)
+                          step_loss=step_loss, row_extra={"targets": n_targets})
 
 
 class PosterKGSeq(SASRec):

@@ -26,6 +26,19 @@ user's positive sequence that has at least one earlier positive (``epoch_samples
 that many such targets per epoch instead, seeded), Adam, early stopping on the harness's valid
 NDCG@20 (:class:`~posterkg.gnn.train.EarlyStopping`).
 
+**The causal encoder** (``encoder = "causal"``). With the bidirectional encoder above every
+target re-encodes its own history: one encoder pass per target. With ``"causal"`` a token of
+the i-th history movie attends only to the tokens of movies 0..i (block-causal, the movie's own
+``D`` tokens see each other) and there is no end-of-history token, so the encoder states of a
+window's first i movies do not depend on what follows them. Training then reads each user's
+liked sequence in windows of ``max_len + 1`` movies (the most recent chunk first, earlier ones
+overlapping it by one movie, as SASRec does), runs the encoder once per window, and the decoder
+rows of position i (teacher-forced codes of movie i + 1) cross-attend to the tokens of movies
+0..i only: every target of the window from one encoder pass, each exactly once per epoch
+(``epoch_samples`` does not apply). Scoring reads the last ``max_len`` movies right-aligned
+through the same causal encoder and lets the decoder see all of them. As in SASRec, a training
+prefix sits where it is in its window (learned absolute positions), not right-aligned.
+
 **Decoding** (:mod:`posterkg.gnn.trie`): beam search of width ``beam`` constrained by the prefix
 trie of the valid IDs, with the user's known movies (the ``history`` given to :meth:`score`:
 train for valid, train + valid for test, every rated movie) cut from the trie's counts, so only
@@ -144,9 +157,13 @@ class TIGER(Recommender):
         heads: int = 4
         ff: int = 0                    # feed-forward width; 0 = 4 * dim
         max_len: int = 20              # history movies read (each D code tokens)
+        encoder: str = "full"          # "full": bidirectional over one target's history, one
+        #                                target per row; "causal": block-causal over the movies of a
+        #                                window, so one encoder pass trains every position of it
         dropout: float = 0.1
         beam: int = 50
         epoch_samples: int = 50_000    # training targets sampled per epoch; 0 = every position
+        #                                (encoder "causal": every epoch is every position)
         weight_decay: float = 0.0
         score_batch: int = 256         # users per beam-search batch
         code_sizes: list = dataclasses.field(default_factory=list)   # per ID position; from the IDs
@@ -156,6 +173,8 @@ class TIGER(Recommender):
         c = self.cfg
         if c.dim % c.heads:
             raise ValueError(f"tiger: dim {c.dim} is not divisible by heads {c.heads}")
+        if c.encoder not in ("full", "causal"):
+            raise ValueError(f"tiger: encoder must be 'full' or 'causal', not {c.encoder!r}")
         ids = inputs.semantic_ids
         sizes = [int(s) for s in c.code_sizes]
         self._misfit = False
@@ -218,9 +237,9 @@ class TIGER(Recommender):
 
     # -- network -------------------------------------------------------------------------------
     def history_tokens(self, flat: np.ndarray, ends: np.ndarray, starts: np.ndarray) -> torch.Tensor:
-        """Encoder tokens [B, max_len * D + 1] for rows whose history is ``flat[starts:ends]``
+        """Encoder tokens [B, max_len * D (+ 1)] for rows whose history is ``flat[starts:ends]``
         (movie indices with an ID, time order): the last ``max_len`` movies' codes, left-padded,
-        then the end-of-history token."""
+        then (encoder "full" only) the end-of-history token."""
         L, D = self.cfg.max_len, self.D
         idx = ends[:, None] - L + np.arange(L)[None, :]
         ok = idx >= starts[:, None]
@@ -228,19 +247,47 @@ class TIGER(Recommender):
                                   np.zeros(idx.shape, np.int64))
         codes = self.codes.cpu()[movies] + self.offset.cpu()                     # [B, L, D]
         tok = torch.where(torch.from_numpy(ok).unsqueeze(-1), codes, torch.zeros_like(codes)).view(len(ends), L * D)
+        if self.cfg.encoder == "causal":
+            return tok.to(self.codes.device)
         return torch.cat([tok, torch.full((len(ends), 1), SEP, dtype=torch.long)], 1).to(self.codes.device)
+
+    def window_tokens(self, win: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens [B, L * D] of windows ``win`` [B, L] (movie index + 1, 0 = padding)."""
+        codes = self.codes[(win - 1).clamp(min=0)] + self.offset                 # [B, L, D]
+        return torch.where((win > 0).unsqueeze(-1), codes, torch.zeros_like(codes)).flatten(1)
+
+    def _encoder_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encoder output [B, S, dim] of ``tokens`` [B, S]. Encoder "full": every token sees every
+        non-padding token; "causal": a token of the i-th movie sees the non-padding tokens of
+        movies 0..i only (and itself, so a padding row is never empty), so the states of a
+        window's first i movies are those of that prefix alone at the same positions (as in
+        SASRec, a prefix sits where it is in the window in training and right-aligned when
+        scoring)."""
+        B, S = tokens.shape
+        x = self.drop(self.tok(tokens) + self.enc_pos.weight[-S:].unsqueeze(0))
+        keep = tokens != PAD
+        if self.cfg.encoder == "causal":
+            item = torch.arange(S, device=tokens.device) // self.D
+            allowed = (item[None, :] <= item[:, None]).unsqueeze(0) & keep[:, None, :]
+            allowed = allowed | torch.eye(S, dtype=torch.bool, device=tokens.device).unsqueeze(0)
+            mask = torch.zeros(allowed.shape, device=tokens.device).masked_fill(~allowed, float("-inf"))
+            mask = mask[:, None]                                           # [B, 1, S, S]
+        else:
+            mask = torch.zeros(tokens.shape, device=tokens.device).masked_fill(~keep, float("-inf"))
+            mask = mask[:, None, None, :]                 # additive; the end token is never masked
+        for blk in self.encoder:
+            x = blk(x, mask)
+        return self.enc_norm(x)
 
     def encode(self, tokens: torch.Tensor) -> tuple[list, torch.Tensor]:
         """The encoder memory of history ``tokens`` [B, S], as each decoder layer's cross-attention
-        keys/values, and its additive mask [B, 1, 1, S] (-inf at padding)."""
-        S = tokens.shape[1]
-        x = self.drop(self.tok(tokens) + self.enc_pos.weight[-S:].unsqueeze(0))
-        mask = torch.zeros(tokens.shape, device=tokens.device).masked_fill(tokens == PAD, float("-inf"))
-        mask = mask[:, None, None, :]                     # additive; the end token is never masked
-        for blk in self.encoder:
-            x = blk(x, mask)
-        x = self.enc_norm(x)
-        return [blk.cross.kv(x) for blk in self.decoder], mask
+        keys/values, and its additive mask [B, 1, 1, S] (-inf at padding; a row with no history
+        at all, possible only without the end token, sees every position)."""
+        x = self._encoder_states(tokens)
+        pad = tokens == PAD
+        pad = pad & ~pad.all(1, keepdim=True)
+        mask = torch.zeros(tokens.shape, device=tokens.device).masked_fill(pad, float("-inf"))
+        return [blk.cross.kv(x) for blk in self.decoder], mask[:, None, None, :]
 
     def decode(self, memory: list, mask: torch.Tensor, prefix: torch.Tensor, groups: int = 1) -> torch.Tensor:
         """Decoder states [N, d + 1, dim] after the start token and the ``d`` codes of ``prefix``
@@ -259,6 +306,32 @@ class TIGER(Recommender):
         memory, mask = self.encode(tokens)
         h = self.decode(memory, mask, target[:, :-1])
         return sum(F.cross_entropy(self.out[d](h[:, d]), target[:, d]) for d in range(self.D)) / self.D
+
+    def train_loss_windows(self, win: torch.Tensor) -> torch.Tensor:
+        """Encoder "causal": teacher-forced cross-entropy of every position of windows ``win``
+        [B, L + 1] (movie index + 1, 0 = padding, left): the encoder reads movies 0..L-1 once,
+        and the decoder rows of position i (the ID of movie i + 1) cross-attend to the tokens
+        of movies 0..i only. Averaged over the batch's targets (positions i with a movie at i
+        and at i + 1)."""
+        B, W1 = win.shape
+        L, D = W1 - 1, self.D
+        tokens = self.window_tokens(win[:, :-1])                                   # [B, L * D]
+        x = self._encoder_states(tokens)
+        memory = [blk.cross.kv(x) for blk in self.decoder]
+        valid = (win[:, :-1] > 0) & (win[:, 1:] > 0)                               # [B, L]
+        item = torch.arange(L * D, device=win.device) // D
+        allowed = (item[None, :] <= torch.arange(L, device=win.device)[:, None]).unsqueeze(0) \
+            & (tokens != PAD)[:, None, :]                                          # [B, L, L * D]
+        allowed = allowed | ~valid.unsqueeze(-1)       # rows that are not targets: any keys, no NaN
+        mask = torch.zeros(allowed.shape, device=win.device).masked_fill(~allowed, float("-inf"))
+        mask = mask.repeat_interleave(D, dim=1)[:, None]                           # [B, 1, L * D, L * D]
+        target = self.codes[(win[:, 1:] - 1).clamp(min=0)]                         # [B, L, D]
+        h = self.decode(memory, mask, target[..., :-1].reshape(B * L, D - 1), groups=L)   # [B * L, D, dim]
+        keep = valid.reshape(-1)
+        if not bool(keep.any()):
+            return h.sum() * 0.0
+        h, t = h[keep], target.reshape(B * L, D)[keep]
+        return sum(F.cross_entropy(self.out[d](h[:, d]), t[:, d]) for d in range(D)) / D
 
     # -- scoring -------------------------------------------------------------------------------
     def _user_rows(self, users: np.ndarray, history):
@@ -336,6 +409,25 @@ class TIGER(Recommender):
         targets = np.flatnonzero(np.arange(len(flat)) > starts)
         return flat, starts, targets
 
+    def train_windows(self, flat: np.ndarray, starts: np.ndarray) -> torch.Tensor:
+        """Encoder "causal": windows [N, max_len + 1] (movie index + 1, 0 = padding, left) of
+        every user's liked sequence ``flat`` (``starts``: each element's user start), the most
+        recent chunk first, then earlier ones overlapping it by one movie, so every element with
+        an earlier liked movie is a target exactly once."""
+        L = self.cfg.max_len
+        bounds = np.unique(starts)
+        ends = np.append(bounds[1:], len(flat))
+        wins = []
+        for a, b in zip(bounds, ends):
+            end = b
+            while end - a >= 2:
+                start = max(a, end - (L + 1))
+                w = np.zeros(L + 1, np.int64)
+                w[L + 1 - (end - start):] = flat[start:end] + 1
+                wins.append(w)
+                end = start + 1 if start > a else a
+        return torch.from_numpy(np.stack(wins)) if wins else torch.zeros((0, L + 1), dtype=torch.long)
+
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
         from posterkg.gnn.train import fit_epochs
 
@@ -361,5 +453,17 @@ class TIGER(Recommender):
             tokens = self.history_tokens(flat, g, starts[g])
             return self.train_loss(tokens, codes[torch.from_numpy(flat[g])].to(device))
 
+        if self.cfg.encoder == "causal":
+            wins = self.train_windows(flat, starts).to(device)
+            n_win = len(wins)
+            n_batches = (n_win + bs - 1) // bs
+
+            def epoch_batches():
+                perm = torch.from_numpy(rng.permutation(n_win)).to(device)
+                return (wins[perm[start:start + bs]] for start in range(0, n_win, bs))
+
+            return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
+                              epoch_batches=epoch_batches, step_loss=self.train_loss_windows,
+                              row_extra={"targets": len(targets), "windows": n_win})
         return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
                           epoch_batches=epoch_batches, step_loss=step_loss, row_extra={"targets": n_ep})

@@ -117,7 +117,8 @@ def test_trie_rejects_duplicate_and_out_of_range_ids():
     assert len(trie) == 2 and trie.codes_of(1) is None and trie.codes_of(2) == (0, 1)
 
 
-def test_untrained_model_only_emits_valid_unseen_ids():
+@pytest.mark.parametrize("encoder", ["full", "causal"])
+def test_untrained_model_only_emits_valid_unseen_ids(encoder):
     rng = np.random.default_rng(3)
     n_users, n_movies = 60, 50
     rows = []
@@ -127,7 +128,8 @@ def test_untrained_model_only_emits_valid_unseen_ids():
     ratings = pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"])
     codes = _random_codes(n_movies, rng=rng, missing=(5, 17))
     inputs = _inputs(ratings, n_movies, codes)
-    model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "beam": 12}))
+    model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "beam": 12,
+                                                                            "encoder": encoder}))
     model.eval()
     trie = model.trie()
     for part in ("valid", "test"):
@@ -148,7 +150,8 @@ def test_untrained_model_only_emits_valid_unseen_ids():
     movies, _ = model.generate(torch.arange(n_users), inputs.data.history("test"), candidates=cand)
     assert set(movies.reshape(-1).tolist()) <= set(cand.tolist()) - {-1}
     # cold start: with a beam over the whole catalogue the never-rated movies come out too
-    wide = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "beam": 64}))
+    wide = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "beam": 64,
+                                                                           "encoder": encoder}))
     movies, _ = wide.eval().generate(torch.arange(5), inputs.data.history("test"))
     assert set(range(40, 50)) <= set(movies.reshape(-1).tolist())
 
@@ -173,7 +176,7 @@ def test_tiger_learns_a_planted_order():
     # a window of 3 movies: training targets with 3 earlier movies exist, so valid and test
     # (5 and 6 known movies) read windows of a length seen in training
     mc = registry.model_config("tiger", {"dim": 32, "layers": 1, "heads": 2, "max_len": 3, "dropout": 0.0,
-                                         "beam": 10})
+                                         "beam": 10, "encoder": "full"})
     res = train(inputs, cfg, model_cfg=mc)
     hist = inputs.data.history("test")
     movies, _ = res.model.generate(torch.arange(inputs.n_users), hist)
@@ -228,3 +231,81 @@ def test_a_stored_model_keeps_its_ids_when_the_table_changes(world, tmp_path):
         tm = load_model(store, mid)
         torch.testing.assert_close(tm.score(users), before, rtol=0, atol=0)
         assert (tm.model.codes.numpy() == inputs.semantic_ids).all()
+
+
+# -- the causal encoder: one pass trains every position of a window --------------------------------
+def test_causal_windows_cover_every_target_once():
+    ratings, n = _cycle_world(n_users=5, n_movies=40, length=23)
+    inputs = _inputs(ratings, n, _random_codes(n, sizes=(8, 8)))
+    model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "max_len": 4,
+                                                                            "encoder": "causal"}))
+    flat, starts, targets = model.train_sequences(inputs.data.history("valid"))
+    wins = model.train_windows(flat, starts).numpy()
+    assert wins.shape[1] == 5
+    # every (previous movie, target) pair of the targets comes out of exactly one window position
+    got = sorted((int(w[i]) - 1, int(w[i + 1]) - 1) for w in wins for i in range(4) if w[i] > 0 and w[i + 1] > 0)
+    want = sorted((int(flat[t - 1]), int(flat[t])) for t in targets)
+    assert got == want and len(got) == len(targets)
+    # and each window is a run of one user's liked movies in time order
+    for w in wins:
+        real = w[w > 0] - 1
+        k = len(real)
+        assert any((flat[s:s + k] == real).all() and starts[s] == starts[s + k - 1]
+                   for s in range(len(flat) - k + 1))
+
+
+def test_causal_loss_equals_each_prefix_read_alone():
+    """The window loss (one encoder pass) equals the mean, over every target, of the loss of the
+    target's prefix encoded on its own (later movies blanked, positions kept)."""
+    rng = np.random.default_rng(5)
+    ratings, n = _cycle_world(n_users=6, n_movies=30, length=9)
+    codes = _random_codes(n, sizes=(5, 6), rng=rng)
+    inputs = _inputs(ratings, n, codes)
+    torch.manual_seed(0)
+    model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 2, "heads": 2,
+                                                                            "max_len": 6, "encoder": "causal"}))
+    model.eval()
+    win = torch.tensor([[0, 0, 3, 7, 1, 9, 4], [5, 8, 2, 11, 12, 6, 10], [0, 0, 0, 0, 0, 14, 15]])
+    with torch.no_grad():
+        fast = float(model.train_loss_windows(win))
+        losses = []
+        D = model.D
+        for b in range(len(win)):
+            for i in range(6):
+                if win[b, i] == 0 or win[b, i + 1] == 0:
+                    continue
+                inp = win[b:b + 1, :-1].clone()
+                inp[:, i + 1:] = 0                                     # blank the later movies
+                memory, mask = model.encode(model.window_tokens(inp))
+                target = model.codes[win[b, i + 1] - 1].unsqueeze(0)
+                h = model.decode(memory, mask, target[:, :-1])
+                losses.append(sum(float(torch.nn.functional.cross_entropy(model.out[d](h[:, d]), target[:, d]))
+                                  for d in range(D)) / D)
+    assert len(losses) == 4 + 6 + 1
+    assert fast == pytest.approx(float(np.mean(losses)), abs=1e-5)
+
+
+def test_causal_tiger_learns_a_planted_order_and_scores_valid_ids():
+    ratings, n = _cycle_world()
+    codes = _random_codes(n, sizes=(3, 3), rng=np.random.default_rng(7))
+    inputs = _inputs(ratings, n, codes)
+    cfg = TrainConfig(model="tiger", epochs=16, lr=0.005, batch_size=16, patience=40, seed=0, eval_every=8)
+    mc = registry.model_config("tiger", {"dim": 32, "layers": 1, "heads": 2, "max_len": 3, "dropout": 0.0,
+                                         "beam": 10, "encoder": "causal"})
+    res = train(inputs, cfg, model_cfg=mc)
+    hist = inputs.data.history("test")
+    movies, _ = res.model.generate(torch.arange(inputs.n_users), hist)
+    last = np.array([hist.sequence(u, positives_only=False)[-1] for u in range(inputs.n_users)])
+    assert (movies[:, 0].numpy() == (last + 1) % n).mean() >= 0.9
+    seen = hist.csr()
+    for u in range(inputs.n_users):
+        got = movies[u][movies[u] >= 0].numpy()
+        assert not set(got) & set(seen[u].indices)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert res.history[0]["windows"] > 0
+
+
+def test_causal_encoder_is_a_checked_option():
+    ratings, n = _cycle_world(n_users=3)
+    with pytest.raises(ValueError, match="encoder must be"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)), registry.model_config("tiger", {"encoder": "lstm"}))
