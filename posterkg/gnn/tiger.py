@@ -54,9 +54,10 @@ everywhere else; movies the beam did not reach are tied at the floor.
 feed-forward 4 x dim, history of 20 movies (80 code tokens with L = 3), dropout 0.1 (residual
 branches only), beam 50, ``epoch_samples = 50_000`` targets per epoch (of ~227k on the ML-1M
 cut; one torch thread: ~0.44 s of CPU per step of 256 targets, ~85 s of CPU per epoch; a full
-pass would be ~4.5 epochs). ML-25M/32M on a GPU (the paper's size; ``[models.tiger]``): ``dim =
-128, layers = 4, heads = 8, ff = 1024, max_len = 20, epoch_samples = 2_000_000, score_batch =
-1024`` with ``[gnn] device = "cuda", batch_size = 1024, lr = 0.001``; IDs of 3 x 256 codes
+pass would be ~4.5 epochs; with ``encoder = "causal"``, the registry's setting, a full pass of
+~227k targets takes ~45-70 s). ML-25M/32M on a GPU (the paper's size; ``[models.tiger]``): ``dim
+= 128, layers = 4, heads = 8, ff = 1024, max_len = 20, encoder = "causal", score_batch = 1024``
+with ``[gnn] device = "cuda", batch_size = 256`` (windows), ``lr = 0.001``; IDs of 3 x 256 codes
 (docs/tiger.md).
 """
 

@@ -309,3 +309,16 @@ def test_causal_encoder_is_a_checked_option():
     ratings, n = _cycle_world(n_users=3)
     with pytest.raises(ValueError, match="encoder must be"):
         registry.build("tiger", _inputs(ratings, n, _random_codes(n)), registry.model_config("tiger", {"encoder": "lstm"}))
+
+
+def test_causal_tiger_scores_a_user_without_liked_movies():
+    """No history at all: the causal encoder has no end-of-history token, so every memory
+    position is padding; the decoder must still produce finite scores over valid IDs."""
+    ratings, n = _cycle_world(n_users=4, n_movies=20)
+    codes = _random_codes(n, sizes=(4, 5))
+    inputs = _inputs(ratings, n, codes)
+    model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "beam": 8,
+                                                                            "encoder": "causal"})).eval()
+    movies, logp = model.generate(torch.arange(3), None)
+    assert (movies >= 0).all() and torch.isfinite(logp).all()
+    assert {model.trie().codes_of(int(m)) for m in movies[0]} <= set(map(tuple, codes))
