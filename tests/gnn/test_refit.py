@@ -209,3 +209,32 @@ def test_views_and_scoring_shortcut_on_real_movielens(ml1m_db):
         got = m.score(users, hist)
     assert (tok > 0).sum(1).max() == m.cfg.max_len            # some histories fill the window
     assert torch.allclose(got, want_s, atol=1e-5)
+
+
+def test_refit_ease_on_real_movielens(ml1m_db):
+    """../shared ML-1M: the refit rule trained for real (EASE: closed form, seconds): the chosen
+    lambda is kept, the item weights are EASE's on train + valid (checked on a slice against
+    numpy), and the refit model is scored on test from the same history as fold-in."""
+    from posterkg.gnn.data import load_interactions
+    from posterkg.gnn.evaluate import evaluate_model
+    from posterkg.store import open_store
+
+    with open_store(ml1m_db, read_only=True) as store:
+        data = load_interactions(store)
+    inputs = ModelInputs(IdVocab(data.user_ids, data.movie_ids), data, None)
+    first = train(inputs, TrainConfig(model="ease"), model_cfg=registry.model_config("ease", {"lambdas": [200.0, 800.0]}))
+    chosen = first.model.cfg.l2
+    again = refit(inputs, first)
+    assert again.refit and again.model.cfg.lambdas == [chosen] and again.valid == first.valid
+    x = np.zeros((data.n_users, data.n_movies), np.float64)
+    for name in ("train", "valid"):
+        p = data.parts[name]
+        x[p.users, p.movies] = 1.0
+    pinv = np.linalg.inv(x.T @ x + chosen * np.eye(data.n_movies))
+    cols = np.arange(0, data.n_movies, 97)
+    b = -pinv[:, cols] / np.diag(pinv)[None, cols]
+    b[cols, np.arange(len(cols))] = 0.0
+    assert np.allclose(again.model.S.numpy()[:, cols], b, atol=1e-4)
+    fold, ref = evaluate_model(first.model, data, "test"), evaluate_model(again.model, data, "test")
+    assert fold["n_users"] == ref["n_users"] > 2000
+    assert ref["ndcg@20"] != fold["ndcg@20"] and 0.05 < ref["ndcg@20"] < 0.3
