@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from script_loader import load_script
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("epoch_speed", REPO / "benchmarks" / "epoch_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-es = _load()
+es = load_script("benchmarks/epoch_speed.py")
 
 
 def test_a_variant_splits_into_training_and_model_settings():

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("results_tables", REPO / "scripts" / "results_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rt = _load_script()
+rt = load_script("scripts/results_tables.py")
 
 
 def test_readme_tables_equal_the_committed_json():
