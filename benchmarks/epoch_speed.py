@@ -86,7 +86,8 @@ def main(argv=None) -> int:
         by_spec: dict[str, object] = {}
         inputs_of = {}
         for label, (kind, over) in variants.items():
-            spec = feature_spec(dataclasses.replace(model_configs(cfg, kind)[1], **_split(model_configs(cfg, kind), over)[1]))
+            configs = model_configs(cfg, kind)
+            spec = feature_spec(dataclasses.replace(configs[1], **_split(configs, over)[1]))
             key = json.dumps(spec, sort_keys=True)
             if key not in by_spec:
                 by_spec[key] = assemble(store, features=spec).inputs

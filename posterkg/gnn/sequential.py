@@ -98,6 +98,18 @@ def _windows(history, users: np.ndarray, max_len: int, positives_only: bool):
     return tok, sgn
 
 
+def window_spans(n: int, max_len: int) -> list[tuple[int, int]]:
+    """(start, end) of the training windows of a sequence of ``n`` items: at most ``max_len + 1``
+    consecutive items each, the most recent chunk first, then earlier ones overlapping it by one
+    item, so every item after the first is a target in exactly one window."""
+    spans, end = [], n
+    while end >= 2:
+        start = max(0, end - (max_len + 1))
+        spans.append((start, end))
+        end = start + 1 if start > 0 else 0
+    return spans
+
+
 def _batches(lengths: torch.Tensor, bs: int, gen: torch.Generator, *, bucket: bool,
              chunk: int = 16) -> list[torch.Tensor]:
     """One epoch's batches of window indices, in random order. With ``bucket``, windows are
@@ -238,9 +250,7 @@ class SASRec(Recommender):
             if pos_only:
                 keep = r >= 4.0
                 m, r = m[keep], r[keep]
-            end = len(m)
-            while end >= 2:
-                start = max(0, end - (L + 1))
+            for start, end in window_spans(len(m), L):
                 n = end - start
                 w = np.zeros(L + 1, np.int64)
                 sg = np.zeros(L + 1, np.int64)
@@ -248,7 +258,6 @@ class SASRec(Recommender):
                 sg[L + 1 - n:] = signs(r[start:end]) + 2
                 wins.append(w)
                 sgns.append(sg)
-                end = start + 1 if start > 0 else 0
         return torch.from_numpy(np.stack(wins)), torch.from_numpy(np.stack(sgns))
 
     def _targets(self, win, wsg) -> tuple[torch.Tensor, torch.Tensor]:

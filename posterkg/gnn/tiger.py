@@ -241,21 +241,27 @@ class TIGER(Recommender):
         """Encoder tokens [B, max_len * D (+ 1)] for rows whose history is ``flat[starts:ends]``
         (movie indices with an ID, time order): the last ``max_len`` movies' codes, left-padded,
         then (encoder "full" only) the end-of-history token."""
-        L, D = self.cfg.max_len, self.D
+        L = self.cfg.max_len
         idx = ends[:, None] - L + np.arange(L)[None, :]
-        ok = idx >= starts[:, None]
-        movies = torch.from_numpy(flat[np.clip(idx, 0, max(len(flat) - 1, 0))] if len(flat) else
-                                  np.zeros(idx.shape, np.int64))
-        codes = self.codes.cpu()[movies] + self.offset.cpu()                     # [B, L, D]
-        tok = torch.where(torch.from_numpy(ok).unsqueeze(-1), codes, torch.zeros_like(codes)).view(len(ends), L * D)
+        movies = flat[np.clip(idx, 0, max(len(flat) - 1, 0))] if len(flat) else np.zeros(idx.shape, np.int64)
+        win = torch.from_numpy(np.where(idx >= starts[:, None], movies + 1, 0)).to(self.codes.device)
+        tok = self.window_tokens(win)
         if self.cfg.encoder == "causal":
-            return tok.to(self.codes.device)
-        return torch.cat([tok, torch.full((len(ends), 1), SEP, dtype=torch.long)], 1).to(self.codes.device)
+            return tok
+        return torch.cat([tok, torch.full((len(ends), 1), SEP, dtype=torch.long, device=tok.device)], 1)
 
     def window_tokens(self, win: torch.Tensor) -> torch.Tensor:
         """Encoder tokens [B, L * D] of windows ``win`` [B, L] (movie index + 1, 0 = padding)."""
         codes = self.codes[(win - 1).clamp(min=0)] + self.offset                 # [B, L, D]
         return torch.where((win > 0).unsqueeze(-1), codes, torch.zeros_like(codes)).flatten(1)
+
+    def _prefix_mask(self, tokens: torch.Tensor, row_movie: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+        """Additive attention mask [B, 1, R, S]: row r sees the non-padding ``tokens`` of movies
+        0..``row_movie[r]``, and every key where ``free`` ([B or 1, R, S], broadcast) is set."""
+        movie = torch.arange(tokens.shape[1], device=tokens.device) // self.D
+        allowed = (movie[None, :] <= row_movie[:, None]).unsqueeze(0) & (tokens != PAD)[:, None, :]
+        allowed = allowed | free
+        return torch.zeros(allowed.shape, device=tokens.device).masked_fill(~allowed, float("-inf"))[:, None]
 
     def _encoder_states(self, tokens: torch.Tensor) -> torch.Tensor:
         """Encoder output [B, S, dim] of ``tokens`` [B, S]. Encoder "full": every token sees every
@@ -266,15 +272,11 @@ class TIGER(Recommender):
         scoring)."""
         B, S = tokens.shape
         x = self.drop(self.tok(tokens) + self.enc_pos.weight[-S:].unsqueeze(0))
-        keep = tokens != PAD
         if self.cfg.encoder == "causal":
-            item = torch.arange(S, device=tokens.device) // self.D
-            allowed = (item[None, :] <= item[:, None]).unsqueeze(0) & keep[:, None, :]
-            allowed = allowed | torch.eye(S, dtype=torch.bool, device=tokens.device).unsqueeze(0)
-            mask = torch.zeros(allowed.shape, device=tokens.device).masked_fill(~allowed, float("-inf"))
-            mask = mask[:, None]                                           # [B, 1, S, S]
+            eye = torch.eye(S, dtype=torch.bool, device=tokens.device).unsqueeze(0)
+            mask = self._prefix_mask(tokens, torch.arange(S, device=tokens.device) // self.D, eye)   # [B, 1, S, S]
         else:
-            mask = torch.zeros(tokens.shape, device=tokens.device).masked_fill(~keep, float("-inf"))
+            mask = torch.zeros(tokens.shape, device=tokens.device).masked_fill(tokens == PAD, float("-inf"))
             mask = mask[:, None, None, :]                 # additive; the end token is never masked
         for blk in self.encoder:
             x = blk(x, mask)
@@ -320,12 +322,9 @@ class TIGER(Recommender):
         x = self._encoder_states(tokens)
         memory = [blk.cross.kv(x) for blk in self.decoder]
         valid = (win[:, :-1] > 0) & (win[:, 1:] > 0)                               # [B, L]
-        item = torch.arange(L * D, device=win.device) // D
-        allowed = (item[None, :] <= torch.arange(L, device=win.device)[:, None]).unsqueeze(0) \
-            & (tokens != PAD)[:, None, :]                                          # [B, L, L * D]
-        allowed = allowed | ~valid.unsqueeze(-1)       # rows that are not targets: any keys, no NaN
-        mask = torch.zeros(allowed.shape, device=win.device).masked_fill(~allowed, float("-inf"))
-        mask = mask.repeat_interleave(D, dim=1)[:, None]                           # [B, 1, L * D, L * D]
+        # rows that are not targets see every key (no NaN; their loss is dropped)
+        mask = self._prefix_mask(tokens, torch.arange(L, device=win.device), ~valid.unsqueeze(-1))
+        mask = mask.repeat_interleave(D, dim=2)                                    # [B, 1, L * D, L * D]
         target = self.codes[(win[:, 1:] - 1).clamp(min=0)]                         # [B, L, D]
         h = self.decode(memory, mask, target[..., :-1].reshape(B * L, D - 1), groups=L)   # [B * L, D, dim]
         keep = valid.reshape(-1)
@@ -415,18 +414,17 @@ class TIGER(Recommender):
         every user's liked sequence ``flat`` (``starts``: each element's user start), the most
         recent chunk first, then earlier ones overlapping it by one movie, so every element with
         an earlier liked movie is a target exactly once."""
+        from posterkg.gnn.sequential import window_spans
+
         L = self.cfg.max_len
         bounds = np.unique(starts)
         ends = np.append(bounds[1:], len(flat))
         wins = []
         for a, b in zip(bounds, ends):
-            end = b
-            while end - a >= 2:
-                start = max(a, end - (L + 1))
+            for start, end in window_spans(int(b - a), L):
                 w = np.zeros(L + 1, np.int64)
-                w[L + 1 - (end - start):] = flat[start:end] + 1
+                w[L + 1 - (end - start):] = flat[a + start:a + end] + 1
                 wins.append(w)
-                end = start + 1 if start > a else a
         return torch.from_numpy(np.stack(wins)) if wins else torch.zeros((0, L + 1), dtype=torch.long)
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
@@ -442,18 +440,6 @@ class TIGER(Recommender):
         rng = np.random.default_rng(train_cfg.seed)
         opt = torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
         bs = train_cfg.batch_size
-        n_ep = len(targets) if not self.cfg.epoch_samples else min(len(targets), int(self.cfg.epoch_samples))
-        n_batches = (n_ep + bs - 1) // bs
-        codes = self.codes.cpu()
-
-        def epoch_batches():
-            sel = rng.permutation(targets)[:n_ep]
-            return (sel[start:start + bs] for start in range(0, n_ep, bs))
-
-        def step_loss(g):
-            tokens = self.history_tokens(flat, g, starts[g])
-            return self.train_loss(tokens, codes[torch.from_numpy(flat[g])].to(device))
-
         if self.cfg.encoder == "causal":
             wins = self.train_windows(flat, starts).to(device)
             n_win = len(wins)
@@ -466,5 +452,17 @@ class TIGER(Recommender):
             return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
                               epoch_batches=epoch_batches, step_loss=self.train_loss_windows,
                               row_extra={"targets": len(targets), "windows": n_win})
+        n_ep = len(targets) if not self.cfg.epoch_samples else min(len(targets), int(self.cfg.epoch_samples))
+        n_batches = (n_ep + bs - 1) // bs
+        codes = self.codes.cpu()
+
+        def epoch_batches():
+            sel = rng.permutation(targets)[:n_ep]
+            return (sel[start:start + bs] for start in range(0, n_ep, bs))
+
+        def step_loss(g):
+            tokens = self.history_tokens(flat, g, starts[g])
+            return self.train_loss(tokens, codes[torch.from_numpy(flat[g])].to(device))
+
         return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
                           epoch_batches=epoch_batches, step_loss=step_loss, row_extra={"targets": n_ep})
