@@ -39,6 +39,7 @@ from posterkg.gnn.evaluate import evaluate_model
 from posterkg.progress import bar
 
 MODELS = registry.MODELS
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass
@@ -61,6 +62,9 @@ class TrainConfig:
     threads: int = 0               # torch intra-op threads; 0 = torch's default
     ema: float = 0.0               # > 0: validate and keep an exponential moving average of the weights
                                    # (this decay per optimizer step) instead of the weights themselves
+    lr_schedule: str = "constant"  # "cosine": the learning rate falls from lr to 0 along a half cosine
+                                   # over the whole budget (epochs x steps per epoch, or max_steps);
+                                   # models with their own epoch loop (fit_epochs) only
     refit: bool = False            # pipeline/`posterkg train`: after early stopping, train again from
                                    # scratch on train + valid for the chosen epoch count (refit())
     baselines: list = dataclasses.field(default_factory=list)   # pipeline: also train these kinds
@@ -79,6 +83,8 @@ class TrainConfig:
             raise ConfigError("[gnn] ema must be in [0, 1) (0: off)")
         if self.lr <= 0:
             raise ConfigError("[gnn] lr must be > 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"[gnn] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
 
 
 def for_model(cfg: TrainConfig, kind: str, explicit: set[str] | frozenset = frozenset()) -> TrainConfig:
@@ -259,6 +265,17 @@ class WeightAverage:
                     p.copy_(x)
 
 
+def lr_scheduler(opt: torch.optim.Optimizer, kind: str, total_steps: int):
+    """``[gnn] lr_schedule``: None for "constant"; for "cosine" torch's ``CosineAnnealingLR``
+    from the optimizer's lr down to 0 at step ``total_steps`` (the whole budget: early stopping
+    may end training before the bottom)."""
+    if kind == "constant":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(total_steps)), eta_min=0.0)
+    raise ConfigError(f"[gnn] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {kind!r}")
+
+
 def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_batches: int,
                verbose: bool = False, row_extra: dict | None = None):
     """The one epoch loop (the BPR loop of :func:`train` and the models that train themselves,
@@ -273,6 +290,8 @@ def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_b
     budget = StepBudget(getattr(train_cfg, "max_steps", 0))    # [gnn] max_steps
     decay = float(getattr(train_cfg, "ema", 0.0) or 0.0)
     average = WeightAverage(model, decay) if decay > 0 else None
+    schedule = lr_scheduler(opt, getattr(train_cfg, "lr_schedule", "constant"),
+                            budget.max_steps or train_cfg.epochs * n_batches)
     history, secs = [], 0.0
     for epoch in range(1, train_cfg.epochs + 1):
         model.train()
@@ -287,6 +306,8 @@ def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_b
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if schedule is not None:
+                schedule.step()
             if average is not None:
                 average.update()
             for k, v in terms.items():

@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from gnn_synth import protocol_data
@@ -176,6 +177,43 @@ def test_ema_training_keeps_the_averaged_weights():
     # validation saw the average, not the live weights of the same run (equal to the plain run's)
     assert not torch.allclose(seen["w"], one.model.item.weight)
     assert torch.equal(ema.model.item.weight, seen["w"])    # and the average is what is kept
+
+
+def test_cosine_lr_schedule_falls_to_zero_over_the_whole_budget():
+    """[gnn] lr_schedule = "cosine": the optimizer's lr, seen by every step of a real training
+    run, follows a half cosine from lr to 0 over epochs x steps per epoch; "constant" leaves it."""
+    from posterkg.errors import ConfigError
+    from posterkg.gnn.train import lr_scheduler
+
+    inputs = _inputs(*_ratings(n_users=16, seed=2))
+    kind = "sasrec"
+    mcfg = registry.model_config(kind, {"dim": 8, "max_len": 16, "dropout": 0.0})
+    cfg = TrainConfig(model=kind, epochs=3, patience=5, batch_size=4, lr=0.05, seed=0)
+    seen = {}
+    orig = torch.optim.Adam.step
+
+    def spy(self, *a, **k):                           # the lr each optimizer step runs with
+        seen.setdefault(cfg.lr_schedule, []).append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        train(inputs, cfg, model_cfg=mcfg, valid_fn=lambda m: {"ndcg@20": 0.0})
+        cfg = dataclasses.replace(cfg, lr_schedule="cosine")
+        train(inputs, cfg, model_cfg=mcfg, valid_fn=lambda m: {"ndcg@20": 0.0})
+    finally:
+        torch.optim.Adam.step = orig
+    const, cos = np.array(seen["constant"]), np.array(seen["cosine"])
+    assert len(cos) == len(const) and len(cos) >= 6 and len(cos) % 3 == 0
+    assert np.allclose(const, 0.05)
+    total = len(cos)
+    want = 0.05 * 0.5 * (1 + np.cos(np.pi * np.arange(total) / total))
+    assert np.allclose(cos, want, atol=1e-9)
+    assert cos[0] == 0.05 and cos[-1] < 0.05 * 0.05 and (np.diff(cos) < 0).all()
+    opt = torch.optim.Adam(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    assert lr_scheduler(opt, "constant", 10) is None
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(model=kind, lr_schedule="step").validate()
 
 
 def test_views_and_scoring_shortcut_on_real_movielens(ml1m_db):
