@@ -65,6 +65,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  # "cosine": the learning rate falls from lr to 0 along a half cosine
                                    # over the whole budget (epochs x steps per epoch, or max_steps);
                                    # models with their own epoch loop (fit_epochs) only
+    lr_warmup: int = 0             # > 0: the learning rate first rises linearly from lr / lr_warmup to lr
+                                   # over this many optimizer steps (then lr_schedule over the rest)
     refit: bool = False            # pipeline/`posterkg train`: after early stopping, train again from
                                    # scratch on train + valid for the chosen epoch count (refit())
     baselines: list = dataclasses.field(default_factory=list)   # pipeline: also train these kinds
@@ -83,6 +85,8 @@ class TrainConfig:
             raise ConfigError("[gnn] ema must be in [0, 1) (0: off)")
         if self.lr <= 0:
             raise ConfigError("[gnn] lr must be > 0")
+        if self.lr_warmup < 0:
+            raise ConfigError("[gnn] lr_warmup must be >= 0 (0: no warm-up)")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"[gnn] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
 
@@ -265,15 +269,22 @@ class WeightAverage:
                     p.copy_(x)
 
 
-def lr_scheduler(opt: torch.optim.Optimizer, kind: str, total_steps: int):
-    """``[gnn] lr_schedule``: None for "constant"; for "cosine" torch's ``CosineAnnealingLR``
-    from the optimizer's lr down to 0 at step ``total_steps`` (the whole budget: early stopping
-    may end training before the bottom)."""
+def lr_scheduler(opt: torch.optim.Optimizer, kind: str, total_steps: int, warmup: int = 0):
+    """``[gnn] lr_schedule`` and ``lr_warmup`` as one torch scheduler stepped after every
+    optimizer step, or None (constant, no warm-up). ``warmup`` steps of torch's ``LinearLR``
+    (from lr / warmup up to lr), then for "cosine" torch's ``CosineAnnealingLR`` from lr down to
+    0 at step ``total_steps`` (the whole budget: early stopping may end training before the
+    bottom), for "constant" lr."""
+    from torch.optim import lr_scheduler as sch
+
+    if kind not in LR_SCHEDULES:
+        raise ConfigError(f"[gnn] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {kind!r}")
+    total, warmup = max(1, int(total_steps)), max(0, int(warmup))
+    warm = sch.LinearLR(opt, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup) if warmup else None
     if kind == "constant":
-        return None
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(total_steps)), eta_min=0.0)
-    raise ConfigError(f"[gnn] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {kind!r}")
+        return warm
+    cosine = sch.CosineAnnealingLR(opt, T_max=max(1, total - warmup), eta_min=0.0)
+    return cosine if warm is None else sch.SequentialLR(opt, [warm, cosine], milestones=[warmup])
 
 
 def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_batches: int,
@@ -291,7 +302,7 @@ def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_b
     decay = float(getattr(train_cfg, "ema", 0.0) or 0.0)
     average = WeightAverage(model, decay) if decay > 0 else None
     schedule = lr_scheduler(opt, getattr(train_cfg, "lr_schedule", "constant"),
-                            budget.max_steps or train_cfg.epochs * n_batches)
+                            budget.max_steps or train_cfg.epochs * n_batches, getattr(train_cfg, "lr_warmup", 0))
     history, secs = [], 0.0
     for epoch in range(1, train_cfg.epochs + 1):
         model.train()

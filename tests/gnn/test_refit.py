@@ -212,6 +212,23 @@ def test_cosine_lr_schedule_falls_to_zero_over_the_whole_budget():
     assert cos[0] == 0.05 and cos[-1] < 0.05 * 0.05 and (np.diff(cos) < 0).all()
     opt = torch.optim.Adam(torch.nn.Linear(2, 2).parameters(), lr=1.0)
     assert lr_scheduler(opt, "constant", 10) is None
+    # a warm-up: linear from lr / 4 towards lr over 4 steps, then the cosine from lr over the 6 left
+    lrs = []
+    sched = lr_scheduler(opt, "cosine", 10, warmup=4)
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [0.25 + 0.75 * i / 4 for i in range(4)] + [0.5 * (1 + np.cos(np.pi * i / 6)) for i in range(6)]
+    assert np.allclose(lrs, want, atol=1e-9), lrs
+    opt = torch.optim.Adam(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = lr_scheduler(opt, "constant", 10, warmup=2)
+    got = []
+    for _ in range(4):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert np.allclose(got, [0.5, 0.75, 1.0, 1.0])
     with pytest.raises(ConfigError, match="lr_schedule"):
         TrainConfig(model=kind, lr_schedule="step").validate()
 
