@@ -161,6 +161,9 @@ class TIGER(Recommender):
         encoder: str = "full"          # "full": bidirectional over one target's history, one
         #                                target per row; "causal": block-causal over the movies of a
         #                                window, so one encoder pass trains every position of it
+        history_input: str = "codes"   # "codes": every history movie is its D code tokens (L * D
+        #                                encoder positions); "movies": one position per movie, the sum
+        #                                of its D code embeddings (L positions; encoder "causal" only)
         dropout: float = 0.1
         beam: int = 50
         epoch_samples: int = 50_000    # training targets sampled per epoch; 0 = every position
@@ -176,6 +179,10 @@ class TIGER(Recommender):
             raise ValueError(f"tiger: dim {c.dim} is not divisible by heads {c.heads}")
         if c.encoder not in ("full", "causal"):
             raise ValueError(f"tiger: encoder must be 'full' or 'causal', not {c.encoder!r}")
+        if c.history_input not in ("codes", "movies"):
+            raise ValueError(f"tiger: history_input must be 'codes' or 'movies', not {c.history_input!r}")
+        if c.history_input == "movies" and c.encoder != "causal":
+            raise ValueError("tiger: history_input = 'movies' needs encoder = 'causal'")
         ids = inputs.semantic_ids
         sizes = [int(s) for s in c.code_sizes]
         self._misfit = False
@@ -197,6 +204,7 @@ class TIGER(Recommender):
         self.cfg = dataclasses.replace(c, code_sizes=[int(s) for s in sizes])
         D = len(sizes)
         self.D = D
+        self.unit = D if c.history_input == "codes" else 1     # encoder positions per history movie
         codes = np.full((self.n_movies, D), -1, np.int64) if ids is None else ids.copy()
         self.register_buffer("codes", torch.from_numpy(codes))
         self.register_buffer("offset", torch.tensor([SPECIALS + sum(sizes[:d]) for d in range(D)]),
@@ -251,15 +259,23 @@ class TIGER(Recommender):
         return torch.cat([tok, torch.full((len(ends), 1), SEP, dtype=torch.long, device=tok.device)], 1)
 
     def window_tokens(self, win: torch.Tensor) -> torch.Tensor:
-        """Encoder tokens [B, L * D] of windows ``win`` [B, L] (movie index + 1, 0 = padding)."""
+        """Encoder tokens of windows ``win`` [B, L] (movie index + 1, 0 = padding): [B, L * D]
+        (``history_input = "codes"``) or [B, L, D], one row of D code tokens per encoder position
+        (``"movies"``)."""
         codes = self.codes[(win - 1).clamp(min=0)] + self.offset                 # [B, L, D]
-        return torch.where((win > 0).unsqueeze(-1), codes, torch.zeros_like(codes)).flatten(1)
+        codes = torch.where((win > 0).unsqueeze(-1), codes, torch.zeros_like(codes))
+        return codes if self.unit == 1 else codes.flatten(1)
+
+    @staticmethod
+    def _padding(tokens: torch.Tensor) -> torch.Tensor:
+        """[B, S]: the encoder positions that are padding."""
+        return tokens == PAD if tokens.dim() == 2 else tokens[..., 0] == PAD
 
     def _prefix_mask(self, tokens: torch.Tensor, row_movie: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
         """Additive attention mask [B, 1, R, S]: row r sees the non-padding ``tokens`` of movies
         0..``row_movie[r]``, and every key where ``free`` ([B or 1, R, S], broadcast) is set."""
-        movie = torch.arange(tokens.shape[1], device=tokens.device) // self.D
-        allowed = (movie[None, :] <= row_movie[:, None]).unsqueeze(0) & (tokens != PAD)[:, None, :]
+        movie = torch.arange(tokens.shape[1], device=tokens.device) // self.unit
+        allowed = (movie[None, :] <= row_movie[:, None]).unsqueeze(0) & ~self._padding(tokens)[:, None, :]
         allowed = allowed | free
         return torch.zeros(allowed.shape, device=tokens.device).masked_fill(~allowed, float("-inf"))[:, None]
 
@@ -270,11 +286,12 @@ class TIGER(Recommender):
         window's first i movies are those of that prefix alone at the same positions (as in
         SASRec, a prefix sits where it is in the window in training and right-aligned when
         scoring)."""
-        B, S = tokens.shape
-        x = self.drop(self.tok(tokens) + self.enc_pos.weight[-S:].unsqueeze(0))
+        B, S = tokens.shape[:2]
+        emb = self.tok(tokens) if tokens.dim() == 2 else self.tok(tokens).sum(2)   # PAD embeds to 0
+        x = self.drop(emb + self.enc_pos.weight[-S:].unsqueeze(0))
         if self.cfg.encoder == "causal":
             eye = torch.eye(S, dtype=torch.bool, device=tokens.device).unsqueeze(0)
-            mask = self._prefix_mask(tokens, torch.arange(S, device=tokens.device) // self.D, eye)   # [B, 1, S, S]
+            mask = self._prefix_mask(tokens, torch.arange(S, device=tokens.device) // self.unit, eye)   # [B, 1, S, S]
         else:
             mask = torch.zeros(tokens.shape, device=tokens.device).masked_fill(tokens == PAD, float("-inf"))
             mask = mask[:, None, None, :]                 # additive; the end token is never masked
@@ -287,9 +304,9 @@ class TIGER(Recommender):
         keys/values, and its additive mask [B, 1, 1, S] (-inf at padding; a row with no history
         at all, possible only without the end token, sees every position)."""
         x = self._encoder_states(tokens)
-        pad = tokens == PAD
+        pad = self._padding(tokens)
         pad = pad & ~pad.all(1, keepdim=True)
-        mask = torch.zeros(tokens.shape, device=tokens.device).masked_fill(pad, float("-inf"))
+        mask = torch.zeros(pad.shape, device=tokens.device).masked_fill(pad, float("-inf"))
         return [blk.cross.kv(x) for blk in self.decoder], mask[:, None, None, :]
 
     def decode(self, memory: list, mask: torch.Tensor, prefix: torch.Tensor, groups: int = 1) -> torch.Tensor:
@@ -318,13 +335,13 @@ class TIGER(Recommender):
         and at i + 1)."""
         B, W1 = win.shape
         L, D = W1 - 1, self.D
-        tokens = self.window_tokens(win[:, :-1])                                   # [B, L * D]
+        tokens = self.window_tokens(win[:, :-1])                        # [B, L * D] or [B, L, D]
         x = self._encoder_states(tokens)
         memory = [blk.cross.kv(x) for blk in self.decoder]
         valid = (win[:, :-1] > 0) & (win[:, 1:] > 0)                               # [B, L]
         # rows that are not targets see every key (no NaN; their loss is dropped)
         mask = self._prefix_mask(tokens, torch.arange(L, device=win.device), ~valid.unsqueeze(-1))
-        mask = mask.repeat_interleave(D, dim=2)                                    # [B, 1, L * D, L * D]
+        mask = mask.repeat_interleave(D, dim=2)                           # [B, 1, L * D, L * unit]
         target = self.codes[(win[:, 1:] - 1).clamp(min=0)]                         # [B, L, D]
         h = self.decode(memory, mask, target[..., :-1].reshape(B * L, D - 1), groups=L)   # [B * L, D, dim]
         keep = valid.reshape(-1)

@@ -117,7 +117,14 @@ def test_trie_rejects_duplicate_and_out_of_range_ids():
     assert len(trie) == 2 and trie.codes_of(1) is None and trie.codes_of(2) == (0, 1)
 
 
-@pytest.mark.parametrize("encoder", ["full", "causal"])
+def _enc(encoder: str) -> dict:
+    """"full", "causal", or "causal+movies" (the causal encoder with one position per history
+    movie, ``history_input = "movies"``) as model settings."""
+    kind, _, unit = encoder.partition("+")
+    return {"encoder": kind, "history_input": unit or "codes"}
+
+
+@pytest.mark.parametrize("encoder", ["full", "causal", "causal+movies"])
 def test_untrained_model_only_emits_valid_unseen_ids(encoder):
     rng = np.random.default_rng(3)
     n_users, n_movies = 60, 50
@@ -129,7 +136,7 @@ def test_untrained_model_only_emits_valid_unseen_ids(encoder):
     codes = _random_codes(n_movies, rng=rng, missing=(5, 17))
     inputs = _inputs(ratings, n_movies, codes)
     model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "beam": 12,
-                                                                            "encoder": encoder}))
+                                                                            **_enc(encoder)}))
     model.eval()
     trie = model.trie()
     for part in ("valid", "test"):
@@ -151,7 +158,7 @@ def test_untrained_model_only_emits_valid_unseen_ids(encoder):
     assert set(movies.reshape(-1).tolist()) <= set(cand.tolist()) - {-1}
     # cold start: with a beam over the whole catalogue the never-rated movies come out too
     wide = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "beam": 64,
-                                                                           "encoder": encoder}))
+                                                                           **_enc(encoder)}))
     movies, _ = wide.eval().generate(torch.arange(5), inputs.data.history("test"))
     assert set(range(40, 50)) <= set(movies.reshape(-1).tolist())
 
@@ -168,7 +175,7 @@ def _cycle_world(n_users=80, n_movies=12, length=7, seed=1):
     return pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), n_movies
 
 
-@pytest.mark.parametrize("encoder, epochs", [("full", 8), ("causal", 16)])
+@pytest.mark.parametrize("encoder, epochs", [("full", 8), ("causal", 16), ("causal+movies", 16)])
 def test_tiger_learns_a_planted_order(encoder, epochs):
     """Both encoders. The causal one trains on windows (one step per 16 windows of 4 movies,
     where the full one steps per 16 targets), so it gets more epochs for as many steps."""
@@ -180,7 +187,7 @@ def test_tiger_learns_a_planted_order(encoder, epochs):
     # a window of 3 movies: training targets with 3 earlier movies exist, so valid and test
     # (5 and 6 known movies) read windows of a length seen in training
     mc = registry.model_config("tiger", {"dim": 32, "layers": 1, "heads": 2, "max_len": 3, "dropout": 0.0,
-                                         "beam": 10, "encoder": encoder})
+                                         "beam": 10, **_enc(encoder)})
     res = train(inputs, cfg, model_cfg=mc)
     hist = inputs.data.history("test")
     movies, _ = res.model.generate(torch.arange(inputs.n_users), hist)
@@ -260,17 +267,22 @@ def test_causal_windows_cover_every_target_once():
                    for s in range(len(flat) - k + 1))
 
 
-def test_causal_loss_equals_each_prefix_read_alone():
+@pytest.mark.parametrize("history_input", ["codes", "movies"])
+def test_causal_loss_equals_each_prefix_read_alone(history_input):
     """The window loss (one encoder pass) equals the mean, over every target, of the loss of the
-    target's prefix encoded on its own (later movies blanked, positions kept)."""
+    target's prefix encoded on its own (later movies blanked, positions kept); with the history
+    read as code tokens or as one position per movie."""
     rng = np.random.default_rng(5)
     ratings, n = _cycle_world(n_users=6, n_movies=30, length=9)
     codes = _random_codes(n, sizes=(5, 6), rng=rng)
     inputs = _inputs(ratings, n, codes)
     torch.manual_seed(0)
     model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 2, "heads": 2,
-                                                                            "max_len": 6, "encoder": "causal"}))
+                                                                            "max_len": 6, "encoder": "causal",
+                                                                            "history_input": history_input}))
     model.eval()
+    shape = model.window_tokens(torch.zeros(1, 6, dtype=torch.long)).shape
+    assert shape == ((1, 6 * model.D) if history_input == "codes" else (1, 6, model.D))
     win = torch.tensor([[0, 0, 3, 7, 1, 9, 4], [5, 8, 2, 11, 12, 6, 10], [0, 0, 0, 0, 0, 14, 15]])
     with torch.no_grad():
         fast = float(model.train_loss_windows(win))
@@ -295,16 +307,24 @@ def test_causal_encoder_is_a_checked_option():
     ratings, n = _cycle_world(n_users=3)
     with pytest.raises(ValueError, match="encoder must be"):
         registry.build("tiger", _inputs(ratings, n, _random_codes(n)), registry.model_config("tiger", {"encoder": "lstm"}))
+    with pytest.raises(ValueError, match="history_input must be"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
+                       registry.model_config("tiger", {"encoder": "causal", "history_input": "items"}))
+    with pytest.raises(ValueError, match="needs encoder = 'causal'"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
+                       registry.model_config("tiger", {"encoder": "full", "history_input": "movies"}))
 
 
-def test_causal_tiger_scores_a_user_without_liked_movies():
+@pytest.mark.parametrize("history_input", ["codes", "movies"])
+def test_causal_tiger_scores_a_user_without_liked_movies(history_input):
     """No history at all: the causal encoder has no end-of-history token, so every memory
     position is padding; the decoder must still produce finite scores over valid IDs."""
     ratings, n = _cycle_world(n_users=4, n_movies=20)
     codes = _random_codes(n, sizes=(4, 5))
     inputs = _inputs(ratings, n, codes)
     model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "beam": 8,
-                                                                            "encoder": "causal"})).eval()
+                                                                            "encoder": "causal",
+                                                                            "history_input": history_input})).eval()
     movies, logp = model.generate(torch.arange(3), None)
     assert (movies >= 0).all() and torch.isfinite(logp).all()
     assert {model.trie().codes_of(int(m)) for m in movies[0]} <= set(map(tuple, codes))
