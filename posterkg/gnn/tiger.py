@@ -39,6 +39,12 @@ rows of position i (teacher-forced codes of movie i + 1) cross-attend to the tok
 through the same causal encoder and lets the decoder see all of them. As in SASRec, a training
 prefix sits where it is in its window (learned absolute positions), not right-aligned.
 
+**One position per history movie** (``history_input = "movies"``, causal encoder only; the
+registry's setting). The encoder reads each history movie as one position, the sum of the
+embeddings of its ``D`` code tokens (the decoder's token table), instead of ``D`` positions: the
+encoder sees movies as units, as SASRec does, while a movie is still only its semantic ID (no
+per-movie parameter). ``max_len`` positions instead of ``max_len * D``; plainly causal over them.
+
 **Decoding** (:mod:`posterkg.gnn.trie`): beam search of width ``beam`` constrained by the prefix
 trie of the valid IDs, with the user's known movies (the ``history`` given to :meth:`score`:
 train for valid, train + valid for test, every rated movie) cut from the trie's counts, so only
@@ -51,14 +57,14 @@ everywhere else; movies the beam did not reach are tied at the floor.
 **Cold start.** A movie nobody rated still has an ID (from its features), so it can be generated.
 
 **Sizes.** Defaults fit ML-1M on 2 CPU cores: dim 64, 2 encoder + 2 decoder layers, 4 heads,
-feed-forward 4 x dim, history of 20 movies (80 code tokens with L = 3), dropout 0.1 (residual
-branches only), beam 50, ``epoch_samples = 50_000`` targets per epoch (of ~227k on the ML-1M
-cut; one torch thread: ~0.44 s of CPU per step of 256 targets, ~85 s of CPU per epoch; a full
-pass would be ~4.5 epochs; with ``encoder = "causal"``, the registry's setting, a full pass of
-~227k targets takes ~45-70 s). ML-25M/32M on a GPU (the paper's size; ``[models.tiger]``): ``dim
-= 128, layers = 4, heads = 8, ff = 1024, max_len = 20, encoder = "causal", score_batch = 1024``
-with ``[gnn] device = "cuda", batch_size = 256`` (windows), ``lr = 0.001``; IDs of 3 x 256 codes
-(docs/tiger.md).
+feed-forward 4 x dim, history of 20 movies (80 code tokens with L = 3, or 20 positions with
+``history_input = "movies"``), dropout 0.1 (residual branches only), beam 50, ``epoch_samples =
+50_000`` targets per epoch (of ~227k on the ML-1M cut; one torch thread: ~0.44 s of CPU per step
+of 256 targets, ~85 s of CPU per epoch; a full pass would be ~4.5 epochs; with ``encoder =
+"causal"``, the registry's setting, a full pass of ~227k targets takes ~45-70 s). ML-25M/32M on a
+GPU (the paper's size; ``[models.tiger]``): ``dim = 128, layers = 4, heads = 8, ff = 1024, max_len
+= 20, encoder = "causal", score_batch = 1024`` with ``[gnn] device = "cuda", batch_size = 256``
+(windows), ``lr = 0.001``; IDs of 3 x 256 codes (docs/tiger.md).
 """
 
 from __future__ import annotations
