@@ -64,7 +64,7 @@ class TrainConfig:
                                    # (this decay per optimizer step) instead of the weights themselves
     lr_schedule: str = "constant"  # "cosine": the learning rate falls from lr to 0 along a half cosine
                                    # over the whole budget (epochs x steps per epoch, or max_steps);
-                                   # models with their own epoch loop (fit_epochs) only
+                                   # every model trained in epochs (fit_epochs: BPR models, sequence models, TIGER)
     lr_warmup: int = 0             # > 0: the learning rate first rises linearly from lr / lr_warmup to lr
                                    # over this many optimizer steps (then lr_schedule over the rest)
     refit: bool = False            # pipeline/`posterkg train`: after early stopping, train again from
