@@ -299,7 +299,8 @@ class TIGER(Recommender):
             eye = torch.eye(S, dtype=torch.bool, device=tokens.device).unsqueeze(0)
             mask = self._prefix_mask(tokens, torch.arange(S, device=tokens.device) // self.unit, eye)   # [B, 1, S, S]
         else:
-            mask = torch.zeros(tokens.shape, device=tokens.device).masked_fill(tokens == PAD, float("-inf"))
+            pad = self._padding(tokens)
+            mask = torch.zeros(pad.shape, device=tokens.device).masked_fill(pad, float("-inf"))
             mask = mask[:, None, None, :]                 # additive; the end token is never masked
         for blk in self.encoder:
             x = blk(x, mask)

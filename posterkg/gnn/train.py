@@ -87,8 +87,7 @@ class TrainConfig:
             raise ConfigError("[gnn] lr must be > 0")
         if self.lr_warmup < 0:
             raise ConfigError("[gnn] lr_warmup must be >= 0 (0: no warm-up)")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"[gnn] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
+        check_lr_schedule(self.lr_schedule)
 
 
 def for_model(cfg: TrainConfig, kind: str, explicit: set[str] | frozenset = frozenset()) -> TrainConfig:
@@ -269,6 +268,11 @@ class WeightAverage:
                     p.copy_(x)
 
 
+def check_lr_schedule(kind: str) -> None:
+    if kind not in LR_SCHEDULES:
+        raise ConfigError(f"[gnn] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {kind!r}")
+
+
 def lr_scheduler(opt: torch.optim.Optimizer, kind: str, total_steps: int, warmup: int = 0):
     """``[gnn] lr_schedule`` and ``lr_warmup`` as one torch scheduler stepped after every
     optimizer step, or None (constant, no warm-up). ``warmup`` steps of torch's ``LinearLR``
@@ -277,8 +281,7 @@ def lr_scheduler(opt: torch.optim.Optimizer, kind: str, total_steps: int, warmup
     bottom), for "constant" lr."""
     from torch.optim import lr_scheduler as sch
 
-    if kind not in LR_SCHEDULES:
-        raise ConfigError(f"[gnn] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {kind!r}")
+    check_lr_schedule(kind)
     total, warmup = max(1, int(total_steps)), max(0, int(warmup))
     warm = sch.LinearLR(opt, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup) if warmup else None
     if kind == "constant":
