@@ -7,6 +7,10 @@ VALID NDCG@20 (never test) and time per epoch in benchmarks/results/accuracy_tun
 Uses the cached benchmark database of benchmarks/accuracy.py (run that with --prepare-only first)
 and its settings (configs/ml1m.toml + the registry), then the overrides given here.
 Several processes may append to the same JSON (a file lock serialises the writes).
+
+``--also-valid beam=100`` evaluates the trained model again on valid with a scoring-time setting
+changed (each key=value on its own; only settings read when scoring, such as TIGER's ``beam``);
+``--state F`` saves the trained weights and config (torch.save) for later checks.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ def main(argv=None) -> int:
                    help="settings below the overrides (as benchmarks/accuracy.py)")
     p.add_argument("--db", type=Path, default=RESULTS / "accuracy-ml1m.duckdb")
     p.add_argument("--out", type=Path, default=RESULTS / "accuracy_tuning.json")
+    p.add_argument("--also-valid", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="after training, valid NDCG@20 again with this scoring-time model setting")
+    p.add_argument("--state", type=Path, help="save the trained state_dict and model config here")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("POSTERKG_PROGRESS", "0")
@@ -60,6 +67,7 @@ def main(argv=None) -> int:
     from posterkg.gnn import registry
     from posterkg.gnn.inputs import assemble
     from posterkg.gnn.stage import feature_spec, model_configs
+    from posterkg.gnn.evaluate import evaluate_model
     from posterkg.gnn.train import train
     from posterkg.store import open_store
 
@@ -70,11 +78,24 @@ def main(argv=None) -> int:
     with open_store(args.db, read_only=True) as store:
         inputs = assemble(store, features=feature_spec(mcfg)).inputs
         res = train(inputs, cfg, model_cfg=mcfg, verbose=args.verbose)
+        also = {}
+        trained_cfg = res.model.cfg
+        for item in args.also_valid:
+            res.model.cfg = dataclasses.replace(trained_cfg, **_kv([item]))
+            res.model.eval()
+            also[item] = evaluate_model(res.model, inputs.data, "valid")
+            print(f"{args.name} with {item}: valid ndcg@20 {also[item]['ndcg@20']:.4f}", flush=True)
+        res.model.cfg = trained_cfg
+    if args.state:
+        import torch
+
+        torch.save({"model": args.model, "model_config": dataclasses.asdict(trained_cfg),
+                    "state": res.model.state_dict()}, args.state)
     entry = {"name": args.name, "model": args.model, "train": dataclasses.asdict(cfg),
              "model_config": dataclasses.asdict(res.model.cfg),
              "changed": {**_kv(args.train), **_kv(args.mcfg)},
              "valid_ndcg@20": res.valid.get("ndcg@20"), "valid": res.valid, "best_epoch": res.best_epoch,
-             "epochs_run": res.epochs_run, "seconds_per_epoch": res.seconds_per_epoch,
+             "also_valid": also, "epochs_run": res.epochs_run, "seconds_per_epoch": res.seconds_per_epoch,
              "seconds": time.perf_counter() - t0,
              "valid_curve": [round(h.get("valid_ndcg@20", float("nan")), 4) for h in res.history],
              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -78,7 +78,7 @@ import torch.nn.functional as F
 
 from posterkg.gnn.base import FitInfo, ModelInputs, Recommender
 from posterkg.gnn.trie import CodeTrie, beam_search
-from posterkg.ratings import POSITIVE_MIN
+from posterkg.ratings import POSITIVE_MIN, signs
 
 PAD, BOS, SEP = 0, 1, 2
 SPECIALS = 3
@@ -170,8 +170,14 @@ class TIGER(Recommender):
         history_input: str = "codes"   # "codes": every history movie is its D code tokens (L * D
         #                                encoder positions); "movies": one position per movie, the sum
         #                                of its D code embeddings (L positions; encoder "causal" only)
+        inputs: str = "positives"     # history read: "positives" (liked movies) | "all" (every rated
+        #                                movie with a rating-sign embedding, as posterkg-seq; encoder
+        #                                "causal" only); the targets are liked movies either way
         dropout: float = 0.1
         beam: int = 50
+        tie_output: bool = False       # the output head of ID position d is the transposed token
+        #                                embedding of its codes (plus a bias), as SASRec scores items
+        #                                by their input embeddings; False: a free linear head per position
         epoch_samples: int = 50_000    # training targets sampled per epoch; 0 = every position
         #                                (encoder "causal": every epoch is every position)
         weight_decay: float = 0.0
@@ -189,6 +195,10 @@ class TIGER(Recommender):
             raise ValueError(f"tiger: history_input must be 'codes' or 'movies', not {c.history_input!r}")
         if c.history_input == "movies" and c.encoder != "causal":
             raise ValueError("tiger: history_input = 'movies' needs encoder = 'causal'")
+        if c.inputs not in ("positives", "all"):
+            raise ValueError(f"tiger: inputs must be 'positives' or 'all', not {c.inputs!r}")
+        if c.inputs == "all" and c.encoder != "causal":
+            raise ValueError("tiger: inputs = 'all' needs encoder = 'causal'")
         ids = inputs.semantic_ids
         sizes = [int(s) for s in c.code_sizes]
         self._misfit = False
@@ -218,12 +228,17 @@ class TIGER(Recommender):
         dim, ff = c.dim, (c.ff or 4 * c.dim)
         self.tok = nn.Embedding(SPECIALS + sum(sizes), dim, padding_idx=PAD)
         self.enc_pos = nn.Embedding(c.max_len * D + 1, dim)
+        if c.inputs == "all":
+            self.sign = nn.Embedding(4, dim, padding_idx=0)    # 1 disliked, 2 neutral, 3 liked
         self.dec_pos = nn.Embedding(D, dim)
         self.encoder = nn.ModuleList(EncoderBlock(dim, c.heads, ff, c.dropout) for _ in range(c.layers))
         self.enc_norm = nn.LayerNorm(dim)
         self.decoder = nn.ModuleList(DecoderBlock(dim, c.heads, ff, c.dropout) for _ in range(c.layers))
         self.dec_norm = nn.LayerNorm(dim)
-        self.out = nn.ModuleList(nn.Linear(dim, k) for k in sizes)
+        if c.tie_output:
+            self.out_bias = nn.ParameterList(nn.Parameter(torch.zeros(k)) for k in sizes)
+        else:
+            self.out = nn.ModuleList(nn.Linear(dim, k) for k in sizes)
         self.drop = nn.Dropout(c.dropout)
         for emb in (self.tok, self.enc_pos, self.dec_pos):
             nn.init.normal_(emb.weight, std=0.02)
@@ -251,15 +266,19 @@ class TIGER(Recommender):
         return (self.tok(tok).mean(1) * has.unsqueeze(1)).detach()
 
     # -- network -------------------------------------------------------------------------------
+    def _right_aligned(self, values: np.ndarray, ends: np.ndarray, starts: np.ndarray) -> torch.Tensor:
+        """[B, max_len]: the last ``max_len`` of ``values[starts:ends]`` (all >= 1) per row,
+        left-padded with 0."""
+        L = self.cfg.max_len
+        idx = ends[:, None] - L + np.arange(L)[None, :]
+        got = values[np.clip(idx, 0, max(len(values) - 1, 0))] if len(values) else np.zeros(idx.shape, np.int64)
+        return torch.from_numpy(np.where(idx >= starts[:, None], got, 0)).to(self.codes.device)
+
     def history_tokens(self, flat: np.ndarray, ends: np.ndarray, starts: np.ndarray) -> torch.Tensor:
         """Encoder tokens [B, max_len * D (+ 1)] for rows whose history is ``flat[starts:ends]``
         (movie indices with an ID, time order): the last ``max_len`` movies' codes, left-padded,
         then (encoder "full" only) the end-of-history token."""
-        L = self.cfg.max_len
-        idx = ends[:, None] - L + np.arange(L)[None, :]
-        movies = flat[np.clip(idx, 0, max(len(flat) - 1, 0))] if len(flat) else np.zeros(idx.shape, np.int64)
-        win = torch.from_numpy(np.where(idx >= starts[:, None], movies + 1, 0)).to(self.codes.device)
-        tok = self.window_tokens(win)
+        tok = self.window_tokens(self._right_aligned(flat + 1, ends, starts))
         if self.cfg.encoder == "causal":
             return tok
         return torch.cat([tok, torch.full((len(ends), 1), SEP, dtype=torch.long, device=tok.device)], 1)
@@ -285,15 +304,20 @@ class TIGER(Recommender):
         allowed = allowed | free
         return torch.zeros(allowed.shape, device=tokens.device).masked_fill(~allowed, float("-inf"))[:, None]
 
-    def _encoder_states(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _encoder_states(self, tokens: torch.Tensor, sgn: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output [B, S, dim] of ``tokens`` [B, S]. Encoder "full": every token sees every
         non-padding token; "causal": a token of the i-th movie sees the non-padding tokens of
         movies 0..i only (and itself, so a padding row is never empty), so the states of a
         window's first i movies are those of that prefix alone at the same positions (as in
         SASRec, a prefix sits where it is in the window in training and right-aligned when
-        scoring)."""
+        scoring). ``sgn`` [B, movies] (``inputs = "all"``): each movie's rating sign + 2, added
+        as an embedding to its positions."""
         B, S = tokens.shape[:2]
         emb = self.tok(tokens) if tokens.dim() == 2 else self.tok(tokens).sum(2)   # PAD embeds to 0
+        if self.cfg.inputs == "all":
+            if sgn is None:
+                raise ValueError("tiger: inputs = 'all' reads every history movie's rating sign")
+            emb = emb + self.sign(sgn.repeat_interleave(self.unit, dim=1))
         x = self.drop(emb + self.enc_pos.weight[-S:].unsqueeze(0))
         if self.cfg.encoder == "causal":
             eye = torch.eye(S, dtype=torch.bool, device=tokens.device).unsqueeze(0)
@@ -306,11 +330,12 @@ class TIGER(Recommender):
             x = blk(x, mask)
         return self.enc_norm(x)
 
-    def encode(self, tokens: torch.Tensor) -> tuple[list, torch.Tensor]:
-        """The encoder memory of history ``tokens`` [B, S], as each decoder layer's cross-attention
-        keys/values, and its additive mask [B, 1, 1, S] (-inf at padding; a row with no history
-        at all, possible only without the end token, sees every position)."""
-        x = self._encoder_states(tokens)
+    def encode(self, tokens: torch.Tensor, sgn: torch.Tensor | None = None) -> tuple[list, torch.Tensor]:
+        """The encoder memory of history ``tokens`` [B, S] (``sgn``: see :meth:`_encoder_states`),
+        as each decoder layer's cross-attention keys/values, and its additive mask [B, 1, 1, S]
+        (-inf at padding; a row with no history at all, possible only without the end token, sees
+        every position)."""
+        x = self._encoder_states(tokens, sgn)
         pad = self._padding(tokens)
         pad = pad & ~pad.all(1, keepdim=True)
         mask = torch.zeros(pad.shape, device=tokens.device).masked_fill(pad, float("-inf"))
@@ -328,24 +353,34 @@ class TIGER(Recommender):
             y = blk(y, causal, kv, mask, groups)
         return self.dec_norm(y)
 
+    def logits(self, h: torch.Tensor, d: int) -> torch.Tensor:
+        """Logits [..., code_sizes[d]] of ID position ``d`` from decoder states ``h`` [..., dim]."""
+        if not self.cfg.tie_output:
+            return self.out[d](h)
+        start = SPECIALS + sum(self.cfg.code_sizes[:d])
+        return h @ self.tok.weight[start:start + self.cfg.code_sizes[d]].T + self.out_bias[d]
+
     def train_loss(self, tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Teacher-forced cross-entropy of the target IDs [B, D] given encoder ``tokens``."""
         memory, mask = self.encode(tokens)
         h = self.decode(memory, mask, target[:, :-1])
-        return sum(F.cross_entropy(self.out[d](h[:, d]), target[:, d]) for d in range(self.D)) / self.D
+        return sum(F.cross_entropy(self.logits(h[:, d], d), target[:, d]) for d in range(self.D)) / self.D
 
-    def train_loss_windows(self, win: torch.Tensor) -> torch.Tensor:
+    def train_loss_windows(self, win: torch.Tensor, wsg: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder "causal": teacher-forced cross-entropy of every position of windows ``win``
         [B, L + 1] (movie index + 1, 0 = padding, left): the encoder reads movies 0..L-1 once,
         and the decoder rows of position i (the ID of movie i + 1) cross-attend to the tokens
         of movies 0..i only. Averaged over the batch's targets (positions i with a movie at i
-        and at i + 1)."""
+        and at i + 1; with ``inputs = "all"`` and the windows' signs ``wsg`` (+ 2), only where
+        movie i + 1 is liked)."""
         B, W1 = win.shape
         L, D = W1 - 1, self.D
         tokens = self.window_tokens(win[:, :-1])                        # [B, L * D] or [B, L, D]
-        x = self._encoder_states(tokens)
+        x = self._encoder_states(tokens, None if wsg is None else wsg[:, :-1])
         memory = [blk.cross.kv(x) for blk in self.decoder]
         valid = (win[:, :-1] > 0) & (win[:, 1:] > 0)                               # [B, L]
+        if self.cfg.inputs == "all":
+            valid = valid & (wsg[:, 1:] == 3)
         # rows that are not targets see every key (no NaN; their loss is dropped)
         mask = self._prefix_mask(tokens, torch.arange(L, device=win.device), ~valid.unsqueeze(-1))
         mask = mask.repeat_interleave(D, dim=2)                           # [B, 1, L * D, L * unit]
@@ -355,14 +390,15 @@ class TIGER(Recommender):
         if not bool(keep.any()):
             return h.sum() * 0.0
         h, t = h[keep], target.reshape(B * L, D)[keep]
-        return sum(F.cross_entropy(self.out[d](h[:, d]), t[:, d]) for d in range(D)) / D
+        return sum(F.cross_entropy(self.logits(h[:, d], d), t[:, d]) for d in range(D)) / D
 
     # -- scoring -------------------------------------------------------------------------------
     def _user_rows(self, users: np.ndarray, history):
-        """(flat positives with an ID, starts, ends, seen rows, seen movies) of ``users``."""
+        """(flat history movies with an ID: positives, or every rated one with ``inputs = "all"``;
+        their rating signs + 2; starts, ends, seen rows, seen movies) of ``users``."""
         has = (self.codes >= 0).all(1).cpu().numpy()
         L = self.cfg.max_len
-        flat, starts, ends, rows, cols = [], [], [], [], []
+        flat, sg, starts, ends, rows, cols = [], [], [], [], [], []
         n = 0
         for i, u in enumerate(users):
             if history is None:
@@ -371,15 +407,18 @@ class TIGER(Recommender):
                 continue
             a, b = history.indptr[u], history.indptr[u + 1]
             m, r = history.movies[a:b], history.ratings[a:b]
-            keep = m[(r >= POSITIVE_MIN) & has[m]][-L:]
+            read = has[m] if self.cfg.inputs == "all" else (r >= POSITIVE_MIN) & has[m]
+            keep = m[read][-L:]
             flat.append(keep)
+            sg.append(signs(r[read][-L:]) + 2)
             starts.append(n)
             n += len(keep)
             ends.append(n)
             rows.append(np.full(len(m), i, np.int64))
             cols.append(m)
         cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)   # noqa: E731
-        return cat(flat), np.array(starts, np.int64), np.array(ends, np.int64), cat(rows), cat(cols)
+        return (cat(flat), cat(sg), np.array(starts, np.int64), np.array(ends, np.int64), cat(rows),
+                cat(cols))
 
     @torch.no_grad()
     def generate(self, users: torch.Tensor, history=None,
@@ -391,13 +430,14 @@ class TIGER(Recommender):
         device = self.codes.device
         trie = self.trie()
         u = users.cpu().numpy()
-        flat, starts, ends, rows, cols = self._user_rows(u, history)
-        memory, mask = self.encode(self.history_tokens(flat, ends, starts))
+        flat, sg, starts, ends, rows, cols = self._user_rows(u, history)
+        sgn = self._right_aligned(sg, ends, starts) if self.cfg.inputs == "all" else None
+        memory, mask = self.encode(self.history_tokens(flat, ends, starts), sgn)
 
         def step(prefix: torch.Tensor) -> torch.Tensor:
             b, W, d = prefix.shape
             h = self.decode(memory, mask, prefix.reshape(b * W, d), groups=W)[:, -1]
-            return torch.log_softmax(self.out[d](h), -1).view(b, W, -1)
+            return torch.log_softmax(self.logits(h, d), -1).view(b, W, -1)
 
         allowed = None
         if candidates is not None:
@@ -421,23 +461,28 @@ class TIGER(Recommender):
         return out
 
     # -- training ------------------------------------------------------------------------------
-    def train_sequences(self, history) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(flat liked movies with an ID in time order, each element's user start, target
-        positions: elements with at least one earlier liked movie of the same user)."""
+    def train_sequences(self, history) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(flat history movies with an ID in time order: the liked ones, or every rated one with
+        ``inputs = "all"``; their rating signs + 2; each element's user start; target positions:
+        liked elements with at least one earlier element of the same user)."""
         has = (self.codes >= 0).all(1).cpu().numpy()
-        keep = (history.ratings >= POSITIVE_MIN) & has[history.movies]
+        liked = history.ratings >= POSITIVE_MIN
+        keep = has[history.movies] if self.cfg.inputs == "all" else liked & has[history.movies]
         flat = history.movies[keep].astype(np.int64)
+        sg = (signs(history.ratings[keep]) + 2).astype(np.int64)
         users = history.users[keep]
         first = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=history.n_users))])[:-1]
         starts = first[users].astype(np.int64)
-        targets = np.flatnonzero(np.arange(len(flat)) > starts)
-        return flat, starts, targets
+        targets = np.flatnonzero((np.arange(len(flat)) > starts) & (sg == 3))
+        return flat, sg, starts, targets
 
     def train_windows(self, flat: np.ndarray, starts: np.ndarray) -> torch.Tensor:
         """Encoder "causal": windows [N, max_len + 1] (movie index + 1, 0 = padding, left) of
-        every user's liked sequence ``flat`` (``starts``: each element's user start), the most
+        every user's history sequence ``flat`` (``starts``: each element's user start), the most
         recent chunk first, then earlier ones overlapping it by one movie, so every element with
-        an earlier liked movie is a target exactly once."""
+        an earlier one is in the window's last L positions exactly once (a target when liked).
+        Any per-element array >= 0 windows the same way (its value + 1): the signs' windows are
+        ``train_windows(sg - 1, starts)``."""
         from posterkg.gnn.sequential import window_spans
 
         L = self.cfg.max_len
@@ -458,7 +503,7 @@ class TIGER(Recommender):
             raise ValueError("the semantic IDs do not fit this tiger config's code_sizes (drop code_sizes "
                              "to size the model from the IDs)")
         device = self.codes.device
-        flat, starts, targets = self.train_sequences(inputs.data.history("valid"))
+        flat, sg, starts, targets = self.train_sequences(inputs.data.history("valid"))
         if not len(targets):
             raise ValueError("tiger: no user has two liked train movies with semantic IDs")
         rng = np.random.default_rng(train_cfg.seed)
@@ -466,15 +511,18 @@ class TIGER(Recommender):
         bs = train_cfg.batch_size
         if self.cfg.encoder == "causal":
             wins = self.train_windows(flat, starts).to(device)
+            wsg = self.train_windows(sg - 1, starts).to(device) if self.cfg.inputs == "all" else None
             n_win = len(wins)
             n_batches = (n_win + bs - 1) // bs
 
             def epoch_batches():
                 perm = torch.from_numpy(rng.permutation(n_win)).to(device)
-                return (wins[perm[start:start + bs]] for start in range(0, n_win, bs))
+                for start in range(0, n_win, bs):
+                    g = perm[start:start + bs]
+                    yield wins[g], (None if wsg is None else wsg[g])
 
             return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
-                              epoch_batches=epoch_batches, step_loss=self.train_loss_windows,
+                              epoch_batches=epoch_batches, step_loss=lambda b: self.train_loss_windows(*b),
                               row_extra={"targets": len(targets), "windows": n_win})
         n_ep = len(targets) if not self.cfg.epoch_samples else min(len(targets), int(self.cfg.epoch_samples))
         n_batches = (n_ep + bs - 1) // bs

@@ -5,6 +5,7 @@ trie, from the code matrix the test wrote, or from the planted order of a synthe
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import shutil
@@ -119,12 +120,16 @@ def test_trie_rejects_duplicate_and_out_of_range_ids():
 
 def _enc(encoder: str) -> dict:
     """"full", "causal", or "causal+movies" (the causal encoder with one position per history
-    movie, ``history_input = "movies"``) as model settings."""
-    kind, _, unit = encoder.partition("+")
-    return {"encoder": kind, "history_input": unit or "codes"}
+    movie, ``history_input = "movies"``), each optionally "+tie" (``tie_output``) and "+all"
+    (``inputs = "all"``: every rated movie with its sign), as model settings."""
+    parts = encoder.split("+")
+    unit = next((p for p in parts[1:] if p not in ("tie", "all")), "codes")
+    return {"encoder": parts[0], "history_input": unit, "tie_output": "tie" in parts,
+            "inputs": "all" if "all" in parts else "positives"}
 
 
-@pytest.mark.parametrize("encoder", ["full", "causal", "causal+movies"])
+@pytest.mark.parametrize("encoder", ["full", "causal", "causal+movies", "causal+movies+tie", "causal+movies+all",
+                                     "causal+all"])
 def test_untrained_model_only_emits_valid_unseen_ids(encoder):
     rng = np.random.default_rng(3)
     n_users, n_movies = 60, 50
@@ -175,7 +180,8 @@ def _cycle_world(n_users=80, n_movies=12, length=7, seed=1):
     return pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), n_movies
 
 
-@pytest.mark.parametrize("encoder, epochs", [("full", 8), ("causal", 16), ("causal+movies", 16)])
+@pytest.mark.parametrize("encoder, epochs", [("full", 8), ("causal", 16), ("causal+movies", 16),
+                                             ("causal+movies+tie", 16)])
 def test_tiger_learns_a_planted_order(encoder, epochs):
     """Both encoders. The causal one trains on windows (one step per 16 windows of 4 movies,
     where the full one steps per 16 targets), so it gets more epochs for as many steps."""
@@ -252,7 +258,7 @@ def test_causal_windows_cover_every_target_once():
     inputs = _inputs(ratings, n, _random_codes(n, sizes=(8, 8)))
     model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "max_len": 4,
                                                                             "encoder": "causal"}))
-    flat, starts, targets = model.train_sequences(inputs.data.history("valid"))
+    flat, _, starts, targets = model.train_sequences(inputs.data.history("valid"))
     wins = model.train_windows(flat, starts).numpy()
     assert wins.shape[1] == 5
     # every (previous movie, target) pair of the targets comes out of exactly one window position
@@ -267,39 +273,77 @@ def test_causal_windows_cover_every_target_once():
                    for s in range(len(flat) - k + 1))
 
 
-@pytest.mark.parametrize("history_input", ["codes", "movies"])
-def test_causal_loss_equals_each_prefix_read_alone(history_input):
+def test_tied_output_head_scores_codes_by_their_token_embeddings():
+    """``tie_output``: the logits of ID position d are the decoder state times the embeddings of
+    d's code tokens plus a bias (no separate head in the state), and the output loss trains those
+    embeddings."""
+    rng = np.random.default_rng(2)
+    ratings, n = _cycle_world(n_users=4, n_movies=12, length=6)
+    codes = _random_codes(n, sizes=(4, 5), rng=rng)
+    inputs = _inputs(ratings, n, codes)
+    torch.manual_seed(0)
+    model = registry.build("tiger", inputs, registry.model_config(
+        "tiger", {"dim": 8, "layers": 1, "heads": 2, "max_len": 4, **_enc("causal+movies+tie")}))
+    assert not any(k.startswith("out.") for k in model.state_dict())
+    sizes = model.cfg.code_sizes
+    h = torch.randn(3, 8)
+    with torch.no_grad():
+        model.out_bias[1].copy_(torch.arange(sizes[1], dtype=torch.float))
+    for d in range(model.D):
+        start = 3 + sum(sizes[:d])                       # 3 special tokens, then each position's codes
+        want = h @ model.tok.weight[start:start + sizes[d]].T + model.out_bias[d]
+        assert torch.allclose(model.logits(h, d), want)
+    # the output loss alone reaches the code embeddings of the target's position
+    model.tok.weight.grad = None
+    F_ = torch.nn.functional
+    F_.cross_entropy(model.logits(h, 1), torch.tensor([0, 1, 2])).backward()
+    grad = model.tok.weight.grad
+    start = 3 + sizes[0]
+    assert grad[start:start + sizes[1]].abs().sum() > 0
+    assert grad[:start].abs().sum() == 0
+
+
+@pytest.mark.parametrize("history_input, inputs", [("codes", "positives"), ("movies", "positives"),
+                                                   ("codes", "all"), ("movies", "all")])
+def test_causal_loss_equals_each_prefix_read_alone(history_input, inputs):
     """The window loss (one encoder pass) equals the mean, over every target, of the loss of the
     target's prefix encoded on its own (later movies blanked, positions kept); with the history
-    read as code tokens or as one position per movie."""
+    read as code tokens or as one position per movie; with every rated movie read (``inputs =
+    "all"``), only liked next movies are targets and each prefix carries its signs."""
     rng = np.random.default_rng(5)
     ratings, n = _cycle_world(n_users=6, n_movies=30, length=9)
     codes = _random_codes(n, sizes=(5, 6), rng=rng)
-    inputs = _inputs(ratings, n, codes)
+    inputs_ = _inputs(ratings, n, codes)
     torch.manual_seed(0)
-    model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 2, "heads": 2,
-                                                                            "max_len": 6, "encoder": "causal",
-                                                                            "history_input": history_input}))
+    model = registry.build("tiger", inputs_, registry.model_config("tiger", {"dim": 16, "layers": 2, "heads": 2,
+                                                                             "max_len": 6, "encoder": "causal",
+                                                                             "history_input": history_input,
+                                                                             "inputs": inputs}))
     model.eval()
     shape = model.window_tokens(torch.zeros(1, 6, dtype=torch.long)).shape
     assert shape == ((1, 6 * model.D) if history_input == "codes" else (1, 6, model.D))
     win = torch.tensor([[0, 0, 3, 7, 1, 9, 4], [5, 8, 2, 11, 12, 6, 10], [0, 0, 0, 0, 0, 14, 15]])
+    # signs + 2 (1 disliked, 2 neutral, 3 liked); positives-only windows are all liked
+    wsg = (torch.tensor([[0, 0, 3, 1, 3, 2, 3], [3, 2, 1, 3, 3, 1, 3], [0, 0, 0, 0, 0, 1, 3]])
+           if inputs == "all" else (win > 0).long() * 3)
     with torch.no_grad():
-        fast = float(model.train_loss_windows(win))
+        fast = float(model.train_loss_windows(win, wsg if inputs == "all" else None))
         losses = []
         D = model.D
         for b in range(len(win)):
             for i in range(6):
-                if win[b, i] == 0 or win[b, i + 1] == 0:
+                if win[b, i] == 0 or win[b, i + 1] == 0 or wsg[b, i + 1] != 3:
                     continue
                 inp = win[b:b + 1, :-1].clone()
                 inp[:, i + 1:] = 0                                     # blank the later movies
-                memory, mask = model.encode(model.window_tokens(inp))
+                sg = wsg[b:b + 1, :-1].clone()
+                sg[:, i + 1:] = 0
+                memory, mask = model.encode(model.window_tokens(inp), sg if inputs == "all" else None)
                 target = model.codes[win[b, i + 1] - 1].unsqueeze(0)
                 h = model.decode(memory, mask, target[:, :-1])
-                losses.append(sum(float(torch.nn.functional.cross_entropy(model.out[d](h[:, d]), target[:, d]))
+                losses.append(sum(float(torch.nn.functional.cross_entropy(model.logits(h[:, d], d), target[:, d]))
                                   for d in range(D)) / D)
-    assert len(losses) == 4 + 6 + 1
+    assert len(losses) == (4 + 6 + 1 if inputs == "positives" else 2 + 3 + 1)
     assert fast == pytest.approx(float(np.mean(losses)), abs=1e-5)
 
 
@@ -313,6 +357,68 @@ def test_causal_encoder_is_a_checked_option():
     with pytest.raises(ValueError, match="needs encoder = 'causal'"):
         registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
                        registry.model_config("tiger", {"encoder": "full", "history_input": "movies"}))
+    with pytest.raises(ValueError, match="inputs must be"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
+                       registry.model_config("tiger", {"encoder": "causal", "inputs": "liked"}))
+    with pytest.raises(ValueError, match="inputs = 'all' needs encoder = 'causal'"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
+                       registry.model_config("tiger", {"encoder": "full", "history_input": "codes", "inputs": "all"}))
+
+
+def _mixed_world(n_users=6, n_movies=30, length=12, seed=4) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = [(u, int(m), float(rng.integers(1, 6)), t) for u in range(1, n_users + 1)
+            for t, m in enumerate(rng.choice(np.arange(1, n_movies + 1), length, replace=False))]
+    return pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"])
+
+
+def test_all_inputs_windows_read_every_rating_and_train_liked_targets_once():
+    """``inputs = "all"``: the sequences hold every rated movie with its sign; each liked movie
+    with an earlier rating is a target exactly once, after the movie rated just before it
+    (whatever its sign), and the signs' windows line up with the movies'."""
+    ratings = _mixed_world(length=14)
+    n = 30
+    inputs = _inputs(ratings, n, _random_codes(n, sizes=(8, 8)))
+    model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1, "max_len": 4,
+                                                                            **_enc("causal+movies+all")}))
+    hist = inputs.data.history("valid")
+    flat, sg, starts, targets = model.train_sequences(hist)
+    assert len(flat) == len(hist.movies)                           # every rating read
+    assert set(sg.tolist()) == {1, 2, 3} and ((sg == 3) == (hist.ratings >= 4)).all()
+    assert (sg[targets] == 3).all() and len(targets) == int(((sg == 3) & (np.arange(len(flat)) > starts)).sum())
+    wins, wsg = model.train_windows(flat, starts).numpy(), model.train_windows(sg - 1, starts).numpy()
+    assert ((wins > 0) == (wsg > 0)).all()
+    nxt_liked = (wins[:, :-1] > 0) & (wins[:, 1:] > 0) & (wsg[:, 1:] == 3)
+    got = sorted(zip((wins[:, :-1][nxt_liked] - 1).tolist(), (wins[:, 1:][nxt_liked] - 1).tolist()))
+    want = sorted(zip(flat[targets - 1].tolist(), flat[targets].tolist()))
+    assert got == want
+    # and the training loss runs on them
+    with torch.no_grad():
+        assert torch.isfinite(model.train_loss_windows(torch.from_numpy(wins), torch.from_numpy(wsg)))
+
+
+def test_all_inputs_scores_depend_on_disliked_movies_only_when_read():
+    """A disliked movie changes the generated movies' scores with ``inputs = "all"`` and not
+    with positives only."""
+    ratings = _mixed_world()
+    n = 30
+    codes = _random_codes(n, sizes=(6, 6))
+    inputs = _inputs(ratings, n, codes)
+    hist = inputs.data.history("test")
+    # a user whose last history rating is a dislike
+    user = next(u for u in range(inputs.n_users)
+                if hist.ratings[hist.indptr[u + 1] - 1] < 3 and (hist.ratings[hist.indptr[u]:hist.indptr[u + 1]] >= 4).any())
+    for mode, changes in (("positives", False), ("all", True)):
+        torch.manual_seed(0)
+        model = registry.build("tiger", inputs, registry.model_config(
+            "tiger", {"dim": 16, "layers": 1, "beam": 10, **_enc(f"causal+movies" + ("+all" if mode == "all" else ""))})).eval()
+        before = model.score(torch.tensor([user]), hist)
+        other = copy.deepcopy(hist)
+        other.ratings[hist.indptr[user + 1] - 1] = 2.0 if other.ratings[hist.indptr[user + 1] - 1] == 1.0 else 1.0
+        assert torch.equal(before, model.score(torch.tensor([user]), other))     # same sign, same scores
+        other.ratings[hist.indptr[user + 1] - 1] = 3.0                             # disliked -> neutral
+        after = model.score(torch.tensor([user]), other)
+        assert (not torch.equal(before, after)) == changes, mode
 
 
 @pytest.mark.parametrize("history_input", ["codes", "movies"])
@@ -343,7 +449,7 @@ def test_causal_windows_on_real_movielens(ml1m_db):
     inputs = ModelInputs(ids, data, None, semantic_ids=codes, semantic_version="test")
     model = registry.build("tiger", inputs, registry.model_config("tiger", {"dim": 16, "layers": 1,
                                                                             "encoder": "causal"})).eval()
-    flat, starts, targets = model.train_sequences(data.history("valid"))
+    flat, _, starts, targets = model.train_sequences(data.history("valid"))
     wins = model.train_windows(flat, starts)
     w = wins.numpy()
     pairs = (w[:, :-1] > 0) & (w[:, 1:] > 0)
