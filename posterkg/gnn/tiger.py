@@ -45,6 +45,12 @@ embeddings of its ``D`` code tokens (the decoder's token table), instead of ``D`
 encoder sees movies as units, as SASRec does, while a movie is still only its semantic ID (no
 per-movie parameter). ``max_len`` positions instead of ``max_len * D``; plainly causal over them.
 
+**Every rating as history** (``inputs = "all"``, causal encoder only): the history is every
+rated movie with an ID, each position adding a rating-sign embedding (as posterkg-seq reads
+its inputs); the targets are still the liked movies. ``tie_output``: each ID position's output
+head is the transposed embedding table of its codes plus a bias (SASRec-style), instead of a
+free linear head. Both off in the registry (tried on valid, docs/tiger.md).
+
 **Decoding** (:mod:`posterkg.gnn.trie`): beam search of width ``beam`` constrained by the prefix
 trie of the valid IDs, with the user's known movies (the ``history`` given to :meth:`score`:
 train for valid, train + valid for test, every rated movie) cut from the trie's counts, so only
