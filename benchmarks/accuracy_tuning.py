@@ -65,9 +65,9 @@ def main(argv=None) -> int:
 
     from posterkg.config import Config
     from posterkg.gnn import registry
+    from posterkg.gnn.evaluate import evaluate_model
     from posterkg.gnn.inputs import assemble
     from posterkg.gnn.stage import feature_spec, model_configs
-    from posterkg.gnn.evaluate import evaluate_model
     from posterkg.gnn.train import train
     from posterkg.store import open_store
 
@@ -80,9 +80,9 @@ def main(argv=None) -> int:
         res = train(inputs, cfg, model_cfg=mcfg, verbose=args.verbose)
         also = {}
         trained_cfg = res.model.cfg
+        res.model.eval()
         for item in args.also_valid:
             res.model.cfg = dataclasses.replace(trained_cfg, **_kv([item]))
-            res.model.eval()
             also[item] = evaluate_model(res.model, inputs.data, "valid")
             print(f"{args.name} with {item}: valid ndcg@20 {also[item]['ndcg@20']:.4f}", flush=True)
         res.model.cfg = trained_cfg

@@ -229,8 +229,8 @@ class TIGER(Recommender):
         self.unit = D if c.history_input == "codes" else 1     # encoder positions per history movie
         codes = np.full((self.n_movies, D), -1, np.int64) if ids is None else ids.copy()
         self.register_buffer("codes", torch.from_numpy(codes))
-        self.register_buffer("offset", torch.tensor([SPECIALS + sum(sizes[:d]) for d in range(D)]),
-                             persistent=False)
+        self._starts = tuple(SPECIALS + sum(sizes[:d]) for d in range(D))      # first token of position d
+        self.register_buffer("offset", torch.tensor(self._starts), persistent=False)
         dim, ff = c.dim, (c.ff or 4 * c.dim)
         self.tok = nn.Embedding(SPECIALS + sum(sizes), dim, padding_idx=PAD)
         self.enc_pos = nn.Embedding(c.max_len * D + 1, dim)
@@ -363,7 +363,7 @@ class TIGER(Recommender):
         """Logits [..., code_sizes[d]] of ID position ``d`` from decoder states ``h`` [..., dim]."""
         if not self.cfg.tie_output:
             return self.out[d](h)
-        start = SPECIALS + sum(self.cfg.code_sizes[:d])
+        start = self._starts[d]
         return h @ self.tok.weight[start:start + self.cfg.code_sizes[d]].T + self.out_bias[d]
 
     def train_loss(self, tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
