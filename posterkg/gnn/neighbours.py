@@ -59,6 +59,24 @@ def check_memory(name: str, n_movies: int, available: int | None = None) -> None
             f"posterkg-seq at this size (docs/scale.md), or set [models.{name}] memory_check = false")
 
 
+def ease_matrix(gram: torch.Tensor, l2: float) -> torch.Tensor:
+    """EASE's item-item matrix ``I - P / diag(P)``, ``P = (G + l2 I)^-1``, zero diagonal, float32,
+    from the float64 Gram matrix ``G = X^T X`` (left unchanged)."""
+    diag = torch.arange(gram.shape[0])
+    gg = gram.clone()
+    gg[diag, diag] += l2
+    p = torch.linalg.inv(gg)
+    b = -p / torch.diagonal(p).unsqueeze(0)
+    b[diag, diag] = 0.0
+    return b.float()
+
+
+def gram_matrix(history, which: str = "all") -> torch.Tensor:
+    """``X^T X`` (float64, dense) of the users' binary history rows."""
+    x = _history_matrix(history, which)
+    return torch.from_numpy((x.T @ x).toarray().astype(np.float64))
+
+
 def _history_matrix(history, which: str) -> sp.csr_matrix:
     return history.positives() if which == "positives" else history.csr()
 
@@ -121,17 +139,10 @@ class EASE(_ItemItem):
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
         if self.cfg.memory_check:
             check_memory("ease", self.n_movies)
-        x = _history_matrix(inputs.data.history("valid"), self.cfg.history)   # = the train part
-        g = torch.from_numpy((x.T @ x).toarray().astype(np.float64))
-        diag = torch.arange(g.shape[0])
+        g = gram_matrix(inputs.data.history("valid"), self.cfg.history)   # = the train part
 
         def build(l2: float) -> torch.Tensor:
-            gg = g.clone()
-            gg[diag, diag] += l2
-            p = torch.linalg.inv(gg)
-            b = -p / torch.diagonal(p).unsqueeze(0)
-            b[diag, diag] = 0.0
-            return b.float()
+            return ease_matrix(g, l2)
 
         return self._select([{"l2": float(l)} for l in self.cfg.lambdas], build, valid_fn, verbose)
 

@@ -110,6 +110,11 @@ def window_spans(n: int, max_len: int) -> list[tuple[int, int]]:
     return spans
 
 
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """Each row centred and scaled to unit standard deviation (over the catalogue)."""
+    return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp(min=1e-6)
+
+
 def _batches(lengths: torch.Tensor, bs: int, gen: torch.Generator, *, bucket: bool,
              chunk: int = 16) -> list[torch.Tensor]:
     """One epoch's batches of window indices, in random order. With ``bucket``, windows are
@@ -143,6 +148,10 @@ class SASRec(Recommender):
         inputs: str = "positives"     # "positives" | "all" (every rated movie, with its sign)
         weight_decay: float = 0.0
         horizon: int = 1              # targets: the liked movies among the next `horizon` positions
+        # with inputs "all": the weight of a next movie the user rated 3 (neutral) / 1-2 (disliked)
+        # as a target (0 = only liked movies are targets): they were still chosen to be watched
+        neutral_target: float = 0.0
+        disliked_target: float = 0.0
         bucket: bool = False          # batch windows of similar length (each target weighed alike)
         negatives: int = 0            # 0: softmax over the whole catalogue; N: over the target and
         #                               N uniformly sampled movies shared by the batch
@@ -151,12 +160,31 @@ class SASRec(Recommender):
         softmax_chunk: int = -1       # full softmax `chunk` positions at a time, logits recomputed in
         #                               the backward (same loss and gradients; its loss term 2.2x faster on a CPU);
         #                               0 = one [P, n_movies] log-softmax; -1 = 256 on CPU, 0 elsewhere
+        # the collaborative part: scores = z(sequence scores) + item_item * z(EASE scores of the
+        # user's whole history), z = standardised over the catalogue per user. 0 = off; -1 = the
+        # weight (from item_item_grid) and EASE's lambda (from item_item_lambdas) chosen together
+        # on valid after training (set into this config; 0 when no weight beats the sequence alone)
+        item_item: float = 0.0
+        item_item_l2: float = 0.0     # EASE's lambda; 0 = chosen on valid
+        item_item_grid: list = dataclasses.field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3])
+        item_item_lambdas: list = dataclasses.field(default_factory=lambda: [250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
         c = self.cfg
         if c.inputs not in ("positives", "all"):
             raise ValueError(f"inputs must be 'positives' or 'all', not {c.inputs!r}")
+        if not (c.item_item == -1 or c.item_item >= 0):
+            raise ValueError(f"item_item must be a weight >= 0 or -1 (chosen on valid), not {c.item_item}")
+        # EASE's item-item matrix of the collaborative part (sized by fit; empty = no such part)
+        self.register_buffer("ii_S", torch.zeros(0))
+        self._seq_cache: dict | None = None      # sequence scores kept while fit searches the blend
+        for key in ("neutral_target", "disliked_target"):
+            w = float(getattr(c, key))
+            if not 0.0 <= w <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], not {w}")
+            if w and c.inputs == "positives":
+                raise ValueError(f"{key} needs inputs = 'all' (with 'positives' every target is liked)")
         self.item = nn.Embedding(self.n_movies + 1, c.dim, padding_idx=0)
         self.pos = nn.Embedding(c.max_len, c.dim)
         self.sign = nn.Embedding(4, c.dim, padding_idx=0)
@@ -221,20 +249,89 @@ class SASRec(Recommender):
 
     def score_graph(self, users: torch.Tensor, history, graph: Graph | None = None) -> torch.Tensor:
         table = self.movie_table(graph if graph is not None else self.graph)
-        return self._user_scores(users.cpu().numpy(), history, table)
+        return self._blend(self._user_scores(users.cpu().numpy(), history, table), users, history)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, history=None) -> torch.Tensor:
         """Scores of ``users`` in batches of users with similar history lengths (each batch's
-        windows trimmed to its longest; the rows come back in the order asked)."""
-        table = self.movie_table(self.graph)
-        u = users.cpu().numpy().astype(np.int64)
-        out = torch.empty(len(u), self.n_movies, device=table.device)
-        order = np.argsort(history.indptr[u + 1] - history.indptr[u], kind="stable")
-        for start in range(0, len(u), 512):
-            idx = order[start:start + 512]
-            out[torch.from_numpy(idx).to(table.device)] = self._user_scores(u[idx], history, table)
-        return out
+        windows trimmed to its longest; the rows come back in the order asked), blended with the
+        collaborative part when it is on."""
+        key = None
+        if self._seq_cache is not None:
+            key = (id(history), users.cpu().numpy().tobytes())
+        if key is not None and key in self._seq_cache:
+            out = self._seq_cache[key]
+        else:
+            table = self.movie_table(self.graph)
+            u = users.cpu().numpy().astype(np.int64)
+            out = torch.empty(len(u), self.n_movies, device=table.device)
+            order = np.argsort(history.indptr[u + 1] - history.indptr[u], kind="stable")
+            for start in range(0, len(u), 512):
+                idx = order[start:start + 512]
+                out[torch.from_numpy(idx).to(table.device)] = self._user_scores(u[idx], history, table)
+            if key is not None:
+                self._seq_cache[key] = out
+        return self._blend(out, users, history)
+
+    # -- the collaborative part ------------------------------------------------------------------
+    def _item_item_on(self) -> bool:
+        return self.cfg.item_item > 0 and self.ii_S.numel() > 0
+
+    def item_item_scores(self, users: torch.Tensor, history) -> torch.Tensor:
+        """EASE's scores ``x_u @ S`` of ``users`` ([len(users), n_movies]; x_u = every movie the
+        user rated in ``history``)."""
+        x = history.csr()[users.cpu().numpy()]
+        return torch.from_numpy(x.toarray()).to(self.ii_S.device) @ self.ii_S
+
+    def _blend(self, seq: torch.Tensor, users: torch.Tensor, history) -> torch.Tensor:
+        if not self._item_item_on():
+            return seq
+        return _standardise(seq) + float(self.cfg.item_item) * _standardise(self.item_item_scores(users, history))
+
+    def load_state_dict(self, state, *args, **kwargs):
+        state = dict(state)
+        # the item-item matrix is sized by fit (models saved before the part existed have none)
+        self.ii_S = torch.empty_like(state.setdefault("ii_S", torch.zeros(0)))
+        return super().load_state_dict(state, *args, **kwargs)
+
+    def _fit_item_item(self, inputs: ModelInputs, valid_fn, info: FitInfo, verbose: bool) -> FitInfo:
+        """After training: the collaborative part's weight and EASE lambda chosen together on
+        valid (or the configured ones built); kept only where valid NDCG@20 beats the sequence
+        scores alone. A catalogue whose dense item-item matrix does not fit in memory skips the
+        part (one line in verbose mode)."""
+        from posterkg.errors import InputError
+        from posterkg.gnn.neighbours import check_memory, ease_matrix, gram_matrix
+
+        c = self.cfg
+        if not c.item_item:
+            return info
+        try:
+            check_memory("ease", self.n_movies)
+        except InputError as e:
+            if verbose:
+                print(f"{self.name}: collaborative part skipped: {e}", flush=True)
+            c.item_item, c.item_item_l2 = 0.0, 0.0
+            return info
+        weights = [float(c.item_item)] if c.item_item > 0 else [float(w) for w in c.item_item_grid if w > 0]
+        lambdas = [float(c.item_item_l2)] if c.item_item_l2 > 0 else [float(x) for x in c.item_item_lambdas]
+        gram = gram_matrix(inputs.data.history("valid"))        # = the train part
+        best = (info.valid.get("ndcg@20", float("-inf")), 0.0, 0.0, info.valid, torch.zeros(0))
+        self.eval()
+        self._seq_cache = {}
+        try:
+            for l2 in lambdas:
+                self.ii_S = ease_matrix(gram, l2).to(next(self.parameters()).device)
+                for w in weights:
+                    c.item_item = w
+                    valid = valid_fn(self)
+                    if verbose:
+                        print(f"{self.name} item_item={w} l2={l2}: valid NDCG@20 {valid['ndcg@20']:.4f}", flush=True)
+                    if valid["ndcg@20"] > best[0]:
+                        best = (valid["ndcg@20"], w, l2, valid, self.ii_S)
+        finally:
+            self._seq_cache = None
+        _, c.item_item, c.item_item_l2, valid, self.ii_S = best
+        return dataclasses.replace(info, valid=valid)
 
     # -- training --------------------------------------------------------------------------------
     def _train_windows(self, history):
@@ -262,15 +359,22 @@ class SASRec(Recommender):
 
     def _targets(self, win, wsg) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets [B, L, K] of each input position (the movies at t+1 .. t+K within the window)
-        and whether each one counts (liked, and the input position is not padding)."""
+        and the weight of each one (1 liked, ``neutral_target`` / ``disliked_target`` for the
+        other signs, 0 where the input position is padding)."""
         tok = win[:, :-1]
         L, K = tok.shape[1], max(1, int(self.cfg.horizon))
         nxt = win[:, 1:] - 1                                       # movie index, -1 = padding
-        liked = (wsg[:, 1:] == 3) & (nxt >= 0)
+        sg = wsg[:, 1:]
+        w = (sg == 3).float()                                      # padding has sign 0
+        if self.cfg.neutral_target:
+            w = w + float(self.cfg.neutral_target) * (sg == 2).float()
+        if self.cfg.disliked_target:
+            w = w + float(self.cfg.disliked_target) * (sg == 1).float()
+        w = w * (nxt >= 0).float()
         pad_t = torch.cat([nxt, torch.full((nxt.shape[0], K - 1), -1, dtype=nxt.dtype)], 1)
-        pad_l = torch.cat([liked, torch.zeros(nxt.shape[0], K - 1, dtype=torch.bool)], 1)
+        pad_w = torch.cat([w, torch.zeros(nxt.shape[0], K - 1)], 1)
         tgt = pad_t.unfold(1, K, 1)[:, :L]
-        ok = pad_l.unfold(1, K, 1)[:, :L] & (tok > 0).unsqueeze(-1)
+        ok = pad_w.unfold(1, K, 1)[:, :L] * (tok > 0).unsqueeze(-1).float()
         return tgt, ok
 
     def train_loss(self, win, wsg, norm: float | None = None) -> torch.Tensor:
@@ -282,7 +386,7 @@ class SASRec(Recommender):
         tok, sgn = win[:, :-1], wsg[:, :-1]
         h = self.user_states(tok, sgn, table)                      # [B, L, d]
         tgt, ok = self._targets(win, wsg)
-        rows = ok.any(-1)
+        rows = (ok > 0).any(-1)
         if not bool(rows.any()):
             return h.sum() * 0.0
         hh, t, o = h[rows], tgt[rows].clamp(min=0), ok[rows]       # [P, d], [P, K], [P, K]
@@ -319,7 +423,7 @@ class SASRec(Recommender):
         n_batches = (len(win) + bs - 1) // bs
         lengths = (win > 0).sum(1)
         norm = None
-        n_targets = sum(int(self._targets(win[a:a + 1024], wsg[a:a + 1024])[1].sum())
+        n_targets = sum(float(self._targets(win[a:a + 1024], wsg[a:a + 1024])[1].sum())
                         for a in range(0, len(win), 1024))
         if self.cfg.bucket:
             # bucketed batches differ in size (short windows together): weigh every target alike
@@ -331,9 +435,17 @@ class SASRec(Recommender):
             keep = max(2, int(lengths[idx].max()))
             return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm)
 
-        return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
-                          epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
-                          step_loss=step_loss, row_extra={"targets": n_targets})
+        # the sequence model trains and stops early on its own scores; the collaborative part
+        # (if on) is chosen afterwards
+        weight, self.cfg.item_item = self.cfg.item_item, 0.0
+        try:
+            info = fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
+                              epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
+                              step_loss=step_loss,
+                              row_extra={"targets": int(n_targets) if n_targets.is_integer() else round(n_targets, 1)})
+        finally:
+            self.cfg.item_item = weight
+        return self._fit_item_item(inputs, valid_fn, info, verbose)
 
 
 class PosterKGSeq(SASRec):
@@ -350,10 +462,16 @@ class PosterKGSeq(SASRec):
         inputs: str = "all"
         weight_decay: float = 0.0
         horizon: int = 1
+        neutral_target: float = 0.0
+        disliked_target: float = 0.0
         bucket: bool = False
         negatives: int = 0
         bf16_logits: bool = False
         softmax_chunk: int = -1
+        item_item: float = 0.0         # the collaborative part (see SASRec.Config)
+        item_item_l2: float = 0.0
+        item_item_grid: list = dataclasses.field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3])
+        item_item_lambdas: list = dataclasses.field(default_factory=lambda: [250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"
@@ -477,7 +595,11 @@ class PosterKGSeq(SASRec):
     def explain_parts(self, users: torch.Tensor, history, movies: torch.Tensor,
                       graph: Graph | None = None) -> dict[str, torch.Tensor]:
         """Each score of ``movies`` for ``users`` split into its short-term and long-term parts
-        (``score = short + long``): [len(users), len(movies)] tensors, plus the mean gate."""
+        (``score = short + long``): [len(users), len(movies)] tensors, plus the mean gate. With
+        the collaborative part on, the sequence parts are on the blend's scale and ``long``
+        also holds the collaborative part (EASE over the user's whole, unordered history: a
+        long-term signal; also given alone as ``item_item``) and the per-user constant of the
+        standardisation, so the two still add up to the score."""
         table = self.movie_table(graph if graph is not None else self.graph)
         tok, sgn = self._batch(history, users.cpu().numpy(), table.device)
         short, long = self._parts(tok, sgn, table, last_only=True)
@@ -486,8 +608,17 @@ class PosterKGSeq(SASRec):
             h = (short if long is None else long)[:, -1]
             part = h @ v.T
             zero = torch.zeros_like(part)
-            return {"short": part if long is None else zero, "long": zero if long is None else part,
-                    "gate": torch.ones(len(users)) if long is None else torch.zeros(len(users))}
-        g = torch.sigmoid(self.gate(torch.cat([short, long], -1)))[:, -1]
-        return {"short": (g * short[:, -1]) @ v.T, "long": ((1 - g) * long[:, -1]) @ v.T,
-                "gate": g.mean(-1)}
+            out = {"short": part if long is None else zero, "long": zero if long is None else part,
+                   "gate": torch.ones(len(users)) if long is None else torch.zeros(len(users))}
+        else:
+            g = torch.sigmoid(self.gate(torch.cat([short, long], -1)))[:, -1]
+            h = g * short[:, -1] + (1 - g) * long[:, -1]
+            out = {"short": (g * short[:, -1]) @ v.T, "long": ((1 - g) * long[:, -1]) @ v.T, "gate": g.mean(-1)}
+        if self._item_item_on():
+            row = h @ table.T                                   # the sequence scores of the catalogue
+            mean, std = row.mean(1, keepdim=True), row.std(1, keepdim=True).clamp(min=1e-6)
+            ii = float(self.cfg.item_item) * _standardise(self.item_item_scores(users, history))[:, movies]
+            out["short"] = out["short"] / std
+            out["long"] = out["long"] / std - mean / std + ii
+            out["item_item"] = ii
+        return out

@@ -100,6 +100,34 @@ def test_horizon_targets_are_the_next_liked_movies():
     assert abs(float(m.train_loss(win, wsg)) - want) < 1e-5
 
 
+def test_neutral_and_disliked_targets_are_weighted_next_movies():
+    # movies 1..6 rated 5, 3, 2, 5, 1, 5: with neutral_target a and disliked_target b, the state at
+    # position t predicts the movie at t+1 with weight 1 (liked), a (rated 3) or b (rated 1-2)
+    ratings = pd.DataFrame({"user_id": [1] * 6 + [2] * 6, "movie_id": [1, 2, 3, 4, 5, 6] * 2,
+                            "rating": [5, 3, 2, 5, 1, 5] * 2, "ts": list(range(6)) * 2})
+    inputs = _inputs(ratings, 6)
+    win = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    wsg = torch.tensor([[3, 2, 1, 3, 1, 3]])
+    for kind in ("sasrec-all", "posterkg-seq"):
+        for a, b in [(0.0, 0.0), (0.5, 0.0), (1.0, 0.25)]:
+            m = registry.build(kind, inputs, registry.model_config(kind, {
+                "dim": 8, "max_len": 5, "dropout": 0.0, "softmax_chunk": 0,
+                "neutral_target": a, "disliked_target": b}))
+            m.eval()
+            table = m.movie_table(m.graph)
+            logp = torch.log_softmax(m.user_states(win[:, :-1], wsg[:, :-1], table)[0] @ table.T, -1)
+            # (position, next movie, weight) by hand: next movies 2 (3), 3 (2), 4 (5), 5 (1), 6 (5)
+            pairs = [(0, 2, a), (1, 3, b), (2, 4, 1.0), (3, 5, b), (4, 6, 1.0)]
+            want = -sum(w * float(logp[p, t - 1]) for p, t, w in pairs) / sum(w for _, _, w in pairs)
+            assert abs(float(m.train_loss(win, wsg)) - want) < 1e-5, (kind, a, b)
+            m.cfg.softmax_chunk = 2
+            assert abs(float(m.train_loss(win, wsg)) - want) < 1e-5, (kind, a, b)
+    with pytest.raises(ValueError, match="neutral_target must be in"):
+        registry.build("sasrec-all", inputs, registry.model_config("sasrec-all", {"neutral_target": 1.5}))
+    with pytest.raises(ValueError, match="needs inputs = 'all'"):
+        registry.build("sasrec", inputs, registry.model_config("sasrec", {"disliked_target": 0.5}))
+
+
 def test_long_term_part_is_a_running_mean_of_liked_minus_disliked():
     ratings, n = _cycle_world(n_users=4)
     inputs = _inputs(ratings, n)
@@ -402,3 +430,111 @@ def test_id_dropout_drops_id_embeddings_in_training_only():
     assert 0 < int(same_content.sum()) < n                   # some dropped, some kept
     m.eval()
     assert torch.allclose(m.movie_table(m.graph), full, atol=1e-6)
+
+
+def _random_world(seed=0, n_users=30, n_movies=40):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        n = int(rng.integers(10, 30))
+        for t, m in enumerate(rng.choice(n_movies, n, replace=False) + 1):
+            rows.append((u, int(m), float(rng.choice([1, 3, 4, 5])), t))
+    return _inputs(pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), n_movies,
+                   concepts=(np.arange(n_movies), np.arange(n_movies) % 3, np.ones(n_movies)))
+
+
+def _ease_by_hand(inputs, l2):
+    """EASE's item-item matrix in numpy from the train rows (every rated movie), by the formula."""
+    h = inputs.data.history("valid")
+    x = np.zeros((inputs.n_users, inputs.n_movies))
+    x[h.users, h.movies] = 1.0
+    p = np.linalg.inv(x.T @ x + l2 * np.eye(inputs.n_movies))
+    b = np.eye(inputs.n_movies) - p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+@pytest.mark.parametrize("kind", ["sasrec-all", "posterkg-seq"])
+def test_collaborative_part_blends_standardised_ease_scores(kind):
+    from posterkg.gnn.base import FitInfo
+
+    inputs = _random_world()
+    hist = inputs.data.history("test")
+    users = torch.arange(inputs.n_users)
+    m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 48, "item_item": 0.3,
+                                                                  "item_item_l2": 5.0}))
+    m.eval()
+    seq = m.score(users, hist)                     # no matrix yet: the sequence scores alone
+    info = m._fit_item_item(inputs, lambda mm: {"ndcg@20": -1.0}, FitInfo([], 1, {"ndcg@20": -2.0}, 0.0), False)
+    assert m.cfg.item_item == 0.3 and m.cfg.item_item_l2 == 5.0 and info.valid == {"ndcg@20": -1.0}
+    np.testing.assert_allclose(m.ii_S.numpy(), _ease_by_hand(inputs, 5.0), atol=1e-4)
+    x = np.zeros((inputs.n_users, inputs.n_movies))
+    x[hist.users, hist.movies] = 1.0               # test-time history: train + valid
+    e = torch.from_numpy(x @ _ease_by_hand(inputs, 5.0)).float()
+    z = lambda a: (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True)   # noqa: E731
+    want = z(seq) + 0.3 * z(e)
+    assert torch.allclose(m.score(users, hist), want, atol=1e-4)
+    assert torch.allclose(m.score_graph(users[:7], hist).detach(), want[:7], atol=1e-4)
+    if kind == "posterkg-seq":     # the explanation's parts still add up to the (blended) score
+        parts = m.explain_parts(users[:5], hist, torch.arange(inputs.n_movies))
+        assert torch.allclose(parts["short"] + parts["long"], want[:5], atol=1e-4)
+        assert torch.allclose(parts["item_item"], 0.3 * z(e)[:5], atol=1e-4)
+    # a save/load round trip keeps the part; a state saved before the part existed still loads
+    state = m.state_dict()
+    again = registry.build(kind, inputs, m.cfg)
+    again.load_state_dict(state)
+    again.eval()
+    assert torch.allclose(again.score(users, hist), want, atol=1e-4)
+    old = {k: v for k, v in state.items() if k != "ii_S"}
+    plain = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 48}))
+    plain.load_state_dict(old)
+    plain.eval()
+    assert torch.allclose(plain.score(users, hist), seq, atol=1e-5)
+
+
+def test_collaborative_part_is_chosen_on_valid_and_kept_only_when_it_helps(monkeypatch):
+    from posterkg.gnn import neighbours
+    from posterkg.gnn.base import FitInfo
+
+    inputs = _random_world(seed=1)
+    cfg = registry.model_config("posterkg-seq", {"dim": 8, "max_len": 48, "item_item": -1,
+                                                 "item_item_grid": [0.1, 0.2], "item_item_lambdas": [1.0, 10.0]})
+    base = FitInfo([], 3, {"ndcg@20": 0.5}, 0.0)
+    # a valid score peaked at weight 0.2 with lambda 10 (read from the model as the search sets it)
+    e10 = torch.from_numpy(_ease_by_hand(inputs, 10.0)).float()
+    seen = []
+
+    def valid_fn(mm):
+        is10 = torch.allclose(mm.ii_S, e10, atol=1e-4)
+        seen.append((mm.cfg.item_item, is10))
+        return {"ndcg@20": 0.6 if (mm.cfg.item_item == 0.2 and is10) else 0.55}
+
+    m = registry.build("posterkg-seq", inputs, cfg)
+    info = m._fit_item_item(inputs, valid_fn, base, False)
+    assert sorted(seen) == [(0.1, False), (0.1, True), (0.2, False), (0.2, True)]   # each pair once
+    assert (m.cfg.item_item, m.cfg.item_item_l2, info.valid["ndcg@20"]) == (0.2, 10.0, 0.6)
+    np.testing.assert_allclose(m.ii_S.numpy(), _ease_by_hand(inputs, 10.0), atol=1e-4)
+    assert m._seq_cache is None
+    # nothing beats the sequence scores alone: the part stays off
+    m = registry.build("posterkg-seq", inputs, cfg)
+    info = m._fit_item_item(inputs, lambda mm: {"ndcg@20": 0.4}, base, False)
+    assert (m.cfg.item_item, m.ii_S.numel(), info.valid["ndcg@20"]) == (0.0, 0, 0.5)
+    # a catalogue whose dense matrix cannot fit in memory skips the part
+    monkeypatch.setattr(neighbours, "available_bytes", lambda: 1000)
+    m = registry.build("posterkg-seq", inputs, cfg)
+    assert m._fit_item_item(inputs, valid_fn, base, False) is base and m.cfg.item_item == 0.0
+    with pytest.raises(ValueError, match="item_item must be"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"item_item": -0.5}))
+
+
+def test_training_with_the_collaborative_part_reports_the_blend_it_keeps():
+    inputs = _random_world(seed=2)
+    cfg = TrainConfig(model="posterkg-seq", epochs=2, min_epochs=1, patience=1, batch_size=16, threads=1)
+    res = train(inputs, cfg, model_cfg=registry.model_config("posterkg-seq", {"dim": 8, "max_len": 48,
+                                                                              "item_item": -1}))
+    from posterkg.gnn.evaluate import evaluate_model
+
+    again = evaluate_model(res.model, inputs.data, "valid")
+    assert abs(again["ndcg@20"] - res.valid["ndcg@20"]) < 1e-9     # what fit reports is what scores
+    assert res.model.cfg.item_item in (0.0, *res.model.cfg.item_item_grid)
+    assert (res.model.ii_S.numel() > 0) == (res.model.cfg.item_item > 0)
