@@ -596,10 +596,10 @@ class PosterKGSeq(SASRec):
                       graph: Graph | None = None) -> dict[str, torch.Tensor]:
         """Each score of ``movies`` for ``users`` split into its short-term and long-term parts
         (``score = short + long``): [len(users), len(movies)] tensors, plus the mean gate. With
-        the collaborative part on, the sequence parts are on the blend's scale and ``long``
-        also holds the collaborative part (EASE over the user's whole, unordered history: a
-        long-term signal; also given alone as ``item_item``) and the per-user constant of the
-        standardisation, so the two still add up to the score."""
+        the collaborative part on, the score is standardised per user: each sequence part is
+        taken against the catalogue's mean movie and on the blend's scale, and ``long`` also
+        holds the collaborative part (EASE over the user's whole, unordered history: a long-term
+        signal; also given alone as ``item_item``), so the two still add up to the score."""
         table = self.movie_table(graph if graph is not None else self.graph)
         tok, sgn = self._batch(history, users.cpu().numpy(), table.device)
         short, long = self._parts(tok, sgn, table, last_only=True)
@@ -615,10 +615,15 @@ class PosterKGSeq(SASRec):
             h = g * short[:, -1] + (1 - g) * long[:, -1]
             out = {"short": (g * short[:, -1]) @ v.T, "long": ((1 - g) * long[:, -1]) @ v.T, "gate": g.mean(-1)}
         if self._item_item_on():
-            row = h @ table.T                                   # the sequence scores of the catalogue
-            mean, std = row.mean(1, keepdim=True), row.std(1, keepdim=True).clamp(min=1e-6)
+            # z(h . v) = (h . (v - mean v)) / std: split over the parts exactly, no per-user offset
+            std = (h @ table.T).std(1, keepdim=True).clamp(min=1e-6)
+            vc = (v - table.mean(0)).T
             ii = float(self.cfg.item_item) * _standardise(self.item_item_scores(users, history))[:, movies]
-            out["short"] = out["short"] / std
-            out["long"] = out["long"] / std - mean / std + ii
+            if short is None or long is None:
+                part = (h @ vc) / std
+                out["short"], out["long"] = (part, ii) if long is None else (torch.zeros_like(part), part + ii)
+            else:
+                out["short"] = ((g * short[:, -1]) @ vc) / std
+                out["long"] = (((1 - g) * long[:, -1]) @ vc) / std + ii
             out["item_item"] = ii
         return out

@@ -4,6 +4,8 @@ Expected values are computed independently of the models (by hand or with numpy)
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -479,6 +481,12 @@ def test_collaborative_part_blends_standardised_ease_scores(kind):
         parts = m.explain_parts(users[:5], hist, torch.arange(inputs.n_movies))
         assert torch.allclose(parts["short"] + parts["long"], want[:5], atol=1e-4)
         assert torch.allclose(parts["item_item"], 0.3 * z(e)[:5], atol=1e-4)
+        for only in ({"long_term": False}, {"short_term": False}):      # one sequence part alone
+            one = registry.build(kind, inputs, dataclasses.replace(m.cfg, **only))
+            one.load_state_dict(m.state_dict(), strict=False)
+            one.eval()
+            p1 = one.explain_parts(users[:5], hist, torch.arange(inputs.n_movies))
+            assert torch.allclose(p1["short"] + p1["long"], one.score(users[:5], hist), atol=1e-4), only
     # a save/load round trip keeps the part; a state saved before the part existed still loads
     state = m.state_dict()
     again = registry.build(kind, inputs, m.cfg)
