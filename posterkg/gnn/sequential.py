@@ -163,7 +163,8 @@ class SASRec(Recommender):
         # the collaborative part: scores = z(sequence scores) + item_item * z(EASE scores of the
         # user's whole history), z = standardised over the catalogue per user. 0 = off; -1 = the
         # weight (from item_item_grid) and EASE's lambda (from item_item_lambdas) chosen together
-        # on valid after training (set into this config; 0 when no weight beats the sequence alone)
+        # on valid after training (set into this config; 0 when no weight beats the sequence alone);
+        # a weight > 0 is kept as configured
         item_item: float = 0.0
         item_item_l2: float = 0.0     # EASE's lambda; 0 = chosen on valid
         item_item_grid: list = dataclasses.field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3])
@@ -295,10 +296,11 @@ class SASRec(Recommender):
         return super().load_state_dict(state, *args, **kwargs)
 
     def _fit_item_item(self, inputs: ModelInputs, valid_fn, info: FitInfo, verbose: bool) -> FitInfo:
-        """After training: the collaborative part's weight and EASE lambda chosen together on
-        valid (or the configured ones built); kept only where valid NDCG@20 beats the sequence
-        scores alone. A catalogue whose dense item-item matrix does not fit in memory skips the
-        part (one line in verbose mode)."""
+        """After training: with ``item_item = -1`` the collaborative part's weight and EASE
+        lambda are chosen together on valid, and the part is kept only where valid NDCG@20 beats
+        the sequence scores alone; a configured weight is kept as it is (its lambda chosen on
+        valid unless configured too). A catalogue whose dense item-item matrix does not fit in
+        memory skips the part (one line in verbose mode)."""
         from posterkg.errors import InputError
         from posterkg.gnn.neighbours import check_memory, ease_matrix, gram_matrix
 
@@ -315,7 +317,9 @@ class SASRec(Recommender):
         weights = [float(c.item_item)] if c.item_item > 0 else [float(w) for w in c.item_item_grid if w > 0]
         lambdas = [float(c.item_item_l2)] if c.item_item_l2 > 0 else [float(x) for x in c.item_item_lambdas]
         gram = gram_matrix(inputs.data.history("valid"))        # = the train part
-        best = (info.valid.get("ndcg@20", float("-inf")), 0.0, 0.0, info.valid, torch.zeros(0))
+        # choosing: the sequence scores alone are the bar to beat; a configured weight stays on
+        bar = info.valid.get("ndcg@20", float("-inf")) if c.item_item < 0 else float("-inf")
+        best = (bar, 0.0, 0.0, info.valid, torch.zeros(0))
         self.eval()
         self._seq_cache = {}
         try:

@@ -130,6 +130,28 @@ def test_save_load_round_trip_and_new_movies(fitted, world_db, tmp_path):
     torch.testing.assert_close(tm2.score(users).float(), s, rtol=0, atol=0, msg=name)
 
 
+def test_collaborative_part_survives_save_and_load(world_db, tmp_path):
+    # posterkg-seq with its collaborative part forced on (a configured weight is kept as it is)
+    db = tmp_path / "ii.duckdb"
+    shutil.copy(world_db, db)
+    mcfg = dataclasses.replace(_model_cfg("posterkg-seq"), item_item=0.2, item_item_l2=10.0)
+    with open_store(db, read_only=True) as store:
+        inputs = assemble(store, features=feature_spec(mcfg)).inputs
+    res = train(inputs, dataclasses.replace(TINY, model="posterkg-seq"), model_cfg=mcfg)
+    assert res.model.ii_S.shape == (inputs.n_movies, inputs.n_movies) and res.model_config.item_item == 0.2
+    s = _scores(res.model.eval(), inputs)
+    seq_only = dataclasses.replace(res.model.cfg, item_item=0.0)
+    plain = registry.build("posterkg-seq", inputs, seq_only)
+    plain.load_state_dict(res.model.state_dict())
+    assert not torch.allclose(_scores(plain.eval(), inputs), s)          # the part changes the scores
+    with open_store(db) as store:
+        mid = save_model(store, res, inputs)
+        tm = load_model(store, mid)
+    users = [int(u) for u in inputs.ids.user_ids]
+    torch.testing.assert_close(tm.score(users).float(), s, rtol=0, atol=0)
+    assert tm.model.cfg.item_item == 0.2 and tm.model.cfg.item_item_l2 == 10.0
+
+
 def test_mask_of_ones_leaves_scores_unchanged(fitted):
     name, res, inputs, s = fitted
     model = res.model.eval()

@@ -517,19 +517,19 @@ def test_collaborative_part_is_chosen_on_valid_and_kept_only_when_it_helps(monke
         seen.append((mm.cfg.item_item, is10))
         return {"ndcg@20": 0.6 if (mm.cfg.item_item == 0.2 and is10) else 0.55}
 
-    m = registry.build("posterkg-seq", inputs, cfg)
+    m = registry.build("posterkg-seq", inputs, dataclasses.replace(cfg))   # fit sets its choice
     info = m._fit_item_item(inputs, valid_fn, base, False)
     assert sorted(seen) == [(0.1, False), (0.1, True), (0.2, False), (0.2, True)]   # each pair once
     assert (m.cfg.item_item, m.cfg.item_item_l2, info.valid["ndcg@20"]) == (0.2, 10.0, 0.6)
     np.testing.assert_allclose(m.ii_S.numpy(), _ease_by_hand(inputs, 10.0), atol=1e-4)
     assert m._seq_cache is None
     # nothing beats the sequence scores alone: the part stays off
-    m = registry.build("posterkg-seq", inputs, cfg)
+    m = registry.build("posterkg-seq", inputs, dataclasses.replace(cfg))   # fit sets its choice
     info = m._fit_item_item(inputs, lambda mm: {"ndcg@20": 0.4}, base, False)
     assert (m.cfg.item_item, m.ii_S.numel(), info.valid["ndcg@20"]) == (0.0, 0, 0.5)
     # a catalogue whose dense matrix cannot fit in memory skips the part
     monkeypatch.setattr(neighbours, "available_bytes", lambda: 1000)
-    m = registry.build("posterkg-seq", inputs, cfg)
+    m = registry.build("posterkg-seq", inputs, dataclasses.replace(cfg))   # fit sets its choice
     assert m._fit_item_item(inputs, valid_fn, base, False) is base and m.cfg.item_item == 0.0
     with pytest.raises(ValueError, match="item_item must be"):
         registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"item_item": -0.5}))
