@@ -379,6 +379,19 @@ def test_models_chunked_softmax_gives_the_same_loss_and_gradients():
                         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def _random_world(seed=0, n_users=30, n_movies=40, max_n=30):
+    """Users with histories of 10 to max_n - 1 random movies (very different lengths), mixed
+    signs; every movie shows one of 3 concepts."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        n = int(rng.integers(10, max_n))
+        for t, m in enumerate(rng.choice(n_movies, n, replace=False) + 1):
+            rows.append((u, int(m), float(rng.choice([1, 3, 4, 5])), t))
+    return _inputs(pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), n_movies,
+                   concepts=(np.arange(n_movies), np.arange(n_movies) % 3, np.ones(n_movies)))
+
+
 def test_scoring_shortcuts_give_the_full_encoder_scores():
     """score() batches users by history length, trims common padding and runs the last block for
     the last position only: the scores must equal the plain path's (every position of the
@@ -386,16 +399,9 @@ def test_scoring_shortcuts_give_the_full_encoder_scores():
     order asked."""
     from posterkg.gnn.sequential import _windows
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(1, 31):                      # histories of very different lengths, mixed signs
-        n = int(rng.integers(10, 40))
-        for t, m in enumerate(rng.choice(40, n, replace=False) + 1):
-            rows.append((u, int(m), float(rng.choice([1, 3, 4, 5])), t))
-    inputs = _inputs(pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), 40,
-                     concepts=(np.arange(40) % 40, np.arange(40) % 3, np.ones(40)))
+    inputs = _random_world(max_n=40)
     hist = inputs.data.history("test")
-    users = torch.from_numpy(rng.permutation(inputs.data.n_users))
+    users = torch.from_numpy(np.random.default_rng(0).permutation(inputs.data.n_users))
     for kind in ("sasrec", "posterkg-seq"):
         m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 48}))
         m.eval()
@@ -432,17 +438,6 @@ def test_id_dropout_drops_id_embeddings_in_training_only():
     assert 0 < int(same_content.sum()) < n                   # some dropped, some kept
     m.eval()
     assert torch.allclose(m.movie_table(m.graph), full, atol=1e-6)
-
-
-def _random_world(seed=0, n_users=30, n_movies=40):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(1, n_users + 1):
-        n = int(rng.integers(10, 30))
-        for t, m in enumerate(rng.choice(n_movies, n, replace=False) + 1):
-            rows.append((u, int(m), float(rng.choice([1, 3, 4, 5])), t))
-    return _inputs(pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), n_movies,
-                   concepts=(np.arange(n_movies), np.arange(n_movies) % 3, np.ones(n_movies)))
 
 
 def _ease_by_hand(inputs, l2):
