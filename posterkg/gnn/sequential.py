@@ -169,6 +169,9 @@ class SASRec(Recommender):
         item_item_l2: float = 0.0     # EASE's lambda; 0 = chosen on valid
         item_item_grid: list = dataclasses.field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3])
         item_item_lambdas: list = dataclasses.field(default_factory=lambda: [250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
+        # above this many movies the part is skipped: EASE's dense solve grows with the cube of
+        # the catalogue (ML-1M's 3.7k movies: seconds on a CPU; ML-25M's 62k: hours per lambda)
+        item_item_max_movies: int = 20000
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -299,8 +302,8 @@ class SASRec(Recommender):
         """After training: with ``item_item = -1`` the collaborative part's weight and EASE
         lambda are chosen together on valid, and the part is kept only where valid NDCG@20 beats
         the sequence scores alone; a configured weight is kept as it is (its lambda chosen on
-        valid unless configured too). A catalogue whose dense item-item matrix does not fit in
-        memory skips the part (one line in verbose mode)."""
+        valid unless configured too). A catalogue larger than ``item_item_max_movies``, or whose
+        dense item-item matrix does not fit in memory, skips the part (one line in verbose mode)."""
         from posterkg.errors import InputError
         from posterkg.gnn.neighbours import check_memory, ease_matrix, gram_matrix
 
@@ -308,6 +311,8 @@ class SASRec(Recommender):
         if not c.item_item:
             return info
         try:
+            if self.n_movies > c.item_item_max_movies:
+                raise InputError(f"{self.n_movies:,} movies > item_item_max_movies = {c.item_item_max_movies:,}")
             check_memory("ease", self.n_movies)
         except InputError as e:
             if verbose:
@@ -476,6 +481,7 @@ class PosterKGSeq(SASRec):
         item_item_l2: float = 0.0
         item_item_grid: list = dataclasses.field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3])
         item_item_lambdas: list = dataclasses.field(default_factory=lambda: [250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
+        item_item_max_movies: int = 20000
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"

@@ -522,7 +522,9 @@ def test_collaborative_part_is_chosen_on_valid_and_kept_only_when_it_helps(monke
     m = registry.build("posterkg-seq", inputs, dataclasses.replace(cfg))   # fit sets its choice
     info = m._fit_item_item(inputs, lambda mm: {"ndcg@20": 0.4}, base, False)
     assert (m.cfg.item_item, m.ii_S.numel(), info.valid["ndcg@20"]) == (0.0, 0, 0.5)
-    # a catalogue whose dense matrix cannot fit in memory skips the part
+    # a catalogue above item_item_max_movies, or whose dense matrix cannot fit in memory, skips it
+    m = registry.build("posterkg-seq", inputs, dataclasses.replace(cfg, item_item_max_movies=39))
+    assert m._fit_item_item(inputs, valid_fn, base, False) is base and m.cfg.item_item == 0.0
     monkeypatch.setattr(neighbours, "available_bytes", lambda: 1000)
     m = registry.build("posterkg-seq", inputs, dataclasses.replace(cfg))   # fit sets its choice
     assert m._fit_item_item(inputs, valid_fn, base, False) is base and m.cfg.item_item == 0.0
