@@ -59,6 +59,11 @@ def check_memory(name: str, n_movies: int, available: int | None = None) -> None
             f"posterkg-seq at this size (docs/scale.md), or set [models.{name}] memory_check = false")
 
 
+# EASE's regularisation grid (chosen on valid): the EASE baseline's and the sequence models'
+# collaborative part's
+EASE_LAMBDAS = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+
+
 def ease_matrix(gram: torch.Tensor, l2: float) -> torch.Tensor:
     """EASE's item-item matrix ``I - P / diag(P)``, ``P = (G + l2 I)^-1``, zero diagonal, float32,
     from the float64 Gram matrix ``G = X^T X`` (left unchanged)."""
@@ -131,7 +136,7 @@ class EASE(_ItemItem):
     _grid = {"l2": "lambdas"}     # chosen value -> its config list
     @dataclasses.dataclass
     class Config:
-        lambdas: list = dataclasses.field(default_factory=lambda: [250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
+        lambdas: list = dataclasses.field(default_factory=lambda: list(EASE_LAMBDAS))
         history: str = "all"         # "all" rated movies or "positives" (>= 4) form the rows
         l2: float = 0.0              # the chosen lambda (set by fit)
         memory_check: bool = True    # refuse a fit that cannot fit in the available memory

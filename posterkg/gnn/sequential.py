@@ -44,8 +44,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from posterkg.errors import InputError
 from posterkg.gnn.base import FitInfo, Graph, ModelInputs, Recommender
 from posterkg.gnn.losses import catalogue_log_softmax_at
+from posterkg.gnn.neighbours import EASE_LAMBDAS, check_memory, ease_matrix, gram_matrix
 from posterkg.gnn.sparse import row_norm, spmm
 from posterkg.ratings import signs
 
@@ -110,6 +112,10 @@ def window_spans(n: int, max_len: int) -> list[tuple[int, int]]:
     return spans
 
 
+# the collaborative part's blend weights tried on valid (item_item = -1)
+ITEM_ITEM_GRID = (0.05, 0.1, 0.15, 0.2, 0.3)
+
+
 def _standardise(x: torch.Tensor) -> torch.Tensor:
     """Each row centred and scaled to unit standard deviation (over the catalogue)."""
     return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp(min=1e-6)
@@ -167,8 +173,8 @@ class SASRec(Recommender):
         # a weight > 0 is kept as configured
         item_item: float = 0.0
         item_item_l2: float = 0.0     # EASE's lambda; 0 = chosen on valid
-        item_item_grid: list = dataclasses.field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3])
-        item_item_lambdas: list = dataclasses.field(default_factory=lambda: [250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
+        item_item_grid: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_GRID))
+        item_item_lambdas: list = dataclasses.field(default_factory=lambda: list(EASE_LAMBDAS))
         # above this many movies the part is skipped: EASE's dense solve grows with the cube of
         # the catalogue (ML-1M's 3.7k movies: seconds on a CPU; ML-25M's 62k: hours per lambda)
         item_item_max_movies: int = 20000
@@ -304,9 +310,6 @@ class SASRec(Recommender):
         the sequence scores alone; a configured weight is kept as it is (its lambda chosen on
         valid unless configured too). A catalogue larger than ``item_item_max_movies``, or whose
         dense item-item matrix does not fit in memory, skips the part (one line in verbose mode)."""
-        from posterkg.errors import InputError
-        from posterkg.gnn.neighbours import check_memory, ease_matrix, gram_matrix
-
         c = self.cfg
         if not c.item_item:
             return info
@@ -479,8 +482,8 @@ class PosterKGSeq(SASRec):
         softmax_chunk: int = -1
         item_item: float = 0.0         # the collaborative part (see SASRec.Config)
         item_item_l2: float = 0.0
-        item_item_grid: list = dataclasses.field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3])
-        item_item_lambdas: list = dataclasses.field(default_factory=lambda: [250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0])
+        item_item_grid: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_GRID))
+        item_item_lambdas: list = dataclasses.field(default_factory=lambda: list(EASE_LAMBDAS))
         item_item_max_movies: int = 20000
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
