@@ -22,7 +22,10 @@ knowledge graph on the movie side) as a sequence model.
   embedding); ``gate_m`` are learned scalars (the seeds' multimodal fusion, gated).
 * Short-term interest: the causal self-attention encoder over the user's recent ratings, each
   token = movie representation + rating-sign embedding (liked / neutral / disliked: dislikes
-  are inputs too).
+  are inputs too); with ``time_bias`` (the registry's setting) each attention logit between two
+  ratings gets a learned per-layer, per-head bias by the time between them (log2-minute buckets,
+  :func:`time_buckets`), so the ratings of the user's current session can be weighed apart from
+  older ones (TiSASRec's relative intervals, as a bias). Both models accept it.
 * Long-term interest: at every position the running mean of the representations of the movies
   the user liked so far minus ``neg_weight`` times that of the movies they disliked, through a
   linear map (causal, so training sees exactly what evaluation sees).
@@ -80,24 +83,50 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.ln2(x)))
 
 
-def _windows(history, users: np.ndarray, max_len: int, positives_only: bool):
+def _windows(history, users: np.ndarray, max_len: int, positives_only: bool, with_ts: bool = False):
     """Left-padded [B, max_len] token arrays (movie index + 1, 0 = padding) and signs + 1 of the
-    last ``max_len`` history rows of each user."""
+    last ``max_len`` history rows of each user (``with_ts``: and their timestamps, 0 = padding)."""
     B = len(users)
     tok = np.zeros((B, max_len), np.int64)
     sgn = np.zeros((B, max_len), np.int64)
+    ts = np.zeros((B, max_len), np.int64)
     for i, u in enumerate(users):
         a, b = history.indptr[u], history.indptr[u + 1]
-        m, r = history.movies[a:b], history.ratings[a:b]
+        m, r, t = history.movies[a:b], history.ratings[a:b], history.ts[a:b]
         if positives_only:
             keep = r >= 4.0
-            m, r = m[keep], r[keep]
-        m, r = m[-max_len:], r[-max_len:]
+            m, r, t = m[keep], r[keep], t[keep]
+        m, r, t = m[-max_len:], r[-max_len:], t[-max_len:]
         n = len(m)
         if n:
             tok[i, max_len - n:] = m + 1
             sgn[i, max_len - n:] = signs(r) + 2      # 1 disliked, 2 neutral, 3 liked
-    return tok, sgn
+            ts[i, max_len - n:] = t
+    return (tok, sgn, ts) if with_ts else (tok, sgn)
+
+
+def time_buckets(gap: torch.Tensor, n: int) -> torch.Tensor:
+    """Bucket of a time gap in seconds: floor(log2(1 + gap / 60)), capped at ``n - 1`` (0: under
+    a minute, 1: 1-3 minutes, ..., 10: 0.7-1.4 days, 19: 1-2 years). A minute is the finest step,
+    so ratings in the same second (whose order the protocol breaks by movie id) look no different
+    from ratings a few seconds apart."""
+    dtype = torch.int32 if gap.dtype == torch.int32 else torch.int64
+    bounds = torch.tensor([min(60 * (2 ** k - 1), torch.iinfo(dtype).max) for k in range(1, n)],
+                          dtype=dtype, device=gap.device)
+    return torch.bucketize(gap.to(dtype).abs(), bounds, right=True)          # int64: the fast lookup
+
+
+def pairwise_time_buckets(tok: torch.Tensor, ts: torch.Tensor, n: int, last_row: bool = False) -> torch.Tensor:
+    """[B, L, L] :func:`time_buckets` of the time between positions i (row) and j (column) of
+    left-padded windows ([B, 1, L]: the last row only). Padding gets its window's last time (its
+    buckets are masked anyway), so the times are taken from the window's last one and fit in
+    int32 (half the memory traffic) whenever a window spans less than 2^30 s (34 years)."""
+    last = ts.amax(1, keepdim=True)
+    t = torch.where(tok != 0, ts, last) - last                   # <= 0
+    if t.numel() and int(t.min()) > -(2 ** 30):
+        t = t.int()
+    rows = t[:, -1:] if last_row else t
+    return time_buckets(rows.unsqueeze(2) - t.unsqueeze(1), n)
 
 
 def window_spans(n: int, max_len: int) -> list[tuple[int, int]]:
@@ -110,6 +139,24 @@ def window_spans(n: int, max_len: int) -> list[tuple[int, int]]:
         spans.append((start, end))
         end = start + 1 if start > 0 else 0
     return spans
+
+
+class _BucketLookup(torch.autograd.Function):
+    """``weight[idx]`` ([*idx.shape, C]) for a small table and many indices: the backward sums
+    the gradient rows per index with ``index_add_`` (about 10x faster on a CPU than the embedding
+    backward for the ~5M indices of a [128, 200, 200] batch of time gaps)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.rows = weight.shape[0]
+        return F.embedding(idx, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        return torch.zeros(ctx.rows, g.shape[1], dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g), None
 
 
 # the collaborative part's blend weights tried on valid (item_item = -1)
@@ -178,6 +225,13 @@ class SASRec(Recommender):
         # above this many movies the part is skipped: EASE's dense solve grows with the cube of
         # the catalogue (ML-1M's 3.7k movies: seconds on a CPU; ML-25M's 62k: hours per lambda)
         item_item_max_movies: int = 20000
+        # time (the ratings' timestamps; none of it reads the time of the movie being predicted):
+        # time_bias: each attention weight between two ratings gets a learned per-head, per-layer
+        # bias by the bucketed time between them (TiSASRec's relative intervals, as a bias);
+        # time_input: each token gets an embedding of the bucketed time since the previous rating
+        time_bias: bool = False
+        time_input: bool = False
+        time_buckets: int = 24
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -189,6 +243,7 @@ class SASRec(Recommender):
         # EASE's item-item matrix of the collaborative part (sized by fit; empty = no such part)
         self.register_buffer("ii_S", torch.zeros(0))
         self._seq_cache: dict | None = None      # sequence scores kept while fit searches the blend
+        self._ii_cache: dict | None = None       # and z(EASE scores) of the lambda being tried
         for key in ("neutral_target", "disliked_target"):
             w = float(getattr(c, key))
             if not 0.0 <= w <= 1.0:
@@ -201,6 +256,16 @@ class SASRec(Recommender):
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.dropout, c.attn_dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.dim)
         self.drop = nn.Dropout(c.dropout)
+        if c.time_bias or c.time_input:
+            if int(c.time_buckets) < 1:
+                raise ValueError(f"time_buckets must be >= 1, not {c.time_buckets}")
+        # zero-initialised: training starts from the model without time. time_bias: one table of
+        # every layer's per-head biases (column layer * heads + head): one lookup per batch
+        self.time_bias = nn.Embedding(int(c.time_buckets), c.layers * c.heads) if c.time_bias else None
+        self.time_input = nn.Embedding(int(c.time_buckets), c.dim) if c.time_input else None
+        for emb in (self.time_bias, self.time_input):
+            if emb is not None:
+                nn.init.zeros_(emb.weight)
         self._neg_gen: torch.Generator | None = None    # sampled negatives (seeded in fit)
         nn.init.normal_(self.item.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
@@ -222,40 +287,66 @@ class SASRec(Recommender):
         return self.movie_table(self.graph).detach()
 
     # -- user side -------------------------------------------------------------------------------
+    @property
+    def uses_time(self) -> bool:
+        return bool(self.cfg.time_bias or self.cfg.time_input)
+
     def encode(self, tok: torch.Tensor, sgn: torch.Tensor, table: torch.Tensor,
-               last_only: bool = False) -> torch.Tensor:
+               last_only: bool = False, ts: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states [B, L, dim] of token windows (left-padded); ``last_only``: [B, 1, dim],
-        the last position's (the last block computes nothing else)."""
+        the last position's (the last block computes nothing else). ``ts``: the tokens'
+        timestamps (needed with ``time_bias`` / ``time_input``)."""
+        if self.uses_time and ts is None:
+            raise ValueError("this model reads the ratings' timestamps: pass ts")
         full = torch.cat([torch.zeros(1, table.shape[1], device=table.device), table])
         x = full[tok]
         if self.cfg.inputs == "all":
             x = x + self.sign(sgn)
         L = tok.shape[1]
+        nb = int(self.cfg.time_buckets)
+        if self.time_input is not None:
+            prev = torch.cat([ts[:, :1], ts[:, :-1]], 1)
+            first = torch.cat([torch.ones_like(tok[:, :1], dtype=torch.bool), tok[:, :-1] == 0], 1)
+            x = x + self.time_input(time_buckets(torch.where(first, 0, ts - prev), nb))
         x = x + self.pos.weight[-L:].unsqueeze(0)
         x = self.drop(x)
         # causal and not padding; every position may attend to itself (padded rows stay finite)
         allowed = self.causal[:L, :L].unsqueeze(0) & (tok != 0).unsqueeze(1)
         allowed = allowed | torch.eye(L, dtype=torch.bool, device=tok.device).unsqueeze(0)
         mask = allowed.unsqueeze(1)                  # [B, 1, L, L], broadcast over heads
+        biases = None
+        if self.time_bias is not None:     # [B, L, L, layers * heads] ([B, 1, L, ...]: last row only)
+            gaps = pairwise_time_buckets(tok, ts, nb, last_row=last_only and len(self.blocks) == 1)
+            biases = _BucketLookup.apply(self.time_bias.weight, gaps)
+        H = self.cfg.heads
         for i, blk in enumerate(self.blocks):
-            x = blk(x, mask, last_only=last_only and i == len(self.blocks) - 1)
+            last = last_only and i == len(self.blocks) - 1
+            m = mask
+            if biases is not None:
+                # [B, heads, L, L]; the last block of a last-only pass needs its last row only
+                bias = (biases[:, -1:] if last else biases)[..., i * H:(i + 1) * H].permute(0, 3, 1, 2)
+                m = bias.masked_fill(~(mask[:, :, -1:] if last else mask), float("-inf"))
+            x = blk(x, m, last_only=last)
         return self.norm(x)
 
-    def user_states(self, tok, sgn, table, last_only: bool = False) -> torch.Tensor:
-        return self.encode(tok, sgn, table, last_only)
+    def user_states(self, tok, sgn, table, last_only: bool = False, ts=None) -> torch.Tensor:
+        return self.encode(tok, sgn, table, last_only, ts)
 
     def _batch(self, history, users: np.ndarray, device):
-        """Token and sign windows of ``users``, without the columns that are padding in every
-        window (positions are right-aligned, so the model sees the same inputs)."""
-        tok, sgn = _windows(history, users, self.cfg.max_len, self.cfg.inputs == "positives")
+        """Token, sign and timestamp windows of ``users`` (timestamps None unless the model reads
+        time), without the columns that are padding in every window (positions are
+        right-aligned, so the model sees the same inputs)."""
+        tok, sgn, ts = _windows(history, users, self.cfg.max_len, self.cfg.inputs == "positives", with_ts=True)
         filled = (tok > 0).any(0)
         keep = max(1, self.cfg.max_len - int(filled.argmax())) if filled.any() else 1
-        return (torch.from_numpy(np.ascontiguousarray(tok[:, -keep:])).to(device),
-                torch.from_numpy(np.ascontiguousarray(sgn[:, -keep:])).to(device))
+
+        def cut(a):
+            return torch.from_numpy(np.ascontiguousarray(a[:, -keep:])).to(device)
+        return cut(tok), cut(sgn), (cut(ts) if self.uses_time else None)
 
     def _user_scores(self, users: np.ndarray, history, table: torch.Tensor) -> torch.Tensor:
-        tok, sgn = self._batch(history, users, table.device)
-        return self.user_states(tok, sgn, table, last_only=True)[:, -1] @ table.T
+        tok, sgn, ts = self._batch(history, users, table.device)
+        return self.user_states(tok, sgn, table, last_only=True, ts=ts)[:, -1] @ table.T
 
     def score_graph(self, users: torch.Tensor, history, graph: Graph | None = None) -> torch.Tensor:
         table = self.movie_table(graph if graph is not None else self.graph)
@@ -296,7 +387,14 @@ class SASRec(Recommender):
     def _blend(self, seq: torch.Tensor, users: torch.Tensor, history) -> torch.Tensor:
         if not self._item_item_on():
             return seq
-        return _standardise(seq) + float(self.cfg.item_item) * _standardise(self.item_item_scores(users, history))
+        key = None if self._ii_cache is None else (id(history), users.cpu().numpy().tobytes())
+        if key is not None and key in self._ii_cache:
+            z_ii = self._ii_cache[key]
+        else:
+            z_ii = _standardise(self.item_item_scores(users, history))
+            if key is not None:
+                self._ii_cache[key] = z_ii
+        return _standardise(seq) + float(self.cfg.item_item) * z_ii
 
     def load_state_dict(self, state, *args, **kwargs):
         state = dict(state)
@@ -333,6 +431,7 @@ class SASRec(Recommender):
         try:
             for l2 in lambdas:
                 self.ii_S = ease_matrix(gram, l2).to(next(self.parameters()).device)
+                self._ii_cache = {}       # one EASE product per user batch and lambda, not per weight
                 for w in weights:
                     c.item_item = w
                     valid = valid_fn(self)
@@ -341,24 +440,24 @@ class SASRec(Recommender):
                     if valid["ndcg@20"] > best[0]:
                         best = (valid["ndcg@20"], w, l2, valid, self.ii_S)
         finally:
-            self._seq_cache = None
+            self._seq_cache = self._ii_cache = None
         _, c.item_item, c.item_item_l2, valid, self.ii_S = best
         return dataclasses.replace(info, valid=valid)
 
     # -- training --------------------------------------------------------------------------------
-    def _train_windows(self, history):
+    def _train_windows(self, history, with_ts: bool = False):
         """Training windows of max_len + 1 consecutive tokens per user (the most recent chunk
         first, then earlier ones): [N, L + 1] movie index + 1 (0 = padding, left) and rating
-        signs + 2 (0 = padding)."""
+        signs + 2 (0 = padding); ``with_ts``: and the ratings' timestamps (0 = padding)."""
         L = self.cfg.max_len
-        wins, sgns = [], []
+        wins, sgns, tss = [], [], []
         pos_only = self.cfg.inputs == "positives"
         for u in range(history.n_users):
             a, b = history.indptr[u], history.indptr[u + 1]
-            m, r = history.movies[a:b], history.ratings[a:b]
+            m, r, t = history.movies[a:b], history.ratings[a:b], history.ts[a:b]
             if pos_only:
                 keep = r >= 4.0
-                m, r = m[keep], r[keep]
+                m, r, t = m[keep], r[keep], t[keep]
             for start, end in window_spans(len(m), L):
                 n = end - start
                 w = np.zeros(L + 1, np.int64)
@@ -367,7 +466,12 @@ class SASRec(Recommender):
                 sg[L + 1 - n:] = signs(r[start:end]) + 2
                 wins.append(w)
                 sgns.append(sg)
-        return torch.from_numpy(np.stack(wins)), torch.from_numpy(np.stack(sgns))
+                if with_ts:
+                    tw = np.zeros(L + 1, np.int64)
+                    tw[L + 1 - n:] = t[start:end]
+                    tss.append(tw)
+        out = torch.from_numpy(np.stack(wins)), torch.from_numpy(np.stack(sgns))
+        return (*out, torch.from_numpy(np.stack(tss))) if with_ts else out
 
     def _targets(self, win, wsg) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets [B, L, K] of each input position (the movies at t+1 .. t+K within the window)
@@ -389,14 +493,15 @@ class SASRec(Recommender):
         ok = pad_w.unfold(1, K, 1)[:, :L] * (tok > 0).unsqueeze(-1).float()
         return tgt, ok
 
-    def train_loss(self, win, wsg, norm: float | None = None) -> torch.Tensor:
+    def train_loss(self, win, wsg, norm: float | None = None, wts=None) -> torch.Tensor:
         """Cross-entropy over the catalogue: the state at position t predicts each liked movie
         among the next ``horizon`` positions (horizon 1 = classic next-item SASRec). Averaged
         over the batch's targets, or summed and divided by ``norm`` (the epoch's mean number of
-        targets per batch: every target weighs the same whatever batch it falls in)."""
+        targets per batch: every target weighs the same whatever batch it falls in). ``wts``:
+        the windows' timestamps (models that read time)."""
         table = self.movie_table(self.graph)
         tok, sgn = win[:, :-1], wsg[:, :-1]
-        h = self.user_states(tok, sgn, table)                      # [B, L, d]
+        h = self.user_states(tok, sgn, table, ts=None if wts is None else wts[:, :-1])   # [B, L, d]
         tgt, ok = self._targets(win, wsg)
         rows = (ok > 0).any(-1)
         if not bool(rows.any()):
@@ -427,7 +532,8 @@ class SASRec(Recommender):
         from posterkg.gnn.train import fit_epochs
 
         device = next(self.parameters()).device
-        win, wsg = self._train_windows(inputs.data.history("valid"))
+        win, wsg, *wts = self._train_windows(inputs.data.history("valid"), with_ts=self.uses_time)
+        wts = wts[0] if wts else None
         gen = torch.Generator().manual_seed(train_cfg.seed)
         self._neg_gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
         opt = torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -445,7 +551,8 @@ class SASRec(Recommender):
             # windows are left-padded: drop the columns that are padding in every window of the
             # batch (positions stay right-aligned, so the model sees the same inputs)
             keep = max(2, int(lengths[idx].max()))
-            return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm)
+            return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm,
+                                   None if wts is None else wts[idx, -keep:].to(device))
 
         # the sequence model trains and stops early on its own scores; the collaborative part
         # (if on) is chosen afterwards
@@ -485,6 +592,9 @@ class PosterKGSeq(SASRec):
         item_item_grid: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_GRID))
         item_item_lambdas: list = dataclasses.field(default_factory=lambda: list(EASE_LAMBDAS))
         item_item_max_movies: int = 20000
+        time_bias: bool = False        # time (see SASRec.Config)
+        time_input: bool = False
+        time_buckets: int = 24
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"
@@ -573,9 +683,9 @@ class PosterKGSeq(SASRec):
             x = x + self.part_gate[name] * lin(getattr(self, f"feat_{name}"))
         return x
 
-    def _parts(self, tok, sgn, table, last_only: bool = False):
+    def _parts(self, tok, sgn, table, last_only: bool = False, ts=None):
         c = self.cfg
-        short = self.encode(tok, sgn, table, last_only) if c.short_term else None
+        short = self.encode(tok, sgn, table, last_only, ts) if c.short_term else None
         long = None
         if c.long_term:
             full = torch.cat([torch.zeros(1, table.shape[1], device=table.device), table])
@@ -601,8 +711,8 @@ class PosterKGSeq(SASRec):
         g = torch.sigmoid(self.gate(torch.cat([short, long], -1)))
         return g * short + (1 - g) * long, g
 
-    def user_states(self, tok, sgn, table, last_only: bool = False) -> torch.Tensor:
-        short, long = self._parts(tok, sgn, table, last_only)
+    def user_states(self, tok, sgn, table, last_only: bool = False, ts=None) -> torch.Tensor:
+        short, long = self._parts(tok, sgn, table, last_only, ts)
         return self._fuse(short, long)[0]
 
     def explain_parts(self, users: torch.Tensor, history, movies: torch.Tensor,
@@ -614,8 +724,8 @@ class PosterKGSeq(SASRec):
         holds the collaborative part (EASE over the user's whole, unordered history: a long-term
         signal; also given alone as ``item_item``), so the two still add up to the score."""
         table = self.movie_table(graph if graph is not None else self.graph)
-        tok, sgn = self._batch(history, users.cpu().numpy(), table.device)
-        short, long = self._parts(tok, sgn, table, last_only=True)
+        tok, sgn, ts = self._batch(history, users.cpu().numpy(), table.device)
+        short, long = self._parts(tok, sgn, table, last_only=True, ts=ts)
         v = table[movies]
         if short is None or long is None:
             h = (short if long is None else long)[:, -1]

@@ -55,10 +55,14 @@ def test_attention_is_causal_and_padding_is_inert():
         table = m.movie_table(m.graph)
         tok = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
         sgn = torch.tensor([[0, 0, 3, 3, 3, 3, 3, 3]])
-        h1 = m.user_states(tok, sgn, table)
-        tok2, sgn2 = tok.clone(), sgn.clone()
-        tok2[0, -1] = 11                      # change only the last token
-        h2 = m.user_states(tok2, sgn2, table)
+        ts = torch.tensor([[0, 0, 10, 500, 9000, 9001, 90_000, 900_000]])
+        if m.time_bias is not None:           # the time part (posterkg-seq's) biases every pair
+            with torch.no_grad():
+                m.time_bias.weight.normal_()
+        h1 = m.user_states(tok, sgn, table, ts=ts)
+        tok2, sgn2, ts2 = tok.clone(), sgn.clone(), ts.clone()
+        tok2[0, -1], ts2[0, -1] = 11, 5_000_000      # change only the last token
+        h2 = m.user_states(tok2, sgn2, table, ts=ts2)
         assert torch.allclose(h1[0, :-1], h2[0, :-1], atol=1e-6), kind     # earlier states unchanged
         assert not torch.allclose(h1[0, -1], h2[0, -1]), kind
         tok3 = tok.clone()
@@ -113,7 +117,7 @@ def test_neutral_and_disliked_targets_are_weighted_next_movies():
     for kind in ("sasrec-all", "posterkg-seq"):
         for a, b in [(0.0, 0.0), (0.5, 0.0), (1.0, 0.25)]:
             m = registry.build(kind, inputs, registry.model_config(kind, {
-                "dim": 8, "max_len": 5, "dropout": 0.0, "softmax_chunk": 0,
+                "dim": 8, "max_len": 5, "dropout": 0.0, "softmax_chunk": 0, "time_bias": False,
                 "neutral_target": a, "disliked_target": b}))
             m.eval()
             table = m.movie_table(m.graph)
@@ -134,7 +138,7 @@ def test_long_term_part_is_a_running_mean_of_liked_minus_disliked():
     ratings, n = _cycle_world(n_users=4)
     inputs = _inputs(ratings, n)
     m = registry.build("posterkg-seq", inputs, registry.model_config(
-        "posterkg-seq", {"dim": 8, "max_len": 4, "dropout": 0.0, "neg_weight": 0.5}))
+        "posterkg-seq", {"dim": 8, "max_len": 4, "dropout": 0.0, "neg_weight": 0.5, "time_bias": False}))
     m.eval()
     table = m.movie_table(m.graph).detach()
     tok = torch.tensor([[2, 5, 7, 9]])
@@ -208,11 +212,14 @@ def test_trimming_common_padding_leaves_the_loss_unchanged():
     for kind in ("sasrec", "posterkg-seq"):
         m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 20, "dropout": 0.0}))
         m.eval()
-        win, wsg = m._train_windows(inputs.data.history("valid"))
+        win, wsg, wts = m._train_windows(inputs.data.history("valid"), with_ts=True)
+        if m.time_bias is not None:           # posterkg-seq's time part: timestamps trimmed alike
+            with torch.no_grad():
+                m.time_bias.weight.normal_()
         keep = int((win > 0).sum(1).max())
         assert keep < win.shape[1]                            # there is common padding to trim
-        full = m.train_loss(win, wsg)
-        trimmed = m.train_loss(win[:, -keep:], wsg[:, -keep:])
+        full = m.train_loss(win, wsg, wts=wts)
+        trimmed = m.train_loss(win[:, -keep:], wsg[:, -keep:], wts=wts[:, -keep:])
         assert torch.allclose(full, trimmed, atol=1e-6), (kind, float(full), float(trimmed))
 
 
@@ -279,7 +286,7 @@ def test_sampled_softmax_is_the_softmax_over_the_target_and_the_drawn_negatives(
     for kind in ("sasrec", "posterkg-seq"):
         for horizon in (1, 3):
             mc = registry.model_config(kind, {"dim": 16, "max_len": 20, "dropout": 0.0, "negatives": 5,
-                                              "horizon": horizon})
+                                              "horizon": horizon, "time_bias": False})
             m = registry.build(kind, inputs, mc)
             m.eval()
             win, wsg = m._train_windows(inputs.data.history("valid"))
@@ -312,7 +319,7 @@ def test_bf16_logits_only_in_training_and_close_to_float32(softmax_chunk):
     inputs = _inputs(ratings, n)
     m = registry.build("posterkg-seq", inputs, registry.model_config(
         "posterkg-seq", {"dim": 16, "max_len": 20, "dropout": 0.0, "bf16_logits": True,
-                         "softmax_chunk": softmax_chunk}))
+                         "softmax_chunk": softmax_chunk, "time_bias": False}))
     win, wsg = m._train_windows(inputs.data.history("valid"))
     m.train()
     low = m.train_loss(win, wsg)
@@ -363,7 +370,8 @@ def test_models_chunked_softmax_gives_the_same_loss_and_gradients():
     for kind in ("sasrec", "posterkg-seq"):
         for horizon in (1, 3):
             m = registry.build(kind, inputs, registry.model_config(
-                kind, {"dim": 16, "max_len": 20, "dropout": 0.0, "horizon": horizon, "softmax_chunk": 0}))
+                kind, {"dim": 16, "max_len": 20, "dropout": 0.0, "horizon": horizon, "softmax_chunk": 0,
+                       "time_bias": False}))
             win, wsg = m._train_windows(inputs.data.history("valid"))
             params = [p for p in m.parameters() if p.requires_grad]
             full = m.train_loss(win, wsg)
@@ -387,7 +395,7 @@ def _random_world(seed=0, n_users=30, n_movies=40, max_n=30):
     for u in range(1, n_users + 1):
         n = int(rng.integers(10, max_n))
         for t, m in enumerate(rng.choice(n_movies, n, replace=False) + 1):
-            rows.append((u, int(m), float(rng.choice([1, 3, 4, 5])), t))
+            rows.append((u, int(m), float(rng.choice([1, 3, 4, 5])), 10 ** 9 + 997 * t * t))   # gaps: minutes to hours
     return _inputs(pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), n_movies,
                    concepts=(np.arange(n_movies), np.arange(n_movies) % 3, np.ones(n_movies)))
 
@@ -404,11 +412,15 @@ def test_scoring_shortcuts_give_the_full_encoder_scores():
     users = torch.from_numpy(np.random.default_rng(0).permutation(inputs.data.n_users))
     for kind in ("sasrec", "posterkg-seq"):
         m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 48}))
+        if m.time_bias is not None:           # posterkg-seq's time part, away from its zero start
+            with torch.no_grad():
+                m.time_bias.weight.normal_()
         m.eval()
         with torch.no_grad():
             table = m.movie_table(m.graph)
-            tok, sgn = _windows(hist, users.numpy(), 48, kind == "sasrec")
-            want = m.user_states(torch.from_numpy(tok), torch.from_numpy(sgn), table)[:, -1] @ table.T
+            tok, sgn, ts = _windows(hist, users.numpy(), 48, kind == "sasrec", with_ts=True)
+            want = m.user_states(torch.from_numpy(tok), torch.from_numpy(sgn), table,
+                                 ts=torch.from_numpy(ts))[:, -1] @ table.T
             got = m.score(users, hist)
         assert tok[:, 0].max() == 0                    # the plain path had padding to trim
         assert got.shape == want.shape
@@ -576,3 +588,173 @@ def test_collaborative_part_on_real_movielens(ml1m_db):
     e = torch.from_numpy(hist.csr()[users.numpy()].toarray()).float() @ m.ii_S
     z = lambda a: (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True)   # noqa: E731
     assert torch.allclose(m.score(users, hist), z(seq) + 3.0 * z(e), atol=1e-4)
+
+
+# -- time (time_bias / time_input) ----------------------------------------------------------------
+
+def _timed_world(seed=0, n_users=12, n_movies=30, max_n=20):
+    """Ratings with gaps from seconds to months between them (a mixture of bursts and breaks)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        n = int(rng.integers(8, max_n))
+        t = 10 ** 9
+        for m in rng.choice(n_movies, n, replace=False) + 1:
+            t += int(rng.choice([0, 5, 400, 20_000, 3_000_000]))
+            rows.append((u, int(m), float(rng.choice([1, 3, 4, 5])), t))
+    return _inputs(pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), n_movies,
+                   concepts=(np.arange(n_movies), np.arange(n_movies) % 3, np.ones(n_movies)))
+
+
+def test_time_buckets_are_log2_minutes_capped():
+    from posterkg.gnn.sequential import time_buckets
+
+    gaps = torch.tensor([0, 1, 59, 60, 179, 180, 420, -60, 86_400, 10 ** 9])
+    # floor(log2(1 + gap / 60)): 0 under a minute (the same second included), 1 for 1-3 min, ...
+    want = [0, 0, 0, 1, 1, 2, 3, 1, 10, 15]
+    assert time_buckets(gaps, 16).tolist() == want
+    assert time_buckets(gaps, 4).tolist() == [min(w, 3) for w in want]
+
+
+@pytest.mark.parametrize("kind", ["sasrec-all", "posterkg-seq"])
+def test_time_parts_start_at_zero_and_then_change_the_scores(kind):
+    inputs = _timed_world()
+    hist = inputs.data.history("test")
+    users = torch.arange(inputs.data.n_users)
+    base = {"dim": 16, "max_len": 24, "item_item": 0.0}
+    plain = registry.build(kind, inputs, registry.model_config(kind, base))
+    timed = registry.build(kind, inputs, registry.model_config(kind, {**base, "time_bias": True, "time_input": True}))
+    missing, unexpected = timed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("time_") for k in missing)
+    plain.eval(), timed.eval()
+    assert torch.allclose(timed.score(users, hist), plain.score(users, hist), atol=1e-5)
+    with torch.no_grad():
+        timed.time_input.weight.normal_()
+    with_input = timed.score(users, hist)
+    assert not torch.allclose(with_input, plain.score(users, hist), atol=1e-3)
+    with torch.no_grad():
+        timed.time_bias.weight.normal_()
+    assert not torch.allclose(timed.score(users, hist), with_input, atol=1e-3)
+    with pytest.raises(ValueError, match="timestamps"):
+        table = timed.movie_table(timed.graph)
+        timed.user_states(torch.tensor([[1, 2]]), torch.tensor([[3, 3]]), table)
+
+
+def test_time_bias_weighs_attention_by_the_time_between_two_ratings():
+    """A bias of -1e9 on every bucket but 'under 3 minutes' must act as a mask: the last state of
+    a one-block model equals the model without time (same weights) reading only the ratings
+    within 3 minutes of the last one (the others turned into padding)."""
+    inputs = _timed_world()
+    cfg = {"dim": 16, "max_len": 6, "layers": 1, "dropout": 0.0, "inputs": "all", "item_item": 0.0}
+    plain = registry.build("sasrec", inputs, registry.model_config("sasrec", cfg))
+    timed = registry.build("sasrec", inputs, registry.model_config("sasrec", {**cfg, "time_bias": True}))
+    timed.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        timed.time_bias.weight.fill_(-1e9)
+        timed.time_bias.weight[:2] = 0.0                       # buckets 0-1: under 3 minutes
+    plain.eval(), timed.eval()
+    tok = torch.tensor([[0, 4, 7, 2, 9, 5]])
+    sgn = torch.tensor([[0, 3, 1, 3, 2, 3]])
+    ts = torch.tensor([[0, 1000, 50_000, 99_000, 99_850, 100_000]])   # 4 and 7 far; 2 at 1000 s
+    table = plain.movie_table(plain.graph)
+    with torch.no_grad():
+        got = timed.user_states(tok, sgn, table, last_only=True, ts=ts)[:, -1]
+        near = torch.tensor([[0, 0, 0, 0, 9, 5]])
+        want = plain.user_states(near, sgn * (near > 0), table, last_only=True)[:, -1]
+        unmasked = plain.user_states(tok, sgn, table, last_only=True)[:, -1]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, unmasked, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["sasrec-all", "posterkg-seq"])
+def test_time_aware_training_states_are_the_scoring_states(kind):
+    """The state a training window gives after each user's last-but-one rating is the state
+    scoring gives for the history without the last rating: timestamps line up in both paths."""
+    from posterkg.gnn.data import History
+
+    inputs = _timed_world()
+    m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 32, "item_item": 0.0,
+                                                                  "time_bias": True, "time_input": True}))
+    with torch.no_grad():
+        m.time_input.weight.normal_()
+        m.time_bias.weight.normal_()
+    m.eval()
+    hist = inputs.data.history("valid")
+    win, wsg, wts = m._train_windows(hist, with_ts=True)
+    assert len(win) == hist.n_users                  # one window per user (all shorter than max_len)
+    last = np.zeros(len(hist.users), bool)
+    last[hist.indptr[1:] - 1] = True
+    short = History(hist.n_users, hist.n_movies, hist.users[~last], hist.movies[~last],
+                    hist.ratings[~last], hist.ts[~last], "valid")
+    users = torch.arange(hist.n_users)
+    with torch.no_grad():
+        table = m.movie_table(m.graph)
+        train_states = m.user_states(win[:, :-1], wsg[:, :-1], table, ts=wts[:, :-1])[:, -1]
+        assert torch.allclose(m.score(users, short), train_states @ table.T, atol=1e-4)
+        loss = m.train_loss(win, wsg, wts=wts)
+    assert torch.isfinite(loss)
+
+
+def test_bucket_lookup_gives_the_embedding_lookup_and_its_gradient():
+    from posterkg.gnn.sequential import _BucketLookup
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    idx = torch.randint(0, 7, (4, 5, 5), generator=g)
+    up = torch.randn(4, 5, 5, 3, generator=g, dtype=torch.float64)
+    a, b = w.clone().requires_grad_(), w.clone().requires_grad_()
+    out = _BucketLookup.apply(a, idx)
+    assert torch.equal(out, torch.nn.functional.embedding(idx, b))
+    (out * up).sum().backward()
+    (torch.nn.functional.embedding(idx, b) * up).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: _BucketLookup.apply(x, idx), (w.clone().requires_grad_(),))
+
+
+def test_pairwise_time_buckets_match_the_rule_in_int32_and_int64():
+    from posterkg.gnn.sequential import _BucketLookup, pairwise_time_buckets, time_buckets
+
+    g = torch.Generator().manual_seed(1)
+    ts = torch.cumsum(torch.randint(0, 10 ** 6, (3, 9), generator=g), 1) + 10 ** 9
+    tok = torch.randint(1, 50, (3, 9), generator=g)
+    tok[0, :4] = 0                                      # left padding
+    want = time_buckets(ts.unsqueeze(2) - ts.unsqueeze(1), 24)
+    got = pairwise_time_buckets(tok, ts, 24)
+    real = (tok != 0).unsqueeze(2) & (tok != 0).unsqueeze(1)
+    assert torch.equal(got[real], want[real])           # padding's buckets are masked: not compared
+    assert torch.equal(pairwise_time_buckets(tok, ts, 24, last_row=True), got[:, -1:])
+    wide = ts.clone()
+    wide[:, 0] = 0                                      # a span over 2^30 s: the int64 path
+    assert torch.equal(pairwise_time_buckets(torch.ones_like(tok), wide, 24),
+                       time_buckets(wide.unsqueeze(2) - wide.unsqueeze(1), 24))
+    w = torch.randn(24, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: _BucketLookup.apply(x, got), (w,))
+
+
+def test_blend_search_scores_every_pair_with_its_own_lambda():
+    """The search caches the sequence scores and each lambda's EASE scores: what valid sees for
+    every (weight, lambda) must still be z(seq) + w z(x @ S_lambda), computed here by hand."""
+    inputs = _random_world(seed=2)
+    hist = inputs.data.history("valid")
+    users = torch.arange(inputs.data.n_users)
+    cfg = registry.model_config("posterkg-seq", {"dim": 8, "max_len": 48, "item_item": -1,
+                                                 "item_item_grid": [0.1, 0.3], "item_item_lambdas": [1.0, 50.0]})
+    m = registry.build("posterkg-seq", inputs, cfg).eval()
+    with torch.no_grad():
+        seq = m.score(users, hist)                            # the part is not on yet
+    x = torch.from_numpy(hist.csr().toarray())
+    z = lambda a: (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True)   # noqa: E731
+    checked = []
+
+    def valid_fn(mm):
+        l2 = next(l for l in (1.0, 50.0) if np.allclose(mm.ii_S.numpy(), _ease_by_hand(inputs, l), atol=1e-4))
+        for _ in range(2):                                    # the second call reads the caches
+            got = mm.score(users, hist)
+            want = z(seq) + mm.cfg.item_item * z(x @ torch.from_numpy(_ease_by_hand(inputs, l2)).float())
+            assert torch.allclose(got, want, atol=1e-4), (mm.cfg.item_item, l2)
+        checked.append((mm.cfg.item_item, l2))
+        return {"ndcg@20": 0.0}
+
+    m._fit_item_item(inputs, valid_fn, FitInfo([], 1, {"ndcg@20": -1.0}, 0.0), False)
+    assert sorted(checked) == [(0.1, 1.0), (0.1, 50.0), (0.3, 1.0), (0.3, 50.0)]
+    assert m._seq_cache is None and m._ii_cache is None
