@@ -89,7 +89,7 @@ def _windows(history, users: np.ndarray, max_len: int, positives_only: bool, wit
     B = len(users)
     tok = np.zeros((B, max_len), np.int64)
     sgn = np.zeros((B, max_len), np.int64)
-    ts = np.zeros((B, max_len), np.int64)
+    ts = np.zeros((B, max_len), np.int64) if with_ts else None
     for i, u in enumerate(users):
         a, b = history.indptr[u], history.indptr[u + 1]
         m, r, t = history.movies[a:b], history.ratings[a:b], history.ts[a:b]
@@ -101,7 +101,8 @@ def _windows(history, users: np.ndarray, max_len: int, positives_only: bool, wit
         if n:
             tok[i, max_len - n:] = m + 1
             sgn[i, max_len - n:] = signs(r) + 2      # 1 disliked, 2 neutral, 3 liked
-            ts[i, max_len - n:] = t
+            if with_ts:
+                ts[i, max_len - n:] = t
     return (tok, sgn, ts) if with_ts else (tok, sgn)
 
 
@@ -256,9 +257,8 @@ class SASRec(Recommender):
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.dropout, c.attn_dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.dim)
         self.drop = nn.Dropout(c.dropout)
-        if c.time_bias or c.time_input:
-            if int(c.time_buckets) < 1:
-                raise ValueError(f"time_buckets must be >= 1, not {c.time_buckets}")
+        if self.uses_time and int(c.time_buckets) < 1:
+            raise ValueError(f"time_buckets must be >= 1, not {c.time_buckets}")
         # zero-initialised: training starts from the model without time. time_bias: one table of
         # every layer's per-head biases (column layer * heads + head): one lookup per batch
         self.time_bias = nn.Embedding(int(c.time_buckets), c.layers * c.heads) if c.time_bias else None
@@ -336,13 +336,14 @@ class SASRec(Recommender):
         """Token, sign and timestamp windows of ``users`` (timestamps None unless the model reads
         time), without the columns that are padding in every window (positions are
         right-aligned, so the model sees the same inputs)."""
-        tok, sgn, ts = _windows(history, users, self.cfg.max_len, self.cfg.inputs == "positives", with_ts=True)
+        tok, sgn, *ts = _windows(history, users, self.cfg.max_len, self.cfg.inputs == "positives",
+                                 with_ts=self.uses_time)
         filled = (tok > 0).any(0)
         keep = max(1, self.cfg.max_len - int(filled.argmax())) if filled.any() else 1
 
         def cut(a):
             return torch.from_numpy(np.ascontiguousarray(a[:, -keep:])).to(device)
-        return cut(tok), cut(sgn), (cut(ts) if self.uses_time else None)
+        return cut(tok), cut(sgn), (cut(ts[0]) if ts else None)
 
     def _user_scores(self, users: np.ndarray, history, table: torch.Tensor) -> torch.Tensor:
         tok, sgn, ts = self._batch(history, users, table.device)

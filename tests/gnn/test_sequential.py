@@ -758,3 +758,53 @@ def test_blend_search_scores_every_pair_with_its_own_lambda():
     m._fit_item_item(inputs, valid_fn, FitInfo([], 1, {"ndcg@20": -1.0}, 0.0), False)
     assert sorted(checked) == [(0.1, 1.0), (0.1, 50.0), (0.3, 1.0), (0.3, 50.0)]
     assert m._seq_cache is None and m._ii_cache is None
+
+
+def test_time_part_on_real_movielens(ml1m_db):
+    """../shared ML-1M: the windows carry each user's own latest timestamps (from the split's
+    rows, in the protocol's order), their pairwise buckets follow floor(log2(1 + gap / 60)) on
+    real gaps (same-second ties included), and a training window's state after a user's
+    last-but-one rating is the scoring state of the history without the last rating."""
+    from posterkg.gnn.data import History, load_interactions
+    from posterkg.gnn.sequential import pairwise_time_buckets, window_spans
+    from posterkg.store import open_store
+
+    with open_store(ml1m_db, read_only=True) as store:
+        data = load_interactions(store)
+    inputs = ModelInputs(IdVocab(data.user_ids, data.movie_ids), data, None)
+    L = 32
+    m = registry.build("sasrec-all", inputs, registry.model_config(
+        "sasrec-all", {"dim": 16, "max_len": L, "time_bias": True}), seed=0)
+    with torch.no_grad():
+        m.time_bias.weight.normal_(generator=torch.Generator().manual_seed(0))
+    m.eval()
+    hist = data.history("valid")
+    users = np.random.default_rng(0).choice(data.n_users, 150, replace=False)
+    p = data.parts["train"]
+    tok, _, ts = m._batch(hist, users, "cpu")
+    assert ts is not None and ts.shape == tok.shape
+    for i, u in enumerate(users):                 # the split's rows, sorted by (timestamp, movie)
+        rows = np.flatnonzero(p.users == u)
+        order = np.lexsort((p.movies[rows], p.ts[rows]))
+        want = p.ts[rows][order][-L:]
+        assert np.array_equal(ts[i, L - len(want):].numpy(), want)
+        assert np.array_equal(tok[i, L - len(want):].numpy(), p.movies[rows][order][-L:] + 1)
+    got = pairwise_time_buckets(tok, ts, 24).numpy()
+    t = ts.numpy().astype(np.float64)
+    want = np.minimum(np.floor(np.log2(1.0 + np.abs(t[:, :, None] - t[:, None, :]) / 60.0)), 23)
+    real = (tok.numpy() != 0)[:, :, None] & (tok.numpy() != 0)[:, None, :]
+    assert np.array_equal(got[real], want[real])
+    assert (want[real] == 0).mean() > 0.1 and want[real].max() >= 10   # bursts and long breaks
+    # training windows: each user's most recent one comes first among that user's windows
+    win, wsg, wts = m._train_windows(hist, with_ts=True)
+    lengths = np.diff(hist.indptr)
+    first = np.concatenate([[0], np.cumsum([len(window_spans(int(n), L)) for n in lengths])[:-1]])
+    last = np.zeros(len(hist.users), bool)
+    last[hist.indptr[1:] - 1] = True
+    short = History(hist.n_users, hist.n_movies, hist.users[~last], hist.movies[~last],
+                    hist.ratings[~last], hist.ts[~last], "valid")
+    idx = torch.from_numpy(first[users])
+    with torch.no_grad():
+        table = m.movie_table(None)
+        train_states = m.user_states(win[idx, :-1], wsg[idx, :-1], table, ts=wts[idx, :-1])[:, -1]
+        assert torch.allclose(m.score(torch.from_numpy(users), short), train_states @ table.T, atol=1e-4)
