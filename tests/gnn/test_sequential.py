@@ -616,6 +616,22 @@ def test_time_buckets_are_log2_minutes_capped():
     assert time_buckets(gaps, 4).tolist() == [min(w, 3) for w in want]
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_time_buckets_are_exact_at_every_bucket_edge(dtype):
+    """The buckets come from float64 bits: at and next to every edge 60 * (2^k - 1) they must
+    equal the rule in exact integer arithmetic (k = bit length of (|gap| + 60) // 60, minus 1),
+    for every int32 gap and int64 gaps up to 2^53 s (float64's exact integers)."""
+    from posterkg.gnn.sequential import time_buckets
+
+    top = 2 ** 31 - 1 if dtype == torch.int32 else 2 ** 53
+    edges = [60 * (2 ** k - 1) + d for k in range(64) for d in (-2, -1, 0, 1, 2)]
+    gaps = sorted({g for e in edges for g in (e, -e) if abs(g) <= top} | {top, -top})
+    for n in (24, 64):
+        want = [min(((abs(g) + 60) // 60).bit_length() - 1, n - 1) for g in gaps]
+        got = time_buckets(torch.tensor(gaps, dtype=dtype), n)
+        assert got.dtype == torch.int64 and got.tolist() == want
+
+
 @pytest.mark.parametrize("kind", ["sasrec-all", "posterkg-seq"])
 def test_time_parts_start_at_zero_and_then_change_the_scores(kind):
     inputs = _timed_world()
@@ -695,24 +711,32 @@ def test_time_aware_training_states_are_the_scoring_states(kind):
     assert torch.isfinite(loss)
 
 
-def test_bucket_lookup_gives_the_embedding_lookup_and_its_gradient():
-    from posterkg.gnn.sequential import _BucketLookup
+@pytest.mark.parametrize("shape", [(4, 5, 5), (4, 1, 5)])
+def test_bucket_bias_is_the_embedding_lookup_per_head_and_its_gradient(shape):
+    """[B, heads, R, L] biases weight[idx, head]: the embedding lookup permuted, head-major in
+    memory (what the attention kernel reads without a copy), with the same gradient."""
+    from posterkg.gnn.sequential import _BucketBias
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(7, 3, generator=g, dtype=torch.float64)
-    idx = torch.randint(0, 7, (4, 5, 5), generator=g)
-    up = torch.randn(4, 5, 5, 3, generator=g, dtype=torch.float64)
+    idx = torch.randint(0, 7, shape, generator=g)
+    up = torch.randn(shape[0], 3, *shape[1:], generator=g, dtype=torch.float64)
     a, b = w.clone().requires_grad_(), w.clone().requires_grad_()
-    out = _BucketLookup.apply(a, idx)
-    assert torch.equal(out, torch.nn.functional.embedding(idx, b))
+    out = _BucketBias.apply(a, idx)
+    ref = torch.nn.functional.embedding(idx, b).permute(0, 3, 1, 2)
+    assert torch.equal(out, ref)
+    assert out.permute(1, 0, 2, 3).is_contiguous()          # each head's biases in one block
     (out * up).sum().backward()
-    (torch.nn.functional.embedding(idx, b) * up).sum().backward()
+    (ref * up).sum().backward()
     assert torch.allclose(a.grad, b.grad, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda x: _BucketLookup.apply(x, idx), (w.clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda x: _BucketBias.apply(x, idx), (w.clone().requires_grad_(),))
+    # a column slice of a table (one layer's heads) and a strided index view (the last row)
+    wide = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: _BucketBias.apply(x[:, 2:4], idx[:, -1:]), (wide,))
 
 
 def test_pairwise_time_buckets_match_the_rule_in_int32_and_int64():
-    from posterkg.gnn.sequential import _BucketLookup, pairwise_time_buckets, time_buckets
+    from posterkg.gnn.sequential import _BucketBias, pairwise_time_buckets, time_buckets
 
     g = torch.Generator().manual_seed(1)
     ts = torch.cumsum(torch.randint(0, 10 ** 6, (3, 9), generator=g), 1) + 10 ** 9
@@ -728,7 +752,7 @@ def test_pairwise_time_buckets_match_the_rule_in_int32_and_int64():
     assert torch.equal(pairwise_time_buckets(torch.ones_like(tok), wide, 24),
                        time_buckets(wide.unsqueeze(2) - wide.unsqueeze(1), 24))
     w = torch.randn(24, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: _BucketLookup.apply(x, got), (w,))
+    assert torch.autograd.gradcheck(lambda x: _BucketBias.apply(x, got), (w,))
 
 
 def test_blend_search_scores_every_pair_with_its_own_lambda():
