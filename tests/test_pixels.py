@@ -204,3 +204,32 @@ def test_image_loading_and_pixel_budget(tmp_path):
         load_image(bad)
     with pytest.raises(CorruptImage):
         load_image(tmp_path / "missing.jpg")
+
+
+def test_threads_give_one_threads_points_in_order(tmp_path, ml1m_dir):
+    """Posters measured by several threads at once (each with its own face cascade, k-means
+    seeded per thread) give exactly the points one thread gives, in the order of the jobs, a
+    corrupt poster in the middle included."""
+    posters = sorted((ml1m_dir / "posters").glob("*.jpg"))[:40]
+    assert len(posters) == 40
+    broken = tmp_path / "0.jpg"
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    jobs = [PosterJob(int(p.stem), p) for p in posters[:20]] + [PosterJob(0, broken)] + \
+        [PosterJob(int(p.stem), p) for p in posters[20:]]
+    spec = load_schema().build_spec()
+    one = pixels.create(workers=1)
+    many = pixels.create(workers=4)
+    assert one._pool is None and many.workers == 4
+    want = one.tag_batch(jobs, spec)
+    for _ in range(2):
+        got = many.tag_batch(jobs, spec)
+        assert [r.movie_id for r in got] == [j.movie_id for j in jobs]
+        assert got == want
+    assert got[20].reason == "corrupt_image" and all(r.points for i, r in enumerate(got) if i != 20)
+    faces = {r.movie_id for r in want if r.points and any(
+        p["type"] == "Character_Presentation" and p["value"] != "no faces" for p in r.points)}
+    assert faces                                                  # the cascades ran and found some
+    many.close()
+    assert many._pool is None
+    with pytest.raises(Exception, match="workers"):
+        pixels.create(workers=-1)

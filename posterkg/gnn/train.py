@@ -53,6 +53,9 @@ class TrainConfig:
     lr: float = 0.02               # with batch_size 16384; chosen on ML-1M valid NDCG@20 (docs/gnn.md)
     reg: float = 1e-4              # L2 on the batch's ego embeddings
     eval_every: int = 1            # epochs between valid evaluations
+    eval_from: int = 1             # the first epoch evaluated on valid (and so the earliest that can
+                                   # be kept); the ones before it only train (posterkg-seq: 8, its
+                                   # min_epochs: its valid sits at popularity level before that)
     patience: int = 5              # evaluations without a better valid NDCG@20 before stopping
     min_epochs: int = 0            # early stopping never ends training before this epoch (sequence
                                    # models sit at popularity level for their first epochs)
@@ -74,7 +77,7 @@ class TrainConfig:
     def validate(self) -> None:
         for kind in [self.model, *self.baselines]:
             registry.entry(kind)
-        for name in ("dim", "epochs", "batch_size", "eval_every", "patience"):
+        for name in ("dim", "epochs", "batch_size", "eval_every", "eval_from", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[gnn] {name} must be >= 1")
         if self.max_steps < 0:
@@ -223,7 +226,8 @@ class EarlyStopping:
         ``last``: the step budget is spent), record the row, log it; return True when training
         should stop."""
         done = last
-        if last or epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        due = epoch % cfg.eval_every == 0 and epoch >= getattr(cfg, "eval_from", 1)
+        if last or due or epoch == cfg.epochs:
             valid = valid_fn(model)
             row["valid_ndcg@20"] = valid["ndcg@20"]
             done = self.update(epoch, valid, model) or last

@@ -212,3 +212,32 @@ def test_min_epochs_keeps_training_through_an_early_plateau():
     assert held.valid == {"ndcg@20": 0.3}
     with pytest.raises(Exception, match="min_epochs"):
         TrainConfig(min_epochs=-1).validate()
+
+
+def test_eval_from_skips_the_first_evaluations_only():
+    """``eval_from``: no valid evaluation before that epoch (they only train); from there on the
+    run is the one that evaluates every epoch, when its best epoch comes at or after it."""
+    inputs = _small_world()
+    marks = [0.05, 0.1, 0.12, 0.3, 0.25, 0.2, 0.2, 0.2, 0.2]
+
+    def run(eval_from):
+        seen = []
+        cfg = TrainConfig(model="vbpr", dim=4, epochs=len(marks), batch_size=8, lr=0.05, patience=3,
+                          eval_from=eval_from, seed=0, threads=1)
+
+        def valid_fn(m):
+            seen.append(len(seen))
+            return {"ndcg@20": marks[len(seen) - 1 + (eval_from - 1)]}
+        res = train(inputs, cfg, model_cfg=registry.model_config("vbpr", {"dim": 4, "visual_dim": 2}),
+                    valid_fn=valid_fn)
+        return res, len(seen)
+
+    every, n_every = run(1)
+    late, n_late = run(3)
+    assert (every.best_epoch, every.epochs_run, n_every) == (4, 7, 7)
+    assert (late.best_epoch, late.epochs_run, n_late) == (4, 7, 5)          # epochs 1-2 not evaluated
+    assert ["valid_ndcg@20" in h for h in late.history] == [False, False] + [True] * 5
+    for k, v in late.model.state_dict().items():                            # the same epoch-4 state
+        assert torch.equal(v, every.model.state_dict()[k]), k
+    with pytest.raises(Exception, match="eval_from"):
+        TrainConfig(eval_from=0).validate()
