@@ -1,5 +1,6 @@
-"""Valid-only tuning runs for the accuracy benchmark (seed 0): train one configuration, record its
-VALID NDCG@20 (never test) and time per epoch in benchmarks/results/accuracy_tuning.json.
+"""Valid-only tuning runs for the accuracy benchmark (seed 0, or ``--train seed=N``): train one
+configuration, record its VALID NDCG@20 (never test) and time per epoch in
+benchmarks/results/accuracy_tuning.json.
 
     .venv/bin/python benchmarks/accuracy_tuning.py --name pk-b32k-lr05 --model posterkg \
         --train batch_size=32768 lr=0.05 --mcfg neg_weight=0.1
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     from posterkg.store import open_store
 
     tcfg, mcfg = model_configs(Config.load(args.config), args.model)
-    cfg = dataclasses.replace(tcfg, seed=0, **_kv(args.train))
+    cfg = dataclasses.replace(tcfg, **{"seed": 0, **_kv(args.train)})     # seed 0 unless --train seed=N
     mcfg = registry.model_config(args.model, {**dataclasses.asdict(mcfg), **_kv(args.mcfg)})
     t0 = time.perf_counter()
     with open_store(args.db, read_only=True) as store:
