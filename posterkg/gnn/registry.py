@@ -38,10 +38,11 @@ class Entry:
 # Training budgets (valid-chosen; docs/gnn.md). BPR models: 16,384 pairs per step, lr 0.02, early
 # stopping after 5 evaluations without a better valid NDCG@20. Sequence models: 128 windows of 200
 # ratings per step, Adam lr 0.003, stop after 3 evaluations without a gain, at most 30 epochs (the
-# same cap for SASRec and posterkg-seq until posterkg-seq's _SEQ_PK below; at 20 both were still improving on valid, best epochs
-# 16-20, and posterkg-seq's seed-0 valid went on rising to epoch 26), never before epoch 8: both
-# sit at popularity level for their first epochs (ML-1M valid NDCG@20 0.07 after epoch 1, lower
-# after epoch 2 for SASRec) before they take off, and patience alone can end a run there.
+# same cap for SASRec and posterkg-seq until posterkg-seq's _SEQ_PK below; at 20 both were still
+# improving on valid, best epochs 16-20, and posterkg-seq's seed-0 valid went on rising to epoch
+# 26), never before epoch 8: both sit at popularity level for their first epochs (ML-1M valid
+# NDCG@20 0.07 after epoch 1, lower after epoch 2 for SASRec) before they take off, and patience
+# alone can end a run there.
 _BPR = {"epochs": 60}
 # and the weights kept are an exponential moving average (decay 0.98 per step, ~1.6 epochs of
 # ML-1M's 31 steps): a smooth valid curve (seed 0: best 0.2281 at epoch 24 vs 0.2247 at epoch 26
