@@ -26,6 +26,12 @@ early stopping on valid NDCG@20 and read once on test, in three columns:
   finished run without these columns gets them without training its first model again (the
   first model's chosen epoch count is in the run; EASE/ItemKNN choose again, in seconds).
   ``benchmarks/refit_rule.py`` decides between the two rules on valid.
+* ``continue`` and ``continue robust`` (when the config's ``[gnn] continue_epochs`` is > 0, as in
+  ``configs/ml1m.toml``, or with ``--continue-epochs N``): the third rule, the one ``make run``
+  ships: the state chosen on valid trained N more epochs on train + valid, so the valid ratings
+  are training targets too (:func:`posterkg.gnn.train.continue_training`), then scored like
+  ``test``. ``benchmarks/continue_rule.py`` decided it on valid. ``--resume`` does not add these
+  columns to finished runs (they need the first model's state, which runs do not keep).
 
 Prints Recall/NDCG@10/20 mean +- std over the seeds (deterministic models: one run), coverage@20,
 seconds per epoch; writes ``benchmarks/results/accuracy.json`` after every run (``--resume``
@@ -48,7 +54,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
 METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20"]
-COLUMNS = ("test", "test_trainonly", "test_robust", "test_refit", "test_refitrobust")
+COLUMNS = ("test", "test_trainonly", "test_robust", "test_refit", "test_refitrobust", "test_continue",
+           "test_continuerobust")
 
 
 def load_config(path: Path, db: Path, data_dir: Path):
@@ -102,7 +109,8 @@ def run_one(store, cfg, kind: str, seed: int, args, cache: dict) -> dict:
     from posterkg.gnn.train import train
 
     tcfg, mcfg = model_configs(cfg, kind)
-    over = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
+    over = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads),
+                              ("continue_epochs", args.continue_epochs)) if v is not None}
     tcfg = dataclasses.replace(tcfg, seed=seed, **over)
     inputs = _inputs(store, mcfg, cache)
     res = train(inputs, tcfg, model_cfg=mcfg, verbose=args.verbose)
@@ -117,7 +125,25 @@ def run_one(store, cfg, kind: str, seed: int, args, cache: dict) -> dict:
            "config": dataclasses.asdict(tcfg), "model_config": dataclasses.asdict(res.model.cfg)}
     if args.refit:
         run.update(refit_columns(inputs, res, args))
+    if tcfg.continue_epochs:
+        run.update(continue_columns(inputs, res, tcfg.continue_epochs, args))
     return run
+
+
+def continue_columns(inputs, first, epochs: int, args) -> dict:
+    """The ``continue`` columns of one run: ``first``'s chosen state trained ``epochs`` more on
+    train + valid."""
+    import torch
+
+    from posterkg.gnn.evaluate import evaluate_model
+    from posterkg.gnn.train import continue_training
+
+    more = continue_training(inputs, first, epochs, verbose=args.verbose)
+    data = inputs.data
+    with torch.no_grad():
+        return {"test_continue": evaluate_model(more.model, data, "test"),
+                "test_continuerobust": evaluate_model(more.model, data, "test", robust=True),
+                "continue_epochs": epochs, "continue_seconds": round(more.seconds - first.seconds, 1)}
 
 
 def refit_columns(inputs, first, args) -> dict:
@@ -189,6 +215,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['model']:<22} " + " ".join(f"{c:>15}" for c in cells)
               + f" {r['coverage@20']:>6.3f} {r.get('trainonly:ndcg@20', float('nan')):>18.4f}"
               f" {r.get('robust:ndcg@20', float('nan')):>15.4f} {r.get('refit:ndcg@20', float('nan')):>14.4f}"
+              f" {r.get('continue:ndcg@20', float('nan')):>14.4f}"
               f" {r['valid_ndcg@20']:>7.4f}"
               f" {r['s_per_epoch']:>6.1f} {r['epochs']:>5.1f}")
 
@@ -214,6 +241,9 @@ def main(argv=None) -> int:
     p.add_argument("--refit", action="store_true",
                    help="also refit each model on train + valid (the refit columns); with --resume, "
                         "finished runs of --models get them too")
+    p.add_argument("--continue-epochs", type=int, default=None,
+                   help="the continue columns with this many epochs on train + valid (0: none) "
+                        "[default: the config's [gnn] continue_epochs]")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("POSTERKG_PROGRESS", "0")
@@ -260,7 +290,9 @@ def main(argv=None) -> int:
                       f"{r['test_trainonly']['ndcg@20']:.4f}, robust {r['test_robust']['ndcg@20']:.4f}) "
                       f"valid {r['valid']['ndcg@20']:.4f} best epoch {r['best_epoch']}/{r['epochs_run']} "
                       f"{r['seconds_per_epoch']:.1f}s/epoch"
-                      + (f", refit {r['test_refit']['ndcg@20']:.4f}" if "test_refit" in r else ""), flush=True)
+                      + (f", refit {r['test_refit']['ndcg@20']:.4f}" if "test_refit" in r else "")
+                      + (f", continue {r['test_continue']['ndcg@20']:.4f} (robust "
+                         f"{r['test_continuerobust']['ndcg@20']:.4f})" if "test_continue" in r else ""), flush=True)
                 _write(args, info, runs)
     rows = _write(args, info, runs)
     print()

@@ -111,8 +111,8 @@ def _pm(row: dict, key: str) -> str:
 
 def render_accuracy(doc: dict) -> str:
     """``benchmarks/accuracy.py``: one row per model, the shipped fold-in column first, then the
-    train-only, robustness and refit NDCG@20 columns (empty where not run), best test NDCG@20 in
-    bold."""
+    train-only, robustness, refit and continue (+ its robustness) NDCG@20 columns (empty where not
+    run), best test NDCG@20 in bold."""
     rows = doc["summary"]
     best = max(r["ndcg@20"] for r in rows)
     out = []
@@ -121,11 +121,12 @@ def render_accuracy(doc: dict) -> str:
         out.append([f"`{r['model']}`", r["seeds"], _pm(r, "recall@10"), _pm(r, "recall@20"), _pm(r, "ndcg@10"),
                     f"**{nd}**" if r["ndcg@20"] == best else nd, f"{r['coverage@20']:.3f}",
                     _pm(r, "trainonly:ndcg@20"), _pm(r, "robust:ndcg@20"), _pm(r, "refit:ndcg@20"),
-                    f"{r['valid_ndcg@20']:.4f}",
+                    _pm(r, "continue:ndcg@20"), _pm(r, "continuerobust:ndcg@20"), f"{r['valid_ndcg@20']:.4f}",
                     f"{r['s_per_epoch']:.1f}", f"{r['epochs']:.0f}"])
     n = doc["runs"][0]["test"]["n_users"] if doc.get("runs") else 0
     lines = markdown_table(out, ["model", "seeds", "Recall@10", "Recall@20", "NDCG@10", "NDCG@20", "Cov@20",
-                                 "NDCG@20 train-only", "NDCG@20 robust", "NDCG@20 refit", "valid NDCG@20",
+                                 "NDCG@20 train-only", "NDCG@20 robust", "NDCG@20 refit", "NDCG@20 continue",
+                                 "continue robust", "valid NDCG@20",
                                  "s/epoch", "epochs"])
     caption = (f"`benchmarks/accuracy.py` (`{Path(doc.get('config', 'configs/ml1m.toml')).name}` settings), "
                f"test part, {n:,} evaluated users; mean ± std over the seeds; seconds per epoch on "

@@ -23,10 +23,14 @@ SHOWN = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20"]
 @click.option("--refit/--no-refit", default=None,
               help="After early stopping, train again from scratch on train + valid for the chosen "
                    "epoch count, and store that model [default: [gnn] refit, else no].")
+@click.option("--continue-epochs", type=click.IntRange(min=0),
+              help="After early stopping, train the chosen state N more epochs on train + valid, so the "
+                   "valid ratings are targets too, and store that model; 0: off [default: [gnn] "
+                   "continue_epochs; configs/ml1m.toml: 4].")
 @click.option("--id", "model_id", help="Store under this model id [default: <model>-seed<seed>].")
 @click.option("-v", "--verbose", is_flag=True, help="Print one line per epoch.")
 @pass_env
-def train(env: Env, kind, seed, epochs, device, max_steps, refit, model_id, verbose) -> None:
+def train(env: Env, kind, seed, epochs, device, max_steps, refit, continue_epochs, model_id, verbose) -> None:
     """Train a registered model, evaluate it on test, and store it.
 
     Models (posterkg/gnn/registry.py): posterkg-seq (the time-aware posterkg: short-term
@@ -36,7 +40,9 @@ def train(env: Env, kind, seed, epochs, device, max_steps, refit, model_id, verb
     its own trainer (BPR, closed form, or next-item cross-entropy), stops early on valid
     NDCG@20, then is evaluated on test with the fixed protocol, reading the user's train +
     valid ratings as history (see `posterkg evaluate --help`); the test_robust row drops test
-    ratings in the same second as the user's last valid one. The model, its id vocabulary,
+    ratings in the same second as the user's last valid one. With [gnn] continue_epochs = N
+    (configs/ml1m.toml: 4) the state chosen on valid first trains N more epochs on train + valid,
+    so the valid ratings are targets too; --refit trains again from scratch instead. The model, its id vocabulary,
     config and metrics go to the `models` and `eval_results` tables. Settings: `[gnn]` (all
     models), `[train.<model>]` (training, one model), `[models.<model>]` (the model's own).
 
@@ -46,16 +52,20 @@ def train(env: Env, kind, seed, epochs, device, max_steps, refit, model_id, verb
       posterkg train --model sasrec --seed 1 -v   # -v: one line per epoch
       posterkg train --model posterkg-seq-novisual  # ablation: no concepts, no poster features
       posterkg train --refit                      # then again on train + valid (the refit rule)
+      posterkg train --continue-epochs 0          # fold-in only: no training on the valid ratings
     """
     from posterkg.gnn.stage import configs, train_and_store
 
+    if refit and continue_epochs is None:
+        continue_epochs = 0              # --refit replaces a configured continue rule
     env.config.override("gnn", model=kind, seed=seed, epochs=epochs, device=device, max_steps=max_steps,
-                        refit=refit)
+                        refit=refit, continue_epochs=continue_epochs)
     cfg = configs(env.config)
     with env.store() as store:
         mid, res, test = train_and_store(store, env.config, cfg.model, verbose=verbose, model_id=model_id)
     click.echo(f"stored {mid}: {res.epochs_run} epochs (best {res.best_epoch}"
-               f"{'; refit on train + valid' if res.refit else ''}), "
+               f"{'; refit on train + valid' if res.refit else ''}"
+               f"{f'; then {res.continued} on train + valid' if res.continued else ''}), "
                f"{res.seconds_per_epoch:.1f} s/epoch, valid NDCG@20 {res.valid.get('ndcg@20', 0):.4f}")
     print_table([[mid, part, t["n_users"], *[t[k] for k in SHOWN]] for part, t in test.items()],
                 ["model", "part", "users", *SHOWN], title="test (test_robust: without ratings in the "

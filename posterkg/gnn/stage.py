@@ -2,7 +2,9 @@
 ``[gnn] baselines``, evaluate each on the test part (and the robustness column), store them.
 With ``[gnn] refit = true`` each model, once early stopping has chosen its epoch count on valid,
 is trained again from scratch on train + valid for that many epochs (the refit rule,
-:func:`posterkg.gnn.train.refit`) and that model is evaluated and stored.
+:func:`posterkg.gnn.train.refit`) and that model is evaluated and stored. With ``[gnn]
+continue_epochs = N`` the state chosen on valid is instead trained N more epochs on train + valid
+(the continue rule, :func:`posterkg.gnn.train.continue_training`; configs/ml1m.toml's setting).
 
 Settings, lowest precedence first: the :class:`~posterkg.gnn.train.TrainConfig` defaults, the
 registry's training defaults for the model (:mod:`posterkg.gnn.registry`), the keys set in
@@ -85,7 +87,7 @@ def train_and_store(store: Store, config: Config, kind: str, *, verbose: bool = 
     from posterkg.gnn.api import save_model
     from posterkg.gnn.evaluate import evaluate_model
     from posterkg.gnn.inputs import assemble
-    from posterkg.gnn.train import refit, train
+    from posterkg.gnn.train import continue_training, refit, train
 
     tcfg, mcfg = model_configs(config, kind)
     if seed is not None:
@@ -98,6 +100,12 @@ def train_and_store(store: Store, config: Config, kind: str, *, verbose: bool = 
         if verbose:
             print(f"{kind}: refit on train + valid for the chosen {max(1, res.best_epoch)} epoch(s)", flush=True)
         res = refit(asm.inputs, res, verbose=verbose)
+    elif tcfg.continue_epochs:
+        # the continue rule: the state chosen on valid trained further on train + valid
+        if verbose:
+            print(f"{kind}: best epoch {res.best_epoch}; {tcfg.continue_epochs} more epoch(s) on train + valid",
+                  flush=True)
+        res = continue_training(asm.inputs, res, tcfg.continue_epochs, verbose=verbose)
     res.model.feature_spec = feats
     dev = torch.device(tcfg.device)
     data = asm.inputs.data
@@ -121,7 +129,8 @@ def run_train(store: Store, config: Config, *, verbose: bool = False) -> list[di
         mid, res, test = train_and_store(store, config, kind, verbose=verbose, assembled=shared)
         t, r = test["test"], test["test_robust"]
         rows.append({"model_id": mid, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
-                     "refit": "yes" if res.refit else "no",
+                     "valid rule": "refit" if res.refit else (f"continue {res.continued}" if res.continued
+                                                              else "fold-in"),
                      "s/epoch": res.seconds_per_epoch,
                      **{k: t[k] for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20")},
                      "robust ndcg@20": r["ndcg@20"]})

@@ -72,6 +72,10 @@ class TrainConfig:
                                    # over this many optimizer steps (then lr_schedule over the rest)
     refit: bool = False            # pipeline/`posterkg train`: after early stopping, train again from
                                    # scratch on train + valid for the chosen epoch count (refit())
+    continue_epochs: int = 0       # > 0, pipeline/`posterkg train`: after early stopping, go on training
+                                   # the chosen state on train + valid for this many epochs, so the valid
+                                   # period's ratings are targets too (continue_training(); closed-form
+                                   # models are solved again on train + valid)
     baselines: list = dataclasses.field(default_factory=list)   # pipeline: also train these kinds
 
     def validate(self) -> None:
@@ -90,6 +94,10 @@ class TrainConfig:
             raise ConfigError("[gnn] lr must be > 0")
         if self.lr_warmup < 0:
             raise ConfigError("[gnn] lr_warmup must be >= 0 (0: no warm-up)")
+        if self.continue_epochs < 0:
+            raise ConfigError("[gnn] continue_epochs must be >= 0 (0: off)")
+        if self.continue_epochs and self.refit:
+            raise ConfigError("[gnn] refit and continue_epochs are two rules for the valid ratings: set one")
         check_lr_schedule(self.lr_schedule)
 
 
@@ -111,6 +119,7 @@ class TrainResult:
     seconds: float
     model_config: Any = None
     refit: bool = False            # trained again on train + valid (:func:`refit`)
+    continued: int = 0             # epochs trained on train + valid after early stopping (:func:`continue_training`)
 
     @property
     def epochs_run(self) -> int:
@@ -452,3 +461,36 @@ def refit(inputs: ModelInputs, first: TrainResult, *, verbose: bool = False) -> 
                 valid_fn=lambda m: {"ndcg@20": 0.0})
     return dataclasses.replace(res, config=cfg, valid=first.valid, best_epoch=first.best_epoch, refit=True,
                                seconds=time.perf_counter() - t0)
+
+
+def continue_training(inputs: ModelInputs, first: TrainResult, epochs: int, *,
+                      verbose: bool = False) -> TrainResult:
+    """The harness's *continue* rule (``[gnn] continue_epochs``): a copy of ``first``'s model,
+    its state the one chosen on valid, trained ``epochs`` more epochs on train + valid
+    (:func:`refit_inputs`: the valid period's ratings become training targets, not only history)
+    with the same settings, a fresh optimizer and (with ``ema``) a fresh average from that state.
+    Settings chosen inside ``fit`` stay fixed (:meth:`~posterkg.gnn.base.Recommender.refit_config`:
+    posterkg-seq keeps its collaborative part's weight and lambda, EASE's matrix is solved again
+    on train + valid with its chosen lambda: for a closed-form model this rule is its refit).
+    Nothing is left to validate on: the state after the last epoch is the result. ``valid`` and
+    ``best_epoch`` are ``first``'s. Decided on valid by playing the protocol one period earlier
+    (``benchmarks/continue_rule.py``)."""
+    if epochs < 1:
+        raise ConfigError(f"continue_epochs must be >= 1, not {epochs}")
+    if first.model.trainer == "none":            # nothing trained (MostPop): rebuilt on train + valid
+        return dataclasses.replace(refit(inputs, first, verbose=verbose), refit=False, continued=int(epochs))
+    cfg = first.config
+    model = copy.deepcopy(first.model)
+    ccfg = dataclasses.replace(cfg, epochs=int(epochs), patience=10 ** 9, min_epochs=0, eval_every=10 ** 9,
+                               eval_from=1, max_steps=0)
+    t0 = time.perf_counter()
+    res = train(refit_inputs(inputs), ccfg, model=model, model_cfg=model.refit_config(), verbose=verbose,
+                valid_fn=lambda m: {"ndcg@20": 0.0})
+    # one history: the first run's epochs, then these (numbered on, marked as trained on train + valid)
+    done = max((int(r.get("epoch", 0)) for r in first.history), default=0)
+    more = [{**{k: v for k, v in r.items() if k != "valid_ndcg@20"},     # (a placeholder, not a measurement)
+             "epoch": done + int(r.get("epoch", 0)), "on": "train+valid"} for r in res.history]
+    return dataclasses.replace(res, config=cfg, valid=first.valid, best_epoch=first.best_epoch,
+                               history=[*first.history, *more], continued=int(epochs),
+                               seconds_per_epoch=first.seconds_per_epoch,
+                               seconds=first.seconds + time.perf_counter() - t0)

@@ -15,7 +15,7 @@ from gnn_synth import protocol_data
 from torch_threads import one_torch_thread  # noqa: F401
 from posterkg.gnn import registry
 from posterkg.gnn.base import Graph, IdVocab, ModelInputs
-from posterkg.gnn.train import TrainConfig, refit, refit_inputs, train
+from posterkg.gnn.train import TrainConfig, continue_training, refit, refit_inputs, train
 
 
 def _ratings(n_users=12, n_movies=15, seed=0):
@@ -130,6 +130,69 @@ def test_refit_sequence_model_trains_the_chosen_epochs_on_train_plus_valid():
     train_only = train(inputs, dataclasses.replace(cfg, epochs=2, patience=10 ** 9, eval_every=10 ** 9),
                        model_cfg=mcfg, valid_fn=lambda m: {"ndcg@20": 0.0})
     assert not torch.equal(again.model.item.weight, train_only.model.item.weight)
+
+
+def _seq_first(kind="posterkg-seq", **mc):
+    inputs = _inputs(*_ratings(n_users=16, seed=2))
+    mcfg = registry.model_config(kind, {"dim": 8, "max_len": 16, "dropout": 0.0, **mc})
+    cfg = TrainConfig(model=kind, epochs=3, patience=5, batch_size=8, lr=0.01, seed=0, ema=0.5)
+    return inputs, cfg, train(inputs, cfg, model_cfg=mcfg)
+
+
+def test_continue_trains_the_chosen_state_on_train_plus_valid():
+    inputs, cfg, first = _seq_first(item_item=0.3, item_item_l2=0.0, item_item_lambdas=[1.0, 30.0])
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}
+    more = continue_training(inputs, first, 2)
+    # first's model is left as it was (the rule works on a copy)
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # one history: first's epochs, then 2 more numbered on, on train + valid, with the valid targets
+    n = len(first.history)
+    assert more.history[:n] == first.history and len(more.history) == n + 2 and more.continued == 2
+    assert [r["epoch"] for r in more.history[n:]] == [first.history[-1]["epoch"] + 1, first.history[-1]["epoch"] + 2]
+    assert all(r["on"] == "train+valid" and "valid_ndcg@20" not in r for r in more.history[n:])
+    d = inputs.data
+    liked = lambda parts: sum(int(((d.parts[p].ratings >= 4)).sum()) for p in parts)
+    # every liked rating after a user's first is a target (windows are longer than any history)
+    users = lambda parts: len(set(np.concatenate([d.parts[p].users for p in parts]).tolist()))
+    assert first.history[0]["targets"] <= liked(["train"])
+    assert more.history[-1]["targets"] > first.history[0]["targets"]
+    assert more.history[-1]["targets"] >= liked(["train", "valid"]) - users(["train", "valid"])
+    assert more.best_epoch == first.best_epoch and more.valid == first.valid
+    # the same as going on by hand from the chosen state; not the same as a model from scratch
+    by_hand = train(refit_inputs(inputs), dataclasses.replace(cfg, epochs=2, patience=10 ** 9, eval_every=10 ** 9),
+                    model=__import__("copy").deepcopy(first.model), valid_fn=lambda m: {"ndcg@20": 0.0})
+    fresh = train(refit_inputs(inputs), dataclasses.replace(cfg, epochs=2, patience=10 ** 9, eval_every=10 ** 9),
+                  model_cfg=first.model.cfg, valid_fn=lambda m: {"ndcg@20": 0.0})
+    for (name, a), b in zip(more.model.state_dict().items(), by_hand.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(more.model.item.weight, fresh.model.item.weight)
+    assert not torch.equal(more.model.item.weight, first.model.item.weight)
+    # the collaborative part keeps its weight and lambda, its EASE matrix solved on train + valid
+    assert more.model.cfg.item_item == 0.3 and more.model.cfg.item_item_l2 == first.model.cfg.item_item_l2 > 0
+    x = np.zeros((d.n_users, d.n_movies))
+    for name in ("train", "valid"):
+        x[d.parts[name].users, d.parts[name].movies] = 1.0
+    l2 = more.model.cfg.item_item_l2
+    pinv = np.linalg.inv(x.T @ x + l2 * np.eye(d.n_movies))
+    b = -pinv / np.diag(pinv)[None, :]
+    np.fill_diagonal(b, 0.0)
+    assert np.allclose(more.model.ii_S.numpy(), b, atol=1e-5)
+
+
+def test_continue_mostpop_is_its_refit_and_refit_excludes_continue():
+    from posterkg.errors import ConfigError
+
+    inputs = _inputs(*_ratings())
+    first = train(inputs, TrainConfig(model="mostpop"))
+    more = continue_training(inputs, first, 3)
+    assert torch.equal(more.model.pop, refit(inputs, first).model.pop) and more.continued == 3 and not more.refit
+    with pytest.raises(ConfigError, match="set one"):
+        TrainConfig(model="mostpop", refit=True, continue_epochs=2).validate()
+    with pytest.raises(ConfigError, match="continue_epochs"):
+        TrainConfig(model="mostpop", continue_epochs=-1).validate()
+    with pytest.raises(ConfigError, match=">= 1"):
+        continue_training(inputs, first, 0)
 
 
 def test_refit_inputs_graph_has_the_valid_edges():

@@ -87,3 +87,24 @@ def test_cli_train_refit_stores_the_model_trained_on_train_and_valid(synth_db, t
     pop = tm.model.pop.numpy()
     got = {int(m): float(pop[i]) for i, m in enumerate(tm.ids.movie_ids) if pop[i] > 0}
     assert got == {int(k): float(v) for k, v in want.items()}
+
+
+def test_cli_train_continue_epochs_and_refit_replaces_a_configured_continue_rule(synth_db, tmp_path):
+    db = tmp_path / "cont.duckdb"
+    shutil.copy(synth_db, db)
+    cfgfile = tmp_path / "c.toml"
+    cfgfile.write_text(f'db = "{db}"\n[gnn]\nthreads = 1\ncontinue_epochs = 4\n')
+    r = CliRunner().invoke(cli, ["train", "--config", str(cfgfile), "--model", "mostpop"])
+    assert r.exit_code == 0, r.output
+    assert "then 4 on train + valid" in r.output
+    # --refit on the command line replaces the configured continue rule (the two exclude each other)
+    r = CliRunner().invoke(cli, ["train", "--config", str(cfgfile), "--model", "mostpop", "--refit", "--id", "r"])
+    assert r.exit_code == 0, r.output
+    assert "refit on train + valid" in r.output and "then 4" not in r.output
+    r = CliRunner().invoke(cli, ["train", "--config", str(cfgfile), "--model", "mostpop", "--continue-epochs", "0",
+                                 "--id", "f"])
+    assert r.exit_code == 0, r.output
+    assert "train + valid" not in r.output
+    r = CliRunner().invoke(cli, ["train", "--config", str(cfgfile), "--model", "mostpop", "--refit",
+                                 "--continue-epochs", "2"])
+    assert r.exit_code != 0 and "set one" in str(r.exception)     # the CLI's entry point prints it as one line
