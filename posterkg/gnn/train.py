@@ -480,7 +480,11 @@ def continue_training(inputs: ModelInputs, first: TrainResult, epochs: int, *,
     if first.model.trainer == "none":            # nothing trained (MostPop): rebuilt on train + valid
         return dataclasses.replace(refit(inputs, first, verbose=verbose), refit=False, continued=int(epochs))
     cfg = first.config
-    model = copy.deepcopy(first.model)
+    # a copy: built again over the same inputs (models keep sparse matrices, which deepcopy cannot
+    # copy), the chosen state loaded
+    model = registry.build(cfg.model, inputs, copy.deepcopy(first.model.cfg), seed=cfg.seed)
+    model.load_state_dict(first.model.state_dict())
+    model = model.to(next(first.model.parameters(), torch.zeros(0)).device)
     ccfg = dataclasses.replace(cfg, epochs=int(epochs), patience=10 ** 9, min_epochs=0, eval_every=10 ** 9,
                                eval_from=1, max_steps=0)
     t0 = time.perf_counter()
