@@ -482,14 +482,13 @@ def continue_training(inputs: ModelInputs, first: TrainResult, epochs: int, *,
     cfg = first.config
     # a copy: built again over the same inputs (models keep sparse matrices, which deepcopy cannot
     # copy), the chosen state loaded
-    model = registry.build(cfg.model, inputs, copy.deepcopy(first.model.cfg), seed=cfg.seed)
+    model = registry.build(cfg.model, inputs, copy.deepcopy(first.model.refit_config()), seed=cfg.seed)
     model.load_state_dict(first.model.state_dict())
     model = model.to(next(first.model.parameters(), torch.zeros(0)).device)
     ccfg = dataclasses.replace(cfg, epochs=int(epochs), patience=10 ** 9, min_epochs=0, eval_every=10 ** 9,
                                eval_from=1, max_steps=0)
     t0 = time.perf_counter()
-    res = train(refit_inputs(inputs), ccfg, model=model, model_cfg=model.refit_config(), verbose=verbose,
-                valid_fn=lambda m: {"ndcg@20": 0.0})
+    res = train(refit_inputs(inputs), ccfg, model=model, verbose=verbose, valid_fn=lambda m: {"ndcg@20": 0.0})
     # one history: the first run's epochs, then these (numbered on, marked as trained on train + valid)
     done = max((int(r.get("epoch", 0)) for r in first.history), default=0)
     more = [{**{k: v for k, v in r.items() if k != "valid_ndcg@20"},     # (a placeholder, not a measurement)

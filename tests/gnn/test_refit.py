@@ -186,6 +186,15 @@ def test_continue_trains_the_chosen_state_on_train_plus_valid():
     assert np.allclose(more.model.ii_S.numpy(), b, atol=1e-5)
 
 
+def test_continue_ease_is_its_refit_with_the_chosen_lambda():
+    inputs = _inputs(*_ratings(seed=1))
+    first = train(inputs, TrainConfig(model="ease"), model_cfg=registry.model_config("ease", {"lambdas": [1.0, 30.0]}))
+    more = continue_training(inputs, first, 2)
+    assert more.model.cfg.lambdas == [first.model.cfg.l2] and more.model.cfg.l2 == first.model.cfg.l2
+    assert torch.allclose(more.model.S, refit(inputs, first).model.S)
+    assert not torch.allclose(more.model.S, first.model.S)
+
+
 def test_continue_mostpop_is_its_refit_and_refit_excludes_continue():
     from posterkg.errors import ConfigError
 
