@@ -488,11 +488,14 @@ def continue_training(inputs: ModelInputs, first: TrainResult, epochs: int, *,
     ccfg = dataclasses.replace(cfg, epochs=int(epochs), patience=10 ** 9, min_epochs=0, eval_every=10 ** 9,
                                eval_from=1, max_steps=0)
     t0 = time.perf_counter()
-    res = train(refit_inputs(inputs), ccfg, model=model, verbose=verbose, valid_fn=lambda m: {"ndcg@20": 0.0})
+    # quiet inside: its valid score is a placeholder, which the epoch lines would print as a figure
+    res = train(refit_inputs(inputs), ccfg, model=model, verbose=False, valid_fn=lambda m: {"ndcg@20": 0.0})
     # one history: the first run's epochs, then these (numbered on, marked as trained on train + valid)
     done = max((int(r.get("epoch", 0)) for r in first.history), default=0)
     more = [{**{k: v for k, v in r.items() if k != "valid_ndcg@20"},     # (a placeholder, not a measurement)
              "epoch": done + int(r.get("epoch", 0)), "on": "train+valid"} for r in res.history]
+    for r in more:
+        log_row(r, verbose)
     return dataclasses.replace(res, config=cfg, valid=first.valid, best_epoch=first.best_epoch,
                                history=[*first.history, *more], continued=int(epochs),
                                seconds_per_epoch=first.seconds_per_epoch,

@@ -143,10 +143,13 @@ def _seq_first(kind="posterkg-seq", **mc):
     return inputs, cfg, train(inputs, cfg, model_cfg=mcfg)
 
 
-def test_continue_trains_the_chosen_state_on_train_plus_valid():
+def test_continue_trains_the_chosen_state_on_train_plus_valid(capsys):
     inputs, cfg, first = _seq_first(item_item=0.3, item_item_l2=0.0, item_item_lambdas=[1.0, 30.0])
     before = {k: v.clone() for k, v in first.model.state_dict().items()}
-    more = continue_training(inputs, first, 2)
+    more = continue_training(inputs, first, 2, verbose=True)
+    # verbose: one line per extra epoch, and no placeholder valid score printed as a figure
+    out = capsys.readouterr().out
+    assert out.count("on=train+valid") == 2 and "valid_ndcg" not in out and "NDCG@20 0.0000" not in out
     # first's model is left as it was (the rule works on a copy)
     for k, v in first.model.state_dict().items():
         assert torch.equal(v, before[k]), k
