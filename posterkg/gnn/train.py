@@ -485,8 +485,9 @@ def continue_training(inputs: ModelInputs, first: TrainResult, epochs: int, *,
     model = registry.build(cfg.model, inputs, copy.deepcopy(first.model.refit_config()), seed=cfg.seed)
     model.load_state_dict(first.model.state_dict())
     model = model.to(next(first.model.parameters(), torch.zeros(0)).device)
+    # [gnn] max_steps (big data on a CPU) bounds these epochs too, as it bounded the first run
     ccfg = dataclasses.replace(cfg, epochs=int(epochs), patience=10 ** 9, min_epochs=0, eval_every=10 ** 9,
-                               eval_from=1, max_steps=0)
+                               eval_from=1)
     t0 = time.perf_counter()
     # quiet inside: its valid score is a placeholder, which the epoch lines would print as a figure
     res = train(refit_inputs(inputs), ccfg, model=model, verbose=False, valid_fn=lambda m: {"ndcg@20": 0.0})
