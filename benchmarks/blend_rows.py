@@ -12,33 +12,16 @@ Prints valid NDCG@20 per (lambda, variant, weight); test is never read.
 import sys, json
 from pathlib import Path
 import numpy as np, scipy.sparse as sp, torch
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from posterkg.gnn import registry
-from posterkg.gnn.inputs import assemble
-from posterkg.gnn.stage import feature_spec
-from posterkg.gnn.evaluate import evaluate
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from saved_seq import SavedSeq
 from posterkg.gnn.neighbours import ease_matrix, gram_matrix
 from posterkg.gnn.sequential import _standardise
-from posterkg.store import open_store
-torch.set_num_threads(1)
-state = torch.load(sys.argv[1], weights_only=False)
-name = state["model"]
-mcfg = registry.model_config(name, state["model_config"])
-with open_store(Path(__file__).resolve().parent / "results" / "accuracy-ml1m.duckdb", read_only=True) as store:
-    inputs = assemble(store, features=feature_spec(mcfg)).inputs
-model = registry.build(name, inputs, mcfg, seed=0)
-model.load_state_dict(state["state"]); model.eval()
-data = inputs.data
-hist = data.history("valid")
-rel = data.relevant("valid")
-cand = np.flatnonzero(np.diff(rel.indptr) > 0)
-pos = {int(u): i for i, u in enumerate(cand)}
+saved = SavedSeq(sys.argv[1])
+model, data, hist, cand = saved.model, saved.data, saved.hist, saved.cand
 w0, model.cfg.item_item = model.cfg.item_item, 0.0
-with torch.no_grad():
-    zs = torch.cat([_standardise(model.score(torch.as_tensor(cand[a:a+512]), hist)) for a in range(0, len(cand), 512)])
+zs = saved.standardised(model.score)
 print("chosen", w0, model.cfg.item_item_l2, flush=True)
-def ev(Z):
-    return evaluate(lambda u: Z[[pos[int(x)] for x in u]], data, "valid", users=cand)["ndcg@20"]
+ev = saved.ndcg20
 print("seq alone", ev(zs), flush=True)
 gram = gram_matrix(hist)
 # per-row recency rank from end and age

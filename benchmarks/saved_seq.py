@@ -1,0 +1,50 @@
+"""Shared by the valid-only blend explorers (``blend_rows.py``, ``blend_extra.py``): a saved
+posterkg-seq (``accuracy_tuning.py --state S.pt``) over the accuracy benchmark's database, its
+valid users and a valid NDCG@20 of a [users, movies] score matrix. Test is never read."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+class SavedSeq:
+    def __init__(self, state_path: str, db: Path | None = None):
+        from posterkg.gnn import registry
+        from posterkg.gnn.inputs import assemble
+        from posterkg.gnn.stage import feature_spec
+        from posterkg.store import open_store
+
+        torch.set_num_threads(1)
+        state = torch.load(state_path, weights_only=False)
+        name = state["model"]
+        mcfg = registry.model_config(name, state["model_config"])
+        db = db or Path(__file__).resolve().parent / "results" / "accuracy-ml1m.duckdb"
+        with open_store(db, read_only=True) as store:
+            self.inputs = assemble(store, features=feature_spec(mcfg)).inputs
+        self.model = registry.build(name, self.inputs, mcfg, seed=0)
+        self.model.load_state_dict(state["state"])
+        self.model.eval()
+        self.data = self.inputs.data
+        self.hist = self.data.history("valid")
+        rel = self.data.relevant("valid")
+        self.cand = np.flatnonzero(np.diff(rel.indptr) > 0)          # valid users with a relevant movie
+        self._pos = {int(u): i for i, u in enumerate(self.cand)}
+
+    def standardised(self, scores_of) -> torch.Tensor:
+        """z-scores per user of ``scores_of(users, history)`` for the valid users, in ``cand`` order."""
+        from posterkg.gnn.sequential import _standardise
+
+        with torch.no_grad():
+            return torch.cat([_standardise(scores_of(torch.as_tensor(self.cand[a:a + 512]), self.hist))
+                              for a in range(0, len(self.cand), 512)])
+
+    def ndcg20(self, z: torch.Tensor) -> float:
+        """valid NDCG@20 of a score matrix whose rows are the users of ``cand``."""
+        from posterkg.gnn.evaluate import evaluate
+
+        return evaluate(lambda u: z[[self._pos[int(x)] for x in u]], self.data, "valid", users=self.cand)["ndcg@20"]
