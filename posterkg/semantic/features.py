@@ -5,7 +5,13 @@ Blocks (any combination, in the order given):
 * ``poster``: the movie's row of ``poster_embeddings`` for the poster encoder;
 * ``text``: its row of ``text_embeddings`` for the text encoder;
 * ``concepts``: its bag over concept ids from ``movie_concept_edges`` (|weight| per concept);
-* ``genres``: multi-hot over ``movies.genres``.
+* ``genres``: multi-hot over ``movies.genres``;
+* ``collab``: a collaborative vector, the movie's liked-by row (train part of the split, rating
+  >= 4) projected onto the top ``collab_dim`` right singular vectors of the train matrix
+  (scikit-learn's ``TruncatedSVD``), so movies liked by the same users get close vectors. Only the
+  train part is read: the valid and test ratings of the split never shape an ID. The user list
+  and the projection are frozen with the version, so a movie ingested later is projected from
+  its own train ratings (none: the block is missing for it, as for a cold movie).
 
 Each block is standardised per dimension (mean and standard deviation over the movies that have
 it; a constant dimension keeps its scale) and each row of it L2-normalised, so every block weighs
@@ -23,16 +29,17 @@ import numpy as np
 
 from posterkg.errors import ConfigError, InputError
 
-FEATURES = ("poster", "text", "concepts", "genres")
+FEATURES = ("poster", "text", "concepts", "genres", "collab")
 
 
 @dataclasses.dataclass
 class Block:
     name: str
     encoder: str                    # stored encoder name ("" for concepts / genres)
-    vocab: list                     # concept ids / genre names ([] for dense blocks)
+    vocab: list                     # concept ids / genre names / user ids (collab); [] for dense blocks
     mean: np.ndarray
     std: np.ndarray
+    proj: np.ndarray | None = None  # collab: [len(vocab) users, dim] projection
 
     @property
     def dim(self) -> int:
@@ -51,13 +58,16 @@ class Normaliser:
         import torch
 
         return {"blocks": [{"name": b.name, "encoder": b.encoder, "vocab": list(b.vocab),
-                            "mean": torch.as_tensor(b.mean), "std": torch.as_tensor(b.std)}
+                            "mean": torch.as_tensor(b.mean), "std": torch.as_tensor(b.std),
+                            **({} if b.proj is None else {"proj": torch.as_tensor(b.proj)})}
                            for b in self.blocks]}
 
     @classmethod
     def from_state(cls, state: dict) -> "Normaliser":
         return cls([Block(d["name"], d["encoder"], list(d["vocab"]), d["mean"].numpy().astype(np.float32),
-                          d["std"].numpy().astype(np.float32)) for d in state["blocks"]])
+                          d["std"].numpy().astype(np.float32),
+                          d["proj"].numpy().astype(np.float32) if "proj" in d else None)
+                    for d in state["blocks"]])
 
 
 def check_features(features) -> list[str]:
@@ -129,6 +139,43 @@ def _raw_genres(store, movie_ids: np.ndarray, vocab: list | None):
     return vocab, out, out.any(1)
 
 
+def _raw_collab(store, movie_ids: np.ndarray, users: list | None, proj: np.ndarray | None,
+                dim: int, seed: int):
+    """(users, proj, X, has): each movie's train-positive row over ``users`` times ``proj``.
+    A build (``proj`` None) fits the projection: the top ``dim`` right singular vectors of the
+    movies x users train-positive matrix."""
+    import scipy.sparse as sp
+
+    from posterkg.ratings import POSITIVE_MIN
+
+    if not store.table_exists("split") or not store.count("split", "WHERE part = 'train'"):
+        raise InputError("the collab semantic-id feature reads the train part of the split: "
+                         "run `posterkg split` first")
+    liked = store.execute(
+        "SELECT s.user_id, s.movie_id FROM split s JOIN ratings r USING (user_id, movie_id) "
+        f"WHERE s.part = 'train' AND r.rating >= {POSITIVE_MIN}").fetchnumpy()
+    if users is None:
+        users = sorted(int(u) for u in np.unique(liked["user_id"]))
+    upos = {u: j for j, u in enumerate(users)}
+    pos = {int(m): i for i, m in enumerate(movie_ids)}
+    rows, cols = [], []
+    for u, m in zip(liked["user_id"], liked["movie_id"]):
+        i, j = pos.get(int(m)), upos.get(int(u))
+        if i is not None and j is not None:
+            rows.append(i)
+            cols.append(j)
+    mat = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(movie_ids), len(users)))
+    if proj is None:
+        from sklearn.decomposition import TruncatedSVD
+
+        k = min(dim, min(mat.shape) - 1)
+        if k < 1 or mat.nnz == 0:
+            raise InputError("too few train ratings >= 4 for the collab semantic-id feature")
+        proj = TruncatedSVD(n_components=k, random_state=seed).fit(mat).components_.T.astype(np.float32)
+    has = np.asarray(mat.getnnz(axis=1) > 0)
+    return users, proj, np.asarray(mat @ proj, np.float32), has
+
+
 def _apply(raw: np.ndarray, has: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     x = (raw - mean) / std
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -138,7 +185,8 @@ def _apply(raw: np.ndarray, has: np.ndarray, mean: np.ndarray, std: np.ndarray) 
 
 def item_features(store, movie_ids: np.ndarray, features: list[str] | None = None, *,
                   poster_encoder: str = "efficientnet-lite0", text_encoder: str = "minilm",
-                  normaliser: Normaliser | None = None) -> tuple[np.ndarray, Normaliser, dict[str, int]]:
+                  normaliser: Normaliser | None = None, collab_dim: int = 64,
+                  seed: int = 0) -> tuple[np.ndarray, Normaliser, dict[str, int]]:
     """(X float32 [len(movie_ids), dim], normaliser, missing per block) for these movies.
 
     Without ``normaliser`` the statistics and vocabularies are computed on these movies (a build);
@@ -152,6 +200,7 @@ def item_features(store, movie_ids: np.ndarray, features: list[str] | None = Non
     blocks, parts, missing = [], [], {}
     for name, encoder, fixed in specs:
         vocab: list = []
+        proj = None
         if name in ("poster", "text"):
             encoder, raw, has = _raw_dense(store, name, encoder, movie_ids)
             if fixed is not None and raw.shape[1] != fixed.dim:
@@ -159,6 +208,9 @@ def item_features(store, movie_ids: np.ndarray, features: list[str] | None = Non
                                  f"the semantic-id version was built on {fixed.dim}")
         elif name == "concepts":
             vocab, raw, has = _raw_concepts(store, movie_ids, fixed.vocab if fixed else None)
+        elif name == "collab":
+            vocab, proj, raw, has = _raw_collab(store, movie_ids, fixed.vocab if fixed else None,
+                                                fixed.proj if fixed else None, collab_dim, seed)
         else:
             vocab, raw, has = _raw_genres(store, movie_ids, fixed.vocab if fixed else None)
         if fixed is None:
@@ -167,7 +219,7 @@ def item_features(store, movie_ids: np.ndarray, features: list[str] | None = Non
             mean = raw[has].mean(0)
             std = raw[has].std(0)
             std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
-            fixed = Block(name, encoder, vocab, mean.astype(np.float32), std)
+            fixed = Block(name, encoder, vocab, mean.astype(np.float32), std, proj)
         blocks.append(fixed)
         parts.append(_apply(raw, has, fixed.mean, fixed.std))
         missing[name] = int((~has).sum())

@@ -19,6 +19,8 @@ existing ID. :func:`load_codes` is what models read.
 
 Config: ``[semantic_ids.<version>]`` tables (:class:`SemanticConfig`); without any, two versions
 are defined: ``poster`` (poster embedding + genres) and ``text`` (text embedding + genres).
+``poster-collab``, ``text-collab`` (the same + the ``collab`` block) and ``collab`` (genres +
+collab) are defined too, built only when named.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class SemanticConfig:
     seed: int = 0
     poster_encoder: str = "efficientnet-lite0"
     text_encoder: str = "minilm"
+    collab_dim: int = 64         # the collab block's SVD dimensions (features = [..., "collab"])
     reseed: bool = True          # dead-code re-seeding after every epoch
     rotation: bool = False       # the rotation trick instead of the straight-through estimator
     device: str = "cpu"          # cpu | cuda | cuda:N
@@ -88,7 +91,8 @@ class SemanticConfig:
             check_features(self.features)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        for key, low in (("levels", 1), ("codebook_size", 2), ("code_dim", 1), ("epochs", 1), ("batch_size", 1)):
+        for key, low in (("levels", 1), ("codebook_size", 2), ("code_dim", 1), ("epochs", 1), ("batch_size", 1),
+                         ("collab_dim", 1)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{where} {key} must be >= {low}, got {getattr(self, key)}")
         if any(h < 1 for h in self.hidden):
@@ -101,12 +105,21 @@ DEFAULT_VERSIONS: dict[str, dict[str, Any]] = {
     "poster": {"features": ["poster", "genres"]},
     "text": {"features": ["text", "genres"]},
 }
+# reachable by name (``build --version NAME``, a model's ``semantic_ids``) but not built by
+# default: the collab block reads the split's train part (docs/semantic_ids.md)
+NAMED_VERSIONS: dict[str, dict[str, Any]] = {
+    **DEFAULT_VERSIONS,
+    "poster-collab": {"features": ["poster", "genres", "collab"]},
+    "text-collab": {"features": ["text", "genres", "collab"]},
+    "collab": {"features": ["genres", "collab"]},
+}
 
 
 def version_configs(config=None) -> dict[str, SemanticConfig]:
     """version -> its settings: the ``[semantic_ids.<version>]`` tables of ``config`` (a
     :class:`posterkg.config.Config` or None), or the two defaults when there are none. The
-    defaults ``poster`` and ``text`` stay available by name (:func:`version_config`) either way."""
+    defaults ``poster`` and ``text`` and the collab versions of ``NAMED_VERSIONS`` stay available
+    by name (:func:`version_config`) either way."""
     from posterkg.config import check_fields
 
     raw = (config.data.get(SECTION, {}) if config is not None else {}) or {}
@@ -119,7 +132,7 @@ def version_configs(config=None) -> dict[str, SemanticConfig]:
                               f"table, e.g. [{SECTION}.poster] with features = [\"poster\", \"genres\"]")
         if not _NAME.fullmatch(name):
             raise ConfigError(f"{where}: a version name is letters, digits, '_', '-', '.'")
-        values = {**DEFAULT_VERSIONS.get(name, {}), **check_fields(SemanticConfig, table, where)}
+        values = {**NAMED_VERSIONS.get(name, {}), **check_fields(SemanticConfig, table, where)}
         cfg = SemanticConfig(**values)
         cfg.check(where)
         out[name] = cfg
@@ -132,8 +145,8 @@ def version_config(config, version: str) -> SemanticConfig:
     cfgs = version_configs(config)
     if version in cfgs:
         return cfgs[version]
-    if version in DEFAULT_VERSIONS:
-        return SemanticConfig(**DEFAULT_VERSIONS[version])
+    if version in NAMED_VERSIONS:
+        return SemanticConfig(**NAMED_VERSIONS[version])
     raise ConfigError(f"unknown semantic-id version {version!r}; configured: {', '.join(cfgs)} "
                       f"(add a [{SECTION}.{version}] table to the config)")
 
@@ -256,7 +269,7 @@ def build_version(store, version: str, cfg: SemanticConfig, *, rebuild: bool = F
                          f"`posterkg semantic-ids assign --version {version}` for new movies")
     movie_ids = _movie_ids(store)
     x, norm, missing = item_features(store, movie_ids, cfg.features, poster_encoder=cfg.poster_encoder,
-                                     text_encoder=cfg.text_encoder)
+                                     text_encoder=cfg.text_encoder, collab_dim=cfg.collab_dim, seed=cfg.seed)
     try:
         device = torch.device(cfg.device)
     except RuntimeError as exc:

@@ -30,4 +30,5 @@ def _run(store: Store, config: Config):
 
 
 STAGE = Stage("semantic_ids", sections=("semantic_ids",),
-              reads=("movies", "poster_embeddings", "text_embeddings", "movie_concept_edges"), run=_run)
+              reads=("movies", "poster_embeddings", "text_embeddings", "movie_concept_edges", "split"),
+              run=_run)

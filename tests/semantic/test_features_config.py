@@ -77,6 +77,8 @@ def test_config_tables(tmp_path):
     assert set(vs) == {"poster", "mix"}
     assert vs["poster"].features == ["poster", "genres"] and vs["poster"].codebook_size == 128
     assert version_config(cfg, "text").features == ["text", "genres"]     # defaults stay reachable
+    assert version_config(cfg, "poster-collab").features == ["poster", "genres", "collab"]   # named ones too
+    assert "poster-collab" not in version_configs(None)                   # but are not built by default
     with pytest.raises(ConfigError, match="unknown semantic-id version"):
         version_config(cfg, "other")
     p.write_text('[semantic_ids.poster]\ncodebok_size = 128\n')
@@ -109,3 +111,69 @@ def test_stage_builds_only_missing_versions_and_never_rebuilds(tiny_store):
     ids, codes = load_codes(tiny_store, "g")
     assert ids.tolist() == [1, 2, 3, 4, 5]
     assert np.array_equal(codes[:4], before[1])
+
+
+def _with_split(store):
+    """Users 1-4: 1 and 2 like movies 1 and 2, 3 and 4 like movie 3; movie 4 is liked only in
+    test, movie 1 is rated 2 (disliked) by user 3 in train, movie 3 liked by user 1 in valid."""
+    store.execute("CREATE TABLE ratings (user_id INTEGER, movie_id INTEGER, rating DOUBLE, ts BIGINT)")
+    store.execute("CREATE TABLE split (user_id INTEGER, movie_id INTEGER, part VARCHAR)")
+    rows = [(1, 1, 5, "train"), (1, 2, 4, "train"), (2, 1, 4, "train"), (2, 2, 5, "train"),
+            (3, 3, 5, "train"), (4, 3, 4, "train"), (3, 1, 2, "train"), (1, 3, 5, "valid"),
+            (2, 4, 5, "test")]
+    for u, m, r, part in rows:
+        store.execute("INSERT INTO ratings VALUES (?, ?, ?, 0)", [u, m, r])
+        store.execute("INSERT INTO split VALUES (?, ?, ?)", [u, m, part])
+
+
+def test_collab_block_reads_train_likes_only_and_is_frozen(tiny_store):
+    from posterkg.semantic.features import Normaliser
+
+    with pytest.raises(InputError, match="posterkg split"):
+        item_features(tiny_store, np.array([1, 2, 3, 4]), ["collab"])
+    _with_split(tiny_store)
+    ids = np.array([1, 2, 3, 4])
+    x, norm, missing = item_features(tiny_store, ids, ["collab"], collab_dim=2)
+    b = norm.blocks[0]
+    # the user list is the users with a train like; the dislike of user 3 and the valid / test
+    # ratings are not read
+    assert b.vocab == [1, 2, 3, 4] and b.proj.shape == (4, 2) and x.shape == (4, 2)
+    assert missing == {"collab": 1}                       # movie 4: liked only in test
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), [1, 1, 1, 0], atol=1e-6)
+    np.testing.assert_allclose(x[0], x[1], atol=1e-6)     # same likers -> same vector
+    assert float(x[0] @ x[2]) < 0                         # different likers -> apart
+    # a valid rating does not move any vector
+    tiny_store.execute("INSERT INTO ratings VALUES (4, 1, 5, 0)")
+    tiny_store.execute("INSERT INTO split VALUES (4, 1, 'valid')")
+    x_again, _, _ = item_features(tiny_store, ids, ["collab"], collab_dim=2)
+    np.testing.assert_allclose(x_again, x, atol=1e-6)
+    # the frozen normaliser (through its saved state) re-encodes the same movies identically
+    thawed = Normaliser.from_state(norm.to_state())
+    np.testing.assert_array_equal(thawed.blocks[0].proj, b.proj)
+    x2, _, _ = item_features(tiny_store, ids, normaliser=thawed)
+    np.testing.assert_allclose(x2, x, atol=1e-6)
+    # a later train like of a new user is outside the frozen user list: no change
+    tiny_store.execute("INSERT INTO ratings VALUES (9, 3, 5, 0)")
+    tiny_store.execute("INSERT INTO split VALUES (9, 3, 'train')")
+    x3, _, _ = item_features(tiny_store, ids, normaliser=thawed)
+    np.testing.assert_allclose(x3, x, atol=1e-6)
+
+
+def test_collab_version_builds_and_assigns(tiny_store):
+    from posterkg.semantic import load_codes
+    from posterkg.semantic.ids import assign
+
+    _with_split(tiny_store)
+    cfg = SemanticConfig(features=["genres", "collab"], levels=2, codebook_size=2, code_dim=2, hidden=[8],
+                         epochs=3, collab_dim=2)
+    s = build_version(tiny_store, "gc", cfg)
+    assert s["blocks"]["collab"]["dim"] == 2 and s["missing"] == {"genres": 1, "collab": 1}
+    tiny_store.execute("INSERT INTO movies VALUES (5, 'e', 1994, ['Drama'])")
+    tiny_store.execute("INSERT INTO ratings VALUES (1, 5, 5, 0)")
+    tiny_store.execute("INSERT INTO split VALUES (1, 5, 'train')")
+    out = assign(tiny_store, "gc")
+    assert out["assigned"] == 1 and out["missing"] == {"genres": 0, "collab": 0}
+    ids, codes = load_codes(tiny_store, "gc")
+    assert ids.tolist() == [1, 2, 3, 4, 5] and len({tuple(r) for r in codes}) == 5
+    with pytest.raises(ConfigError, match="collab_dim"):
+        SemanticConfig(features=["collab"], collab_dim=0).check("[semantic_ids.x]")
