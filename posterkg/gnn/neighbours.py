@@ -114,10 +114,15 @@ class _ItemItem(Recommender):
         for i, params in enumerate(candidates):
             self.S = build(**params)
             valid = valid_fn(self)
+            if valid is None:            # not measured (a refit: one candidate, the one chosen before)
+                hist.append({"epoch": i + 1, **params})
+                if best is None:
+                    best, best_s, best_p = {}, self.S, (i + 1, params)
+                continue
             hist.append({"epoch": i + 1, **params, "valid_ndcg@20": valid["ndcg@20"]})
             if verbose:
                 print(f"{self.name} {params}: valid NDCG@20 {valid['ndcg@20']:.4f}", flush=True)
-            if best is None or valid["ndcg@20"] > best["ndcg@20"]:
+            if not best or valid["ndcg@20"] > best["ndcg@20"]:
                 best, best_s, best_p = valid, self.S, (i + 1, params)
         self.S = best_s
         self.chosen = best_p[1]

@@ -456,6 +456,10 @@ class SASRec(Recommender):
                 for w in weights:
                     c.item_item = w
                     valid = valid_fn(self)
+                    if valid is None:    # not measured (refit, continue: the one setting chosen before)
+                        if best[0] < float("inf"):
+                            best = (float("inf"), w, l2, {}, self.ii_S)
+                        continue
                     if verbose:
                         print(f"{self.name} item_item={w} l2={l2}: valid NDCG@20 {valid['ndcg@20']:.4f}", flush=True)
                     if valid["ndcg@20"] > best[0]:

@@ -238,8 +238,12 @@ class EarlyStopping:
         due = epoch % cfg.eval_every == 0 and epoch >= getattr(cfg, "eval_from", 1)
         if last or due or epoch == cfg.epochs:
             valid = valid_fn(model)
-            row["valid_ndcg@20"] = valid["ndcg@20"]
-            done = self.update(epoch, valid, model) or last
+            if valid is None:              # nothing to validate on (refit, continue): the state
+                self.best_epoch = epoch      # after the latest epoch is the result (with [gnn] ema
+                self.best_state = copy.deepcopy(model.state_dict())    # the average, swapped in)
+            else:
+                row["valid_ndcg@20"] = valid["ndcg@20"]
+                done = self.update(epoch, valid, model) or last
         history.append(row)
         log_row(row, verbose)
         return done
@@ -357,6 +361,13 @@ def fit_epochs(model, train_cfg, valid_fn, opt, *, epoch_batches, step_loss, n_b
     return FitInfo(history, stop.best_epoch, stop.best_valid, secs / max(len(history), 1))
 
 
+def not_measured(model) -> None:
+    """The ``valid_fn`` of a run with nothing to validate on (:func:`refit`,
+    :func:`continue_training`): no valid score is recorded or printed, no early stopping, and a
+    choice made inside ``fit`` (EASE's lambda, posterkg-seq's blend) keeps its one fixed setting."""
+    return None
+
+
 def log_row(row: dict, verbose: bool) -> None:
     if verbose:
         print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
@@ -369,7 +380,8 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
 
     Early stopping reads ``valid_fn(model)["ndcg@20"]``; by default that is the fixed protocol
     on the valid part (:func:`posterkg.gnn.evaluate.evaluate_model`). A benchmark with another
-    protocol (the cold-start split ranks only the valid part's cold movies) passes its own."""
+    protocol (the cold-start split ranks only the valid part's cold movies) passes its own;
+    :func:`not_measured` (None) trains with nothing to validate on."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -399,8 +411,8 @@ def train(inputs: ModelInputs, cfg: TrainConfig, *, model_cfg=None, model: Recom
 
     if model.trainer == "none":
         valid = valid_fn(model)
-        return TrainResult(model, cfg, [{"epoch": 0, "valid_ndcg@20": valid["ndcg@20"]}], 0, valid, 0.0,
-                           time.perf_counter() - t_start, model.cfg)
+        row = {"epoch": 0} if valid is None else {"epoch": 0, "valid_ndcg@20": valid["ndcg@20"]}
+        return TrainResult(model, cfg, [row], 0, valid or {}, 0.0, time.perf_counter() - t_start, model.cfg)
     if model.trainer == "fit":
         torch.manual_seed(cfg.seed)
         info = model.fit(inputs, cfg, valid_fn, verbose=verbose)
@@ -458,7 +470,7 @@ def refit(inputs: ModelInputs, first: TrainResult, *, verbose: bool = False) -> 
                                eval_every=10 ** 9)
     t0 = time.perf_counter()
     res = train(refit_inputs(inputs), rcfg, model_cfg=first.model.refit_config(), verbose=verbose,
-                valid_fn=lambda m: {"ndcg@20": 0.0})
+                valid_fn=not_measured)
     return dataclasses.replace(res, config=cfg, valid=first.valid, best_epoch=first.best_epoch, refit=True,
                                seconds=time.perf_counter() - t0)
 
@@ -489,12 +501,11 @@ def continue_training(inputs: ModelInputs, first: TrainResult, epochs: int, *,
     ccfg = dataclasses.replace(cfg, epochs=int(epochs), patience=10 ** 9, min_epochs=0, eval_every=10 ** 9,
                                eval_from=1)
     t0 = time.perf_counter()
-    # quiet inside: its valid score is a placeholder, which the epoch lines would print as a figure
-    res = train(refit_inputs(inputs), ccfg, model=model, verbose=False, valid_fn=lambda m: {"ndcg@20": 0.0})
+    # quiet inside (its lines would number the epochs from 1); its own lines below
+    res = train(refit_inputs(inputs), ccfg, model=model, verbose=False, valid_fn=not_measured)
     # one history: the first run's epochs, then these (numbered on, marked as trained on train + valid)
     done = max((int(r.get("epoch", 0)) for r in first.history), default=0)
-    more = [{**{k: v for k, v in r.items() if k != "valid_ndcg@20"},     # (a placeholder, not a measurement)
-             "epoch": done + int(r.get("epoch", 0)), "on": "train+valid"} for r in res.history]
+    more = [{**r, "epoch": done + int(r.get("epoch", 0)), "on": "train+valid"} for r in res.history]
     for r in more:
         log_row(r, verbose)
     return dataclasses.replace(res, config=cfg, valid=first.valid, best_epoch=first.best_epoch,
