@@ -176,6 +176,10 @@ class TIGER(Recommender):
         history_input: str = "codes"   # "codes": every history movie is its D code tokens (L * D
         #                                encoder positions); "movies": one position per movie, the sum
         #                                of its D code embeddings (L positions; encoder "causal" only)
+        id_input: bool = False         # history_input "movies" only: each history position adds a
+        #                                learned embedding of the movie itself to its code embeddings
+        #                                (a hybrid input, as SASRec's item table); the output is still
+        #                                the generated semantic ID
         inputs: str = "positives"     # history read: "positives" (liked movies) | "all" (every rated
         #                                movie with a rating-sign embedding, as posterkg-seq; encoder
         #                                "causal" only); the targets are liked movies either way
@@ -201,6 +205,8 @@ class TIGER(Recommender):
             raise ValueError(f"tiger: history_input must be 'codes' or 'movies', not {c.history_input!r}")
         if c.history_input == "movies" and c.encoder != "causal":
             raise ValueError("tiger: history_input = 'movies' needs encoder = 'causal'")
+        if c.id_input and c.history_input != "movies":
+            raise ValueError("tiger: id_input needs history_input = 'movies'")
         if c.inputs not in ("positives", "all"):
             raise ValueError(f"tiger: inputs must be 'positives' or 'all', not {c.inputs!r}")
         if c.inputs == "all" and c.encoder != "causal":
@@ -232,7 +238,8 @@ class TIGER(Recommender):
         self._starts = tuple(SPECIALS + sum(sizes[:d]) for d in range(D))      # first token of position d
         self.register_buffer("offset", torch.tensor(self._starts), persistent=False)
         dim, ff = c.dim, (c.ff or 4 * c.dim)
-        self.tok = nn.Embedding(SPECIALS + sum(sizes), dim, padding_idx=PAD)
+        self._id_start = SPECIALS + sum(sizes)                  # id_input: movie i is token _id_start + i
+        self.tok = nn.Embedding(self._id_start + (self.n_movies if c.id_input else 0), dim, padding_idx=PAD)
         self.enc_pos = nn.Embedding(c.max_len * D + 1, dim)
         if c.inputs == "all":
             self.sign = nn.Embedding(4, dim, padding_idx=0)    # 1 disliked, 2 neutral, 3 liked
@@ -294,6 +301,8 @@ class TIGER(Recommender):
         (``history_input = "codes"``) or [B, L, D], one row of D code tokens per encoder position
         (``"movies"``)."""
         codes = self.codes[(win - 1).clamp(min=0)] + self.offset                 # [B, L, D]
+        if self.cfg.id_input:                                                    # [B, L, D + 1]
+            codes = torch.cat([codes, (self._id_start + win - 1).unsqueeze(-1)], -1)
         codes = torch.where((win > 0).unsqueeze(-1), codes, torch.zeros_like(codes))
         return codes if self.unit == 1 else codes.flatten(1)
 

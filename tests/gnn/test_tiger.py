@@ -123,13 +123,13 @@ def _enc(encoder: str) -> dict:
     movie, ``history_input = "movies"``), each optionally "+tie" (``tie_output``) and "+all"
     (``inputs = "all"``: every rated movie with its sign), as model settings."""
     parts = encoder.split("+")
-    unit = next((p for p in parts[1:] if p not in ("tie", "all")), "codes")
+    unit = next((p for p in parts[1:] if p not in ("tie", "all", "id")), "codes")
     return {"encoder": parts[0], "history_input": unit, "tie_output": "tie" in parts,
-            "inputs": "all" if "all" in parts else "positives"}
+            "inputs": "all" if "all" in parts else "positives", "id_input": "id" in parts}
 
 
 @pytest.mark.parametrize("encoder", ["full", "causal", "causal+movies", "causal+movies+tie", "causal+movies+all",
-                                     "causal+all"])
+                                     "causal+all", "causal+movies+id"])
 def test_untrained_model_only_emits_valid_unseen_ids(encoder):
     rng = np.random.default_rng(3)
     n_users, n_movies = 60, 50
@@ -304,7 +304,7 @@ def test_tied_output_head_scores_codes_by_their_token_embeddings():
 
 
 @pytest.mark.parametrize("history_input, inputs", [("codes", "positives"), ("movies", "positives"),
-                                                   ("codes", "all"), ("movies", "all")])
+                                                   ("codes", "all"), ("movies", "all"), ("movies+id", "positives")])
 def test_causal_loss_equals_each_prefix_read_alone(history_input, inputs):
     """The window loss (one encoder pass) equals the mean, over every target, of the loss of the
     target's prefix encoded on its own (later movies blanked, positions kept); with the history
@@ -315,13 +315,14 @@ def test_causal_loss_equals_each_prefix_read_alone(history_input, inputs):
     codes = _random_codes(n, sizes=(5, 6), rng=rng)
     inputs_ = _inputs(ratings, n, codes)
     torch.manual_seed(0)
+    history_input, id_input = history_input.split("+")[0], history_input.endswith("+id")
     model = registry.build("tiger", inputs_, registry.model_config("tiger", {"dim": 16, "layers": 2, "heads": 2,
                                                                              "max_len": 6, "encoder": "causal",
                                                                              "history_input": history_input,
-                                                                             "inputs": inputs}))
+                                                                             "inputs": inputs, "id_input": id_input}))
     model.eval()
     shape = model.window_tokens(torch.zeros(1, 6, dtype=torch.long)).shape
-    assert shape == ((1, 6 * model.D) if history_input == "codes" else (1, 6, model.D))
+    assert shape == ((1, 6 * model.D) if history_input == "codes" else (1, 6, model.D + id_input))
     win = torch.tensor([[0, 0, 3, 7, 1, 9, 4], [5, 8, 2, 11, 12, 6, 10], [0, 0, 0, 0, 0, 14, 15]])
     # signs + 2 (1 disliked, 2 neutral, 3 liked); positives-only windows are all liked
     wsg = (torch.tensor([[0, 0, 3, 1, 3, 2, 3], [3, 2, 1, 3, 3, 1, 3], [0, 0, 0, 0, 0, 1, 3]])
@@ -360,6 +361,9 @@ def test_causal_encoder_is_a_checked_option():
     with pytest.raises(ValueError, match="inputs must be"):
         registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
                        registry.model_config("tiger", {"encoder": "causal", "inputs": "liked"}))
+    with pytest.raises(ValueError, match="id_input needs history_input = 'movies'"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
+                       registry.model_config("tiger", {"encoder": "causal", "history_input": "codes", "id_input": True}))
     with pytest.raises(ValueError, match="inputs = 'all' needs encoder = 'causal'"):
         registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
                        registry.model_config("tiger", {"encoder": "full", "history_input": "codes", "inputs": "all"}))
@@ -463,3 +467,32 @@ def test_causal_windows_on_real_movielens(ml1m_db):
     assert (w[:, -1] > 0).all()                          # every window ends on a real movie
     with torch.no_grad():
         assert torch.isfinite(model.train_loss_windows(wins[:32]))
+
+
+def test_id_input_adds_each_history_movies_own_embedding():
+    """``id_input``: a history position is its code embeddings plus the movie's own embedding:
+    changing one movie's embedding changes the states of a history that reads it and of no
+    other, and training moves the embeddings of the movies read (not of the last target)."""
+    ratings, n = _cycle_world(n_users=4, n_movies=12, length=6)
+    codes = _random_codes(n, sizes=(3, 4), rng=np.random.default_rng(1))
+    torch.manual_seed(0)
+    model = registry.build("tiger", _inputs(ratings, n, codes),
+                           registry.model_config("tiger", {"dim": 16, "heads": 2, "max_len": 4, "encoder": "causal",
+                                                           "history_input": "movies", "id_input": True})).eval()
+    base = model._id_start
+    assert model.tok.num_embeddings == base + n
+    tok = model.window_tokens(torch.tensor([[0, 1, 3], [0, 0, 2]]))
+    assert tok[0, 0].tolist() == [0] * (model.D + 1)                       # padding stays padding
+    assert tok[0, 1, -1] == base + 0 and tok[0, 2, -1] == base + 2 and tok[1, 2, -1] == base + 1
+    with torch.no_grad():
+        reads0, reads1 = torch.tensor([[0, 1]]), torch.tensor([[0, 2]])
+        a, b = model._encoder_states(model.window_tokens(reads0)), model._encoder_states(model.window_tokens(reads1))
+        model.tok.weight[base + 0].add_(0.5)              # movie 0's own embedding only
+        a2, b2 = model._encoder_states(model.window_tokens(reads0)), model._encoder_states(model.window_tokens(reads1))
+    assert not torch.allclose(a, a2) and torch.equal(b, b2)
+    model.train()
+    model.tok.weight.grad = None
+    model.train_loss_windows(torch.tensor([[0, 4, 5, 6, 7]])).backward()
+    g = model.tok.weight.grad
+    assert all(g[base + m].abs().sum() > 0 for m in (3, 4, 5))   # the read history movies (index + 1 in windows)
+    assert g[base + 6].abs().sum() == 0 and g[base + 0].abs().sum() == 0   # the last target is never read
