@@ -81,7 +81,9 @@ _SEQ_PK = {**_SEQ, "epochs": 25, "eval_from": 8}
 # a cosine lr decay over the 30 passes (0.1788), lr 0.006 or 0.012 with a warm-up (stuck at
 # popularity level). The encoder reads one position per history movie (history_input "movies":
 # the sum of its code embeddings): 1.5x faster per pass, and valid NDCG@20 (seed 0) 0.1937
-# against 0.1861 with poster IDs, 0.1995 against 0.1945 with text IDs. docs/tiger.md
+# against 0.1861 with poster IDs, 0.1995 against 0.1945 with text IDs. Level on valid at
+# convergence, though faster at first (seed 0, 2026-12-06): IDs with a collab block (poster
+# 0.1958, text 0.1981) and id_input (0.1946, 0.1967). docs/tiger.md
 _TIGER = {"lr": 0.003, "epochs": 30, "patience": 3, "batch_size": 32, "min_epochs": 8, "ema": 0.98}
 _TIGER_CFG = {"encoder": "causal", "history_input": "movies"}
 
