@@ -98,21 +98,17 @@ def build_graph(store, ids: IdVocab, data: Interactions, *, concepts: bool = Tru
 
 
 def load_features(store, ids: IdVocab, features: dict[str, str]) -> tuple[dict, dict]:
-    """``features``: name ("poster"/"text") -> encoder name. Missing tables are an error that
-    names the command that writes them."""
+    """``features``: name ("poster"/"text") -> encoder, a stored name or an alias (``minilm``,
+    ``pixels``), read by :func:`posterkg.embed.posters.load_features`. Missing tables or rows are
+    an error that names the command that writes them."""
+    from posterkg.embed.posters import load_features as read_features
+
     out, mask = {}, {}
     for name, encoder in features.items():
-        table = {"poster": "poster_embeddings", "text": "text_embeddings"}.get(name)
-        if table is None:
+        if name not in ("poster", "text"):
             raise InputError(f"unknown feature {name!r}; known: poster, text")
-        hint = f"run `posterkg embed {'posters' if name == 'poster' else 'texts'}` first"
-        if not store.table_exists(table):
-            raise InputError(f"table {table} is missing: {hint}")
-        df = store.df(f"SELECT movie_id, vector FROM {table} WHERE encoder = ?", [encoder])
-        if len(df) == 0:
-            raise InputError(f"no {table} rows for encoder {encoder!r}: {hint}")
-        m, ok = ids.lookup("movie", df["movie_id"].to_numpy(np.int64))
-        vecs = np.stack([np.asarray(v, np.float32) for v in df["vector"]])
+        movie_ids, vecs = read_features(store, name, encoder)
+        m, ok = ids.lookup("movie", movie_ids)
         mat = np.zeros((len(ids.movie_ids), vecs.shape[1]), np.float32)
         mat[m[ok]] = vecs[ok]
         has = np.zeros(len(ids.movie_ids), bool)

@@ -12,7 +12,10 @@ import numpy as np
 import pandas as pd
 
 from gnn_synth import make_db
+from posterkg.embed.posters import resolve_feature_encoder
 from posterkg.store import open_store
+
+MINILM = resolve_feature_encoder("text", "minilm")     # sentence-transformers/all-MiniLM-L6-v2#mean
 
 CONCEPTS = [(1, "Color_Palette", "warm"), (2, "Color_Palette", "cool"), (3, "Lighting", "low-key"),
             (4, "Typography", "bold"), (5, "Visual_Mood", "eerie")]
@@ -42,7 +45,8 @@ def make_world(path, n_users: int = 12, n_movies: int = 24, per_user: int = 14, 
                     prefs.append((u, c, "long", score, 3))
         s.insert_df("user_prefs", pd.DataFrame(prefs, columns=["user_id", "concept_id", "horizon", "score", "support"]))
         s.execute("INSERT INTO graph_info (config, counts) VALUES (?, ?)", [json.dumps({"pref_horizon": "long"}), "{}"])
-        for table, enc, dim in (("poster_embeddings", "efficientnet-lite0", 6), ("text_embeddings", "minilm", 5)):
+        # stored under the names `posterkg embed` writes (the text alias minilm resolves to its model)
+        for table, enc, dim in (("poster_embeddings", "efficientnet-lite0", 6), ("text_embeddings", MINILM, 5)):
             s.execute(f"CREATE TABLE {table}(movie_id INTEGER, encoder VARCHAR, vector FLOAT[])")
             vec = rng.normal(size=(n_movies, dim)).astype(np.float32)
             s.insert_df(table, pd.DataFrame({"movie_id": np.arange(1, n_movies + 1), "encoder": enc,
@@ -81,7 +85,7 @@ def add_movies(path, n: int = 10) -> list[int]:
                                             "genres": [["Red"] for _ in ids]}))
         s.insert_df("movie_concept_edges", pd.DataFrame({"movie_id": ids, "concept_id": 1, "type": "Color_Palette",
                                                          "weight": 0.9}))
-        for table, enc, dim in (("poster_embeddings", "efficientnet-lite0", 6), ("text_embeddings", "minilm", 5)):
+        for table, enc, dim in (("poster_embeddings", "efficientnet-lite0", 6), ("text_embeddings", MINILM, 5)):
             s.insert_df(table, pd.DataFrame({"movie_id": ids, "encoder": enc,
                                              "vector": [[0.5] * dim for _ in ids]}))
         write_semantic_ids(s, ids)      # new movies get IDs from the frozen tokenizer

@@ -171,3 +171,18 @@ def test_mask_of_ones_leaves_scores_unchanged(fitted):
                 return
             got = emb[0][users] @ emb[1].T
     torch.testing.assert_close(got.detach().float(), s, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_dense_features_are_read_by_alias_as_by_stored_name(world_db):
+    """A model's ``text_encoder = "minilm"`` (the default) reads the rows `posterkg embed texts
+    --model minilm` writes, stored under the model's full name; an encoder with no rows is a
+    one-line error naming the command."""
+    from posterkg.errors import InputError
+
+    with open_store(world_db, read_only=True) as store:
+        by_alias = assemble(store, features={"text": "minilm", "poster": "efficientnet-lite0"}).inputs
+        by_name = assemble(store, features={"text": "sentence-transformers/all-MiniLM-L6-v2#mean"}).inputs
+        assert by_alias.features["text"].shape == (by_alias.n_movies, 5) and by_alias.feature_mask["text"].all()
+        np.testing.assert_array_equal(by_alias.features["text"], by_name.features["text"])
+        with pytest.raises(InputError, match="posterkg embed posters"):
+            assemble(store, features={"poster": "pixels"})
