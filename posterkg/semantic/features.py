@@ -139,6 +139,15 @@ def _raw_genres(store, movie_ids: np.ndarray, vocab: list | None):
     return vocab, out, out.any(1)
 
 
+def _positions(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index into ``keys`` of each value, found): a vectorised dict lookup (unique keys)."""
+    if len(keys) == 0:
+        return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+    order = np.argsort(keys, kind="stable")
+    at = np.minimum(np.searchsorted(keys[order], values), len(keys) - 1)
+    return order[at], keys[order][at] == values
+
+
 def _raw_collab(store, movie_ids: np.ndarray, users: list | None, proj: np.ndarray | None,
                 dim: int, seed: int):
     """(users, proj, X, has): each movie's train-positive row over ``users`` times ``proj``.
@@ -156,14 +165,10 @@ def _raw_collab(store, movie_ids: np.ndarray, users: list | None, proj: np.ndarr
         f"WHERE s.part = 'train' AND r.rating >= {POSITIVE_MIN}").fetchnumpy()
     if users is None:
         users = sorted(int(u) for u in np.unique(liked["user_id"]))
-    upos = {u: j for j, u in enumerate(users)}
-    pos = {int(m): i for i, m in enumerate(movie_ids)}
-    rows, cols = [], []
-    for u, m in zip(liked["user_id"], liked["movie_id"]):
-        i, j = pos.get(int(m)), upos.get(int(u))
-        if i is not None and j is not None:
-            rows.append(i)
-            cols.append(j)
+    rows, r_ok = _positions(np.asarray(movie_ids, np.int64), np.asarray(liked["movie_id"], np.int64))
+    cols, c_ok = _positions(np.asarray(users, np.int64), np.asarray(liked["user_id"], np.int64))
+    keep = r_ok & c_ok
+    rows, cols = rows[keep], cols[keep]
     mat = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(movie_ids), len(users)))
     if proj is None:
         from sklearn.decomposition import TruncatedSVD
