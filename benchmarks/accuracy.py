@@ -133,32 +133,31 @@ def run_one(store, cfg, kind: str, seed: int, args, cache: dict) -> dict:
 def continue_columns(inputs, first, epochs: int, args) -> dict:
     """The ``continue`` columns of one run: ``first``'s chosen state trained ``epochs`` more on
     train + valid."""
-    import torch
-
-    from posterkg.gnn.evaluate import evaluate_model
     from posterkg.gnn.train import continue_training
 
     more = continue_training(inputs, first, epochs, verbose=args.verbose)
-    data = inputs.data
+    return {**_test_columns(more.model, inputs.data, "continue"),
+            "continue_epochs": epochs, "continue_seconds": round(more.seconds - first.seconds, 1)}
+
+
+def _test_columns(model, data, rule: str) -> dict:
+    """``test_<rule>`` and ``test_<rule>robust``: the model's test metrics, all and robust."""
+    import torch
+
+    from posterkg.gnn.evaluate import evaluate_model
+
     with torch.no_grad():
-        return {"test_continue": evaluate_model(more.model, data, "test"),
-                "test_continuerobust": evaluate_model(more.model, data, "test", robust=True),
-                "continue_epochs": epochs, "continue_seconds": round(more.seconds - first.seconds, 1)}
+        return {f"test_{rule}": evaluate_model(model, data, "test"),
+                f"test_{rule}robust": evaluate_model(model, data, "test", robust=True)}
 
 
 def refit_columns(inputs, first, args) -> dict:
     """The ``refit`` columns of one run: ``first``'s model trained again on train + valid."""
-    import torch
-
-    from posterkg.gnn.evaluate import evaluate_model
     from posterkg.gnn.train import refit
 
     again = refit(inputs, first, verbose=args.verbose)
-    data = inputs.data
-    with torch.no_grad():
-        return {"test_refit": evaluate_model(again.model, data, "test"),
-                "test_refitrobust": evaluate_model(again.model, data, "test", robust=True),
-                "refit_epochs": len(again.history), "refit_seconds": again.seconds}
+    return {**_test_columns(again.model, inputs.data, "refit"),
+            "refit_epochs": len(again.history), "refit_seconds": again.seconds}
 
 
 def add_refit(store, run: dict, args, cache: dict) -> dict:
@@ -206,7 +205,7 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     head = (f"{'model':<22} {'Recall@10':>15} {'Recall@20':>15} {'NDCG@10':>15} {'NDCG@20':>15} "
-            f"{'Cov@20':>6} {'NDCG@20 train-only':>18} {'NDCG@20 robust':>15} {'NDCG@20 refit':>14} {'valid':>7} "
+            f"{'Cov@20':>6} {'NDCG@20 train-only':>18} {'NDCG@20 robust':>15} {'NDCG@20 refit':>14} {'NDCG@20 cont.':>14} {'valid':>7} "
             f"{'s/ep':>6} {'ep':>5}")
     print(head)
     print("-" * len(head))

@@ -498,8 +498,8 @@ def continue_training(inputs: ModelInputs, first: TrainResult, epochs: int, *,
     model.load_state_dict(first.model.state_dict())
     model = model.to(next(first.model.parameters(), torch.zeros(0)).device)
     # [gnn] max_steps (big data on a CPU) bounds these epochs too, as it bounded the first run
-    ccfg = dataclasses.replace(cfg, epochs=int(epochs), patience=10 ** 9, min_epochs=0, eval_every=10 ** 9,
-                               eval_from=1)
+    # (the last epoch is always evaluated, here by not_measured: it keeps that state)
+    ccfg = dataclasses.replace(cfg, epochs=int(epochs), patience=10 ** 9, min_epochs=0, eval_every=10 ** 9)
     t0 = time.perf_counter()
     # quiet inside (its lines would number the epochs from 1); its own lines below
     res = train(refit_inputs(inputs), ccfg, model=model, verbose=False, valid_fn=not_measured)
