@@ -238,6 +238,13 @@ class SASRec(Recommender):
         # a weight > 0 is kept as configured
         item_item: float = 0.0
         item_item_l2: float = 0.0     # EASE's lambda; 0 = chosen on valid
+        # how the two parts are put on one scale: "user" = z-scores per user, as above; "global" =
+        # the raw scores, sequence + item_item * item_item_ratio * EASE, where the ratio (set by
+        # fit, per lambda) is the mean per-user standard deviation of the sequence scores over
+        # that of the EASE scores: one scale for everyone, so a user whose EASE scores stand out
+        # (long histories, well co-rated movies) gets more of them
+        item_item_scale: str = "user"
+        item_item_ratio: float = 0.0
         item_item_grid: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_GRID))
         item_item_lambdas: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_LAMBDAS))
         # above this many movies the part is skipped: EASE's dense solve grows with the cube of
@@ -258,6 +265,8 @@ class SASRec(Recommender):
             raise ValueError(f"inputs must be 'positives' or 'all', not {c.inputs!r}")
         if not (c.item_item == -1 or c.item_item >= 0):
             raise ValueError(f"item_item must be a weight >= 0 or -1 (chosen on valid), not {c.item_item}")
+        if c.item_item_scale not in ("user", "global"):
+            raise ValueError(f"item_item_scale must be 'user' or 'global', not {c.item_item_scale!r}")
         # EASE's item-item matrix of the collaborative part (sized by fit; empty = no such part)
         self.register_buffer("ii_S", torch.zeros(0))
         self._seq_cache: dict | None = None      # sequence scores kept while fit searches the blend
@@ -409,13 +418,32 @@ class SASRec(Recommender):
         if not self._item_item_on():
             return seq
         key = None if self._ii_cache is None else (id(history), users.cpu().numpy().tobytes())
+        glob = self.cfg.item_item_scale == "global"
         if key is not None and key in self._ii_cache:
             z_ii = self._ii_cache[key]
         else:
-            z_ii = _standardise(self.item_item_scores(users, history))
+            z_ii = self.item_item_scores(users, history)
+            z_ii = z_ii if glob else _standardise(z_ii)
             if key is not None:
                 self._ii_cache[key] = z_ii
+        if glob:
+            return seq + float(self.cfg.item_item) * float(self.cfg.item_item_ratio) * z_ii
         return _standardise(seq) + float(self.cfg.item_item) * z_ii
+
+    def _scale_ratio(self, history, n: int = 2048) -> float:
+        """``item_item_scale = "global"``: the mean per-user standard deviation of the sequence
+        scores over that of the EASE scores, on up to ``n`` users of ``history`` (evenly spaced)."""
+        users = np.flatnonzero(np.diff(history.indptr) > 0)
+        users = torch.as_tensor(users[np.linspace(0, len(users) - 1, min(n, len(users))).astype(np.int64)])
+        w, self.cfg.item_item = self.cfg.item_item, 0.0
+        try:
+            with torch.no_grad():
+                seq = torch.cat([self.score(users[a:a + 512], history).std(1) for a in range(0, len(users), 512)])
+                ii = torch.cat([self.item_item_scores(users[a:a + 512], history).std(1)
+                                for a in range(0, len(users), 512)])
+        finally:
+            self.cfg.item_item = w
+        return float(seq.mean()) / max(float(ii.mean()), 1e-12)
 
     def load_state_dict(self, state, *args, **kwargs):
         state = dict(state)
@@ -443,30 +471,35 @@ class SASRec(Recommender):
             return info
         weights = [float(c.item_item)] if c.item_item > 0 else [float(w) for w in c.item_item_grid if w > 0]
         lambdas = [float(c.item_item_l2)] if c.item_item_l2 > 0 else [float(x) for x in c.item_item_lambdas]
-        gram = gram_matrix(inputs.data.history("valid"))        # = the train part
+        history = inputs.data.history("valid")                  # = the train part
+        gram = gram_matrix(history)
         # choosing: the sequence scores alone are the bar to beat; a configured weight stays on
         bar = info.valid.get("ndcg@20", float("-inf")) if c.item_item < 0 else float("-inf")
-        best = (bar, 0.0, 0.0, info.valid, torch.zeros(0))
+        best = (bar, 0.0, 0.0, info.valid, torch.zeros(0), 0.0)
         self.eval()
         self._seq_cache = {}
         try:
             for l2 in lambdas:
                 self.ii_S = ease_matrix(gram, l2).to(next(self.parameters()).device)
                 self._ii_cache = {}       # one EASE product per user batch and lambda, not per weight
+                # "global": the scale of this lambda's EASE scores (and, in a continuation, of the
+                # scores of the model trained on), measured again each time
+                ratio = self._scale_ratio(history) if c.item_item_scale == "global" else 0.0
+                c.item_item_ratio = ratio
                 for w in weights:
                     c.item_item = w
                     valid = valid_fn(self)
                     if valid is None:    # not measured (refit, continue: the one setting chosen before)
                         if best[0] < float("inf"):
-                            best = (float("inf"), w, l2, {}, self.ii_S)
+                            best = (float("inf"), w, l2, {}, self.ii_S, ratio)
                         continue
                     if verbose:
                         print(f"{self.name} item_item={w} l2={l2}: valid NDCG@20 {valid['ndcg@20']:.4f}", flush=True)
                     if valid["ndcg@20"] > best[0]:
-                        best = (valid["ndcg@20"], w, l2, valid, self.ii_S)
+                        best = (valid["ndcg@20"], w, l2, valid, self.ii_S, ratio)
         finally:
             self._seq_cache = self._ii_cache = None
-        _, c.item_item, c.item_item_l2, valid, self.ii_S = best
+        _, c.item_item, c.item_item_l2, valid, self.ii_S, c.item_item_ratio = best
         return dataclasses.replace(info, valid=valid)
 
     # -- training --------------------------------------------------------------------------------
@@ -617,6 +650,8 @@ class PosterKGSeq(SASRec):
         item_item_grid: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_GRID))
         item_item_lambdas: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_LAMBDAS))
         item_item_max_movies: int = 20000
+        item_item_scale: str = "user"
+        item_item_ratio: float = 0.0
         time_bias: bool = False        # time (see SASRec.Config)
         time_input: bool = False
         time_buckets: int = 24
@@ -762,7 +797,12 @@ class PosterKGSeq(SASRec):
             g = torch.sigmoid(self.gate(torch.cat([short, long], -1)))[:, -1]
             h = g * short[:, -1] + (1 - g) * long[:, -1]
             out = {"short": (g * short[:, -1]) @ v.T, "long": ((1 - g) * long[:, -1]) @ v.T, "gate": g.mean(-1)}
-        if self._item_item_on():
+        if self._item_item_on() and self.cfg.item_item_scale == "global":
+            # raw scores: the sequence parts as they are, EASE's on the long-term side
+            ii = float(self.cfg.item_item) * float(self.cfg.item_item_ratio) * self.item_item_scores(users, history)[:, movies]
+            out["long"] = out["long"] + ii
+            out["item_item"] = ii
+        elif self._item_item_on():
             # z(h . v) = (h . (v - mean v)) / std: split over the parts exactly, no per-user offset
             std = (h @ table.T).std(1, keepdim=True).clamp(min=1e-6)
             vc = (v - table.mean(0)).T

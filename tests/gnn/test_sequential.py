@@ -506,6 +506,49 @@ def test_collaborative_part_blends_standardised_ease_scores(kind):
     assert torch.allclose(plain.score(users, hist), seq, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["sasrec-all", "posterkg-seq"])
+def test_collaborative_part_on_one_global_scale(kind):
+    """item_item_scale = "global": raw sequence scores + w * ratio * raw EASE scores, the ratio
+    measured by fit on the train history (mean per-user std of each), again in a continuation."""
+    inputs = _random_world()
+    train_hist, hist = inputs.data.history("valid"), inputs.data.history("test")
+    users = torch.arange(inputs.n_users)
+    m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 48, "item_item": 0.3,
+                                                                  "item_item_l2": 5.0,
+                                                                  "item_item_scale": "global"}))
+    m.eval()
+    seq, seq_train = m.score(users, hist), m.score(users, train_hist)
+    m._fit_item_item(inputs, lambda mm: {"ndcg@20": -1.0}, FitInfo([], 1, {"ndcg@20": -2.0}, 0.0), False)
+    s = _ease_by_hand(inputs, 5.0)
+
+    def ease(h):
+        x = np.zeros((inputs.n_users, inputs.n_movies))
+        x[h.users, h.movies] = 1.0
+        return torch.from_numpy(x @ s).float()
+
+    has = torch.from_numpy(np.diff(train_hist.indptr) > 0)
+    ratio = float(seq_train[has].std(1).mean() / ease(train_hist)[has].std(1).mean())
+    assert m.cfg.item_item_ratio == pytest.approx(ratio, rel=1e-4)
+    want = seq + 0.3 * ratio * ease(hist)
+    got = m.score(users, hist)
+    assert torch.allclose(got, want, atol=1e-3)
+    # not a per-user z-score: the users' blends differ from the "user" rule's in ranking
+    z = lambda a: (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True)   # noqa: E731
+    zrule = z(seq) + 0.3 * z(ease(hist))
+    assert not torch.equal(got.argsort(1)[:, -5:], zrule.argsort(1)[:, -5:])
+    if kind == "posterkg-seq":     # the explanation's parts add up to the score
+        parts = m.explain_parts(users[:5], hist, torch.arange(inputs.n_movies))
+        assert torch.allclose(parts["short"] + parts["long"], want[:5], atol=1e-3)
+        assert torch.allclose(parts["item_item"], 0.3 * ratio * ease(hist)[:5], atol=1e-3)
+    # the ratio travels with the config (a save/load keeps the scores)
+    again = registry.build(kind, inputs, m.cfg)
+    again.load_state_dict(m.state_dict())
+    again.eval()
+    assert torch.allclose(again.score(users, hist), got, atol=1e-5)
+    with pytest.raises(ValueError, match="item_item_scale"):
+        registry.build(kind, inputs, registry.model_config(kind, {"item_item_scale": "users"}))
+
+
 def test_collaborative_part_is_chosen_on_valid_and_kept_only_when_it_helps(monkeypatch):
     from posterkg.gnn import neighbours
 
