@@ -470,7 +470,7 @@ def test_collaborative_part_blends_standardised_ease_scores(kind):
     hist = inputs.data.history("test")
     users = torch.arange(inputs.n_users)
     m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 48, "item_item": 0.3,
-                                                                  "item_item_l2": 5.0}))
+                                                                  "item_item_l2": 5.0, "item_item_scale": "user"}))
     m.eval()
     seq = m.score(users, hist)                     # no matrix yet: the sequence scores alone
     info = m._fit_item_item(inputs, lambda mm: {"ndcg@20": -1.0}, FitInfo([], 1, {"ndcg@20": -2.0}, 0.0), False)
@@ -798,13 +798,15 @@ def test_pairwise_time_buckets_match_the_rule_in_int32_and_int64():
     assert torch.autograd.gradcheck(lambda x: _BucketBias.apply(x, got), (w,))
 
 
-def test_blend_search_scores_every_pair_with_its_own_lambda():
+@pytest.mark.parametrize("scale", ["user", "global"])
+def test_blend_search_scores_every_pair_with_its_own_lambda(scale):
     """The search caches the sequence scores and each lambda's EASE scores: what valid sees for
-    every (weight, lambda) must still be z(seq) + w z(x @ S_lambda), computed here by hand."""
+    every (weight, lambda) must still be z(seq) + w z(x @ S_lambda) ("user"), or seq + w r x @ S_lambda
+    with r this lambda's ratio of mean per-user stds ("global"), computed here by hand."""
     inputs = _random_world(seed=2)
     hist = inputs.data.history("valid")
     users = torch.arange(inputs.data.n_users)
-    cfg = registry.model_config("posterkg-seq", {"dim": 8, "max_len": 48, "item_item": -1,
+    cfg = registry.model_config("posterkg-seq", {"dim": 8, "max_len": 48, "item_item": -1, "item_item_scale": scale,
                                                  "item_item_grid": [0.1, 0.3], "item_item_lambdas": [1.0, 50.0]})
     m = registry.build("posterkg-seq", inputs, cfg).eval()
     with torch.no_grad():
@@ -817,7 +819,14 @@ def test_blend_search_scores_every_pair_with_its_own_lambda():
         l2 = next(l for l in (1.0, 50.0) if np.allclose(mm.ii_S.numpy(), _ease_by_hand(inputs, l), atol=1e-4))
         for _ in range(2):                                    # the second call reads the caches
             got = mm.score(users, hist)
-            want = z(seq) + mm.cfg.item_item * z(x @ torch.from_numpy(_ease_by_hand(inputs, l2)).float())
+            e = x @ torch.from_numpy(_ease_by_hand(inputs, l2)).float()
+            if scale == "user":
+                want = z(seq) + mm.cfg.item_item * z(e)
+            else:
+                has = torch.from_numpy(np.diff(hist.indptr) > 0)
+                ratio = float(seq[has].std(1).mean() / e[has].std(1).mean())
+                assert mm.cfg.item_item_ratio == pytest.approx(ratio, rel=1e-4)
+                want = seq + mm.cfg.item_item * ratio * e
             assert torch.allclose(got, want, atol=1e-4), (mm.cfg.item_item, l2)
         checked.append((mm.cfg.item_item, l2))
         return {"ndcg@20": 0.0}
