@@ -24,10 +24,7 @@ from posterkg.gnn.sequential import _standardise
 saved = SavedSeq(sys.argv[1])
 model, data, hist, cand = saved.model, saved.data, saved.hist, saved.cand
 w0 = model.cfg.item_item
-model.cfg.item_item = 0.0
-zs = saved.standardised(model.score)
-model.cfg.item_item = w0
-zii = saved.standardised(model.item_item_scores)
+zs, zii = saved.parts()
 ev = saved.ndcg20
 base = zs + w0 * zii
 print("chosen w", w0, "l2", model.cfg.item_item_l2, "seq alone", ev(zs), "blend", ev(base), flush=True)

@@ -33,10 +33,7 @@ def main(state: str, out: str) -> None:
     saved = SavedSeq(state)
     model, data, hist, cand = saved.model, saved.data, saved.hist, saved.cand
     w0 = model.cfg.item_item
-    model.cfg.item_item = 0.0
-    zs = saved.standardised(model.score)
-    model.cfg.item_item = w0
-    zii = saved.standardised(model.item_item_scores)
+    zs, zii = saved.parts()
     seen, rel = data.seen("valid")[cand], data.relevant("valid")[cand]
     per = np.stack([rank_metrics(zs + w * zii, seen, rel, (20,))["ndcg@20"] for w in W], 1)   # [U, W]
     print("chosen w", w0, "global curve", dict(zip(W, per.mean(0).round(4).tolist())), flush=True)
