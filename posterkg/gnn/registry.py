@@ -57,7 +57,7 @@ _SEQ_FAST = {"attn_dropout": 0.0, "bucket": True}
 # on valid (seed 0: valid NDCG@20 0.2281 -> 0.2369 at weight 0.1, lambda 2000; docs/gnn.md), on
 # one global scale (item_item_scale "global": raw scores, EASE's rescaled by the ratio of the two
 # parts' mean per-user spreads, instead of z-scores per user; seed 0, valid: posterkg-seq 0.2395
-# -> 0.2422, sasrec-all-ease 0.2358 -> 0.2383; docs/gnn.md)
+# -> 0.2422, sasrec-all-ease 0.2358 -> 0.2387; docs/gnn.md)
 _SEQ_II = {"item_item": -1.0, "item_item_scale": "global"}
 # posterkg-seq's time part (SASRec.Config.time_bias): each attention weight between two ratings
 # gets a learned bias by the time between them, log2-minute buckets (seed 0, valid NDCG@20:
