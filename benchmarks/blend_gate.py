@@ -57,9 +57,7 @@ def main(state: str, out: str) -> None:
         with torch.no_grad():
             return torch.cat([scores_of(torch.as_tensor(cand[a:a + 512]), hist) for a in range(0, len(cand), 512)])
 
-    model.cfg.item_item = 0.0
-    rs = raw(model.score)
-    model.cfg.item_item = w0
+    rs = raw(model.sequence_scores)
     ri = raw(model.item_item_scores)
     cs = float(rs.std(1).mean())
     ci = float(ri.std(1).mean())

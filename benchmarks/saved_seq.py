@@ -46,13 +46,7 @@ class SavedSeq:
     def parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(z-scored sequence scores, z-scored EASE scores) of the valid users, in ``cand`` order:
         the two parts of the saved model's blend, whatever its configured weight."""
-        w0 = self.model.cfg.item_item
-        self.model.cfg.item_item = 0.0
-        try:
-            zs = self.standardised(self.model.score)
-        finally:
-            self.model.cfg.item_item = w0
-        return zs, self.standardised(self.model.item_item_scores)
+        return self.standardised(self.model.sequence_scores), self.standardised(self.model.item_item_scores)
 
     def ndcg20(self, z: torch.Tensor) -> float:
         """valid NDCG@20 of a score matrix whose rows are the users of ``cand``."""

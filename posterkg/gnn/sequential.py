@@ -384,9 +384,14 @@ class SASRec(Recommender):
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, history=None) -> torch.Tensor:
-        """Scores of ``users`` in batches of users with similar history lengths (each batch's
-        windows trimmed to its longest; the rows come back in the order asked), blended with the
-        collaborative part when it is on."""
+        """:meth:`sequence_scores` blended with the collaborative part when it is on."""
+        return self._blend(self.sequence_scores(users, history), users, history)
+
+    @torch.no_grad()
+    def sequence_scores(self, users: torch.Tensor, history) -> torch.Tensor:
+        """The sequence model's scores of ``users`` alone, in batches of users with similar
+        history lengths (each batch's windows trimmed to its longest; the rows come back in the
+        order asked); kept while fit searches the blend."""
         key = None
         if self._seq_cache is not None:
             key = (id(history), users.cpu().numpy().tobytes())
@@ -402,7 +407,7 @@ class SASRec(Recommender):
                 out[torch.from_numpy(idx).to(table.device)] = self._user_scores(u[idx], history, table)
             if key is not None:
                 self._seq_cache[key] = out
-        return self._blend(out, users, history)
+        return out
 
     # -- the collaborative part ------------------------------------------------------------------
     def _item_item_on(self) -> bool:
@@ -420,29 +425,26 @@ class SASRec(Recommender):
         key = None if self._ii_cache is None else (id(history), users.cpu().numpy().tobytes())
         glob = self.cfg.item_item_scale == "global"
         if key is not None and key in self._ii_cache:
-            z_ii = self._ii_cache[key]
+            ii = self._ii_cache[key]
         else:
-            z_ii = self.item_item_scores(users, history)
-            z_ii = z_ii if glob else _standardise(z_ii)
+            ii = self.item_item_scores(users, history)
+            ii = ii if glob else _standardise(ii)
             if key is not None:
-                self._ii_cache[key] = z_ii
+                self._ii_cache[key] = ii
         if glob:
-            return seq + float(self.cfg.item_item) * float(self.cfg.item_item_ratio) * z_ii
-        return _standardise(seq) + float(self.cfg.item_item) * z_ii
+            return seq + float(self.cfg.item_item) * float(self.cfg.item_item_ratio) * ii
+        return _standardise(seq) + float(self.cfg.item_item) * ii
 
     def _scale_ratio(self, history, n: int = 2048) -> float:
         """``item_item_scale = "global"``: the mean per-user standard deviation of the sequence
         scores over that of the EASE scores, on up to ``n`` users of ``history`` (evenly spaced)."""
         users = np.flatnonzero(np.diff(history.indptr) > 0)
         users = torch.as_tensor(users[np.linspace(0, len(users) - 1, min(n, len(users))).astype(np.int64)])
-        w, self.cfg.item_item = self.cfg.item_item, 0.0
-        try:
-            with torch.no_grad():
-                seq = torch.cat([self.score(users[a:a + 512], history).std(1) for a in range(0, len(users), 512)])
-                ii = torch.cat([self.item_item_scores(users[a:a + 512], history).std(1)
-                                for a in range(0, len(users), 512)])
-        finally:
-            self.cfg.item_item = w
+        with torch.no_grad():
+            seq = torch.cat([self.sequence_scores(users[a:a + 512], history).std(1)
+                             for a in range(0, len(users), 512)])
+            ii = torch.cat([self.item_item_scores(users[a:a + 512], history).std(1)
+                            for a in range(0, len(users), 512)])
         return float(seq.mean()) / max(float(ii.mean()), 1e-12)
 
     def load_state_dict(self, state, *args, **kwargs):
