@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from posterkg.lookup import find_sorted
+
 # relation -> (source node type, destination node type); every relation is also used reversed
 RELATIONS: dict[str, tuple[str, str]] = {
     "pos": ("user", "movie"),        # liked in train (rating >= 4)
@@ -77,11 +79,7 @@ class IdVocab:
     def lookup(self, node_type: str, ids) -> tuple[np.ndarray, np.ndarray]:
         """(indices, known mask) of database ``ids``; unknown ids get -1."""
         table = {"user": self.user_ids, "movie": self.movie_ids, "concept": self.concept_ids}[node_type]
-        ids = np.asarray(ids, np.int64)
-        if len(table) == 0:
-            return np.full(len(ids), -1, np.int64), np.zeros(len(ids), bool)
-        pos = np.minimum(np.searchsorted(table, ids), len(table) - 1)
-        ok = table[pos] == ids
+        pos, ok = find_sorted(table, np.asarray(ids, np.int64))
         return np.where(ok, pos, -1), ok
 
     def to_bytes(self) -> bytes:

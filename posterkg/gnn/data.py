@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from posterkg.errors import InputError
+from posterkg.lookup import find_sorted
 from posterkg.ratings import NEGATIVE_BELOW, POSITIVE_MIN, signs
 from posterkg.store import Store
 
@@ -179,16 +180,10 @@ class Interactions:
         user_ids = np.asarray(user_ids, np.int64)
         movie_ids = np.asarray(movie_ids, np.int64)
 
-        def remap(idx, old_ids, new_ids):
-            ids = old_ids[idx]
-            pos = np.minimum(np.searchsorted(new_ids, ids), max(len(new_ids) - 1, 0))
-            ok = (new_ids[pos] == ids) if len(new_ids) else np.zeros(len(ids), bool)
-            return pos, ok
-
         parts, dropped_u, dropped_m = {}, set(), set()
         for name, p in self.parts.items():
-            u, oku = remap(p.users, self.user_ids, user_ids)
-            m, okm = remap(p.movies, self.movie_ids, movie_ids)
+            u, oku = find_sorted(user_ids, self.user_ids[p.users])
+            m, okm = find_sorted(movie_ids, self.movie_ids[p.movies])
             dropped_u.update(self.user_ids[p.users[~oku]].tolist())
             dropped_m.update(self.movie_ids[p.movies[~okm]].tolist())
             ok = oku & okm
@@ -276,13 +271,12 @@ def load_interactions(store: Store, *, relevant_min: float = RELEVANT_MIN) -> In
     u_idx = np.repeat(np.arange(len(first), dtype=np.int64), np.diff(np.r_[first, len(uid)]))
     del uid
     mids = rows.pop("movie_id")
-    m_idx = np.searchsorted(movie_ids, mids)
-    m_idx_c = np.minimum(m_idx, max(len(movie_ids) - 1, 0))
-    unknown = (movie_ids[m_idx_c] != mids) if len(movie_ids) else np.ones(len(mids), bool)
+    m_idx, known = find_sorted(movie_ids, mids)
+    unknown = ~known
     if unknown.any():
         raise InputError(f"{int(unknown.sum())} split rows name movies missing from the movies table "
                          f"(e.g. movie {int(mids[unknown][0])})")
-    del mids, m_idx_c, unknown
+    del mids, known, unknown
     ratings, ts, part_col = rows["rating"], rows["ts"], rows["part"]
     parts = {}
     for code, name in enumerate(PARTS):

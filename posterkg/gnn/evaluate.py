@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from posterkg.gnn.data import Interactions
+from posterkg.lookup import find_sorted
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -67,8 +68,7 @@ def _hits(top: np.ndarray, relevant: sp.csr_matrix, n: int) -> np.ndarray:
     rel_keys = np.sort(np.repeat(np.arange(b, dtype=np.int64), np.diff(relevant.indptr)) * n
                        + relevant.indices.astype(np.int64))
     keys = np.arange(b, dtype=np.int64)[:, None] * n + top.astype(np.int64)
-    at = np.minimum(np.searchsorted(rel_keys, keys), len(rel_keys) - 1)
-    return (rel_keys[at] == keys).astype(np.float32)
+    return find_sorted(rel_keys, keys)[1].astype(np.float32)
 
 
 def robust_relevant(data: Interactions, part: str = "test") -> sp.csr_matrix:

@@ -36,6 +36,7 @@ from posterkg.gnn import losses, registry
 from posterkg.gnn.base import ModelInputs, Recommender
 from posterkg.gnn.data import Interactions
 from posterkg.gnn.evaluate import evaluate_model
+from posterkg.lookup import find_sorted
 from posterkg.progress import bar
 
 MODELS = registry.MODELS
@@ -162,8 +163,7 @@ class PairSampler:
 
     def _is_pos(self, u: np.ndarray, j: np.ndarray) -> np.ndarray:
         k = u * self.n_movies + j
-        at = np.minimum(np.searchsorted(self.keys, k), len(self.keys) - 1)
-        return self.keys[at] == k
+        return find_sorted(self.keys, k)[1]
 
     def epoch(self, batch_size: int):
         order = self.rng.permutation(len(self.users))

@@ -36,6 +36,7 @@ import numpy as np
 
 from posterkg.errors import InputError
 from posterkg.graphs import graph_config
+from posterkg.lookup import find_sorted
 
 INTERACTIONS = (("pos", 1), ("neu", 0), ("neg", -1))
 EDGE_TYPES = [
@@ -92,9 +93,8 @@ def _index(ids: np.ndarray) -> dict[int, int]:
 
 def _lookup(sorted_ids: np.ndarray, ids) -> np.ndarray:
     """Node indices of database ``ids`` (``sorted_ids`` ascending, as every node list is)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    pos = np.searchsorted(sorted_ids, ids)
-    if len(ids) and (pos.max() >= len(sorted_ids) or not np.array_equal(sorted_ids[pos], ids)):
+    pos, ok = find_sorted(sorted_ids, np.asarray(ids, dtype=np.int64))
+    if not ok.all():
         raise InputError("an edge refers to a node id missing from its node table")
     return pos
 

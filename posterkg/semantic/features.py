@@ -28,6 +28,7 @@ import dataclasses
 import numpy as np
 
 from posterkg.errors import ConfigError, InputError
+from posterkg.lookup import find
 
 FEATURES = ("poster", "text", "concepts", "genres", "collab")
 
@@ -139,15 +140,6 @@ def _raw_genres(store, movie_ids: np.ndarray, vocab: list | None):
     return vocab, out, out.any(1)
 
 
-def _positions(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index into ``keys`` of each value, found): a vectorised dict lookup (unique keys)."""
-    if len(keys) == 0:
-        return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
-    order = np.argsort(keys, kind="stable")
-    at = np.minimum(np.searchsorted(keys[order], values), len(keys) - 1)
-    return order[at], keys[order][at] == values
-
-
 def _raw_collab(store, movie_ids: np.ndarray, users: list | None, proj: np.ndarray | None,
                 dim: int, seed: int):
     """(users, proj, X, has): each movie's train-positive row over ``users`` times ``proj``.
@@ -165,8 +157,8 @@ def _raw_collab(store, movie_ids: np.ndarray, users: list | None, proj: np.ndarr
         f"WHERE s.part = 'train' AND r.rating >= {POSITIVE_MIN}").fetchnumpy()
     if users is None:
         users = sorted(int(u) for u in np.unique(liked["user_id"]))
-    rows, r_ok = _positions(np.asarray(movie_ids, np.int64), np.asarray(liked["movie_id"], np.int64))
-    cols, c_ok = _positions(np.asarray(users, np.int64), np.asarray(liked["user_id"], np.int64))
+    rows, r_ok = find(np.asarray(movie_ids, np.int64), np.asarray(liked["movie_id"], np.int64))
+    cols, c_ok = find(np.asarray(users, np.int64), np.asarray(liked["user_id"], np.int64))
     keep = r_ok & c_ok
     rows, cols = rows[keep], cols[keep]
     mat = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(movie_ids), len(users)))

@@ -1,25 +1,11 @@
 """The collab semantic-id block on the real ML-1M cut (../shared/data): the vectorised lookup
-gives the matrix a plain dict lookup gives, co-liked movies get close vectors, and a `collab`
+(posterkg.lookup) gives the matrix a plain dict lookup gives, co-liked movies get close vectors, and a `collab`
 version's IDs survive a restart unchanged."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from posterkg.semantic.features import _positions
-
-
-def test_positions_is_a_dict_lookup():
-    rng = np.random.default_rng(0)
-    keys = rng.permutation(np.arange(0, 4000, 3))            # unique, unsorted
-    values = rng.integers(-5, 4005, 5000)                   # many absent, some below / above all keys
-    at, ok = _positions(keys, values)
-    ref = {int(k): i for i, k in enumerate(keys)}
-    assert ok.tolist() == [int(v) in ref for v in values]
-    assert at[ok].tolist() == [ref[int(v)] for v in values[ok]]
-    at, ok = _positions(np.array([], np.int64), values)
-    assert not ok.any()
 
 
 def test_collab_block_on_real_ml1m(ml1m_db_copy):
