@@ -633,6 +633,49 @@ def test_collaborative_part_on_real_movielens(ml1m_db):
     assert torch.allclose(m.score(users, hist), z(seq) + 3.0 * z(e), atol=1e-4)
 
 
+def test_collaborative_part_on_one_global_scale_on_real_movielens(ml1m_db):
+    """../shared ML-1M, item_item_scale = "global": the ratio fit measures on a sample of users is
+    the mean per-user std of the sequence scores over that of EASE's over *every* user with a
+    train history (numpy, within 3%); the test scores are raw sequence + w * ratio * raw EASE;
+    users with longer histories get a larger EASE share (what the global scale is for; a per-user
+    z-score gives every user the same share); and at w = 3 EASE's signal carries the blend."""
+    from scipy.stats import spearmanr
+
+    from posterkg.gnn.data import load_interactions
+    from posterkg.gnn.evaluate import evaluate_model
+    from posterkg.store import open_store
+
+    with open_store(ml1m_db, read_only=True) as store:
+        data = load_interactions(store)
+    inputs = ModelInputs(IdVocab(data.user_ids, data.movie_ids), data, None)
+    m = registry.build("sasrec-all", inputs, registry.model_config(
+        "sasrec-all", {"dim": 16, "item_item": 3.0, "item_item_l2": 500.0, "item_item_scale": "global"}),
+        seed=0).eval()
+    alone = evaluate_model(m, data, "valid")
+    info = m._fit_item_item(inputs, lambda mm: evaluate_model(mm, data, "valid"), FitInfo([], 0, alone, 0.0), False)
+    assert alone["ndcg@20"] < 0.03 and info.valid["ndcg@20"] > 0.08          # EASE alone: ~0.11
+    train_hist, hist = data.history("valid"), data.history("test")
+    users = torch.from_numpy(np.flatnonzero(np.diff(train_hist.indptr) > 0))
+    with torch.no_grad():
+        seq_sd = torch.cat([m.sequence_scores(users[a:a + 1024], train_hist).std(1)
+                            for a in range(0, len(users), 1024)])
+    x = train_hist.csr()[users.numpy()]
+    ease_sd = (torch.from_numpy(x.toarray()).float() @ m.ii_S.float()).std(1)
+    ratio = float(seq_sd.mean() / ease_sd.mean())
+    assert m.cfg.item_item_ratio == pytest.approx(ratio, rel=0.03)
+    # the test scores: raw sequence scores + w * ratio * raw EASE scores, from train + valid
+    some = users[np.random.default_rng(0).choice(len(users), 200, replace=False)]
+    with torch.no_grad():
+        seq = m.sequence_scores(some, hist)
+        e = torch.from_numpy(hist.csr()[some.numpy()].toarray()).float() @ m.ii_S.float()
+        got = m.score(some, hist)
+    r = m.cfg.item_item_ratio
+    assert torch.allclose(got, seq + 3.0 * r * e, atol=1e-3)
+    share = (3.0 * r * e).std(1) / seq.std(1)
+    n_hist = torch.from_numpy(np.diff(hist.indptr)[some.numpy()]).float()
+    assert spearmanr(n_hist.numpy(), share.numpy())[0] > 0.8
+
+
 # -- time (time_bias / time_input) ----------------------------------------------------------------
 
 def _timed_world(seed=0, n_users=12, n_movies=30, max_n=20):
