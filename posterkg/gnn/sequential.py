@@ -223,6 +223,12 @@ class SASRec(Recommender):
         # as a target (0 = only liked movies are targets): they were still chosen to be watched
         neutral_target: float = 0.0
         disliked_target: float = 0.0
+        # with inputs "all": unlikelihood on a next movie the user went on to rate 1-2 (disliked) /
+        # 3 (neutral): the loss adds weight * -log(1 - p(that movie)), so the model learns which
+        # movies the user would watch but not like (relevance is a rating >= 4); 0 = off. Its
+        # gradient is about p (a liked target's is about 1 - p), so useful weights are large
+        disliked_unlikely: float = 0.0
+        neutral_unlikely: float = 0.0
         bucket: bool = False          # batch windows of similar length (each target weighed alike)
         negatives: int = 0            # 0: softmax over the whole catalogue; N: over the target and
         #                               N uniformly sampled movies shared by the batch
@@ -277,6 +283,16 @@ class SASRec(Recommender):
                 raise ValueError(f"{key} must be in [0, 1], not {w}")
             if w and c.inputs == "positives":
                 raise ValueError(f"{key} needs inputs = 'all' (with 'positives' every target is liked)")
+        for key in ("neutral_unlikely", "disliked_unlikely"):
+            w = float(getattr(c, key))
+            if w < 0.0:
+                raise ValueError(f"{key} must be >= 0, not {w}")
+            if w and c.inputs == "positives":
+                raise ValueError(f"{key} needs inputs = 'all' (with 'positives' every next movie is liked)")
+        for sign in ("neutral", "disliked"):
+            if getattr(c, f"{sign}_target") and getattr(c, f"{sign}_unlikely"):
+                raise ValueError(f"{sign}_target and {sign}_unlikely exclude each other "
+                                 f"(a {sign} next movie is either a target or an unlikelihood target)")
         self.item = nn.Embedding(self.n_movies + 1, c.dim, padding_idx=0)
         self.pos = nn.Embedding(c.max_len, c.dim)
         self.sign = nn.Embedding(4, c.dim, padding_idx=0)
@@ -536,7 +552,8 @@ class SASRec(Recommender):
     def _targets(self, win, wsg) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets [B, L, K] of each input position (the movies at t+1 .. t+K within the window)
         and the weight of each one (1 liked, ``neutral_target`` / ``disliked_target`` for the
-        other signs, 0 where the input position is padding)."""
+        other signs, 0 where the input position is padding; minus ``disliked_unlikely`` /
+        ``neutral_unlikely`` for an unlikelihood target)."""
         tok = win[:, :-1]
         L, K = tok.shape[1], max(1, int(self.cfg.horizon))
         nxt = win[:, 1:] - 1                                       # movie index, -1 = padding
@@ -546,6 +563,10 @@ class SASRec(Recommender):
             w = w + float(self.cfg.neutral_target) * (sg == 2).float()
         if self.cfg.disliked_target:
             w = w + float(self.cfg.disliked_target) * (sg == 1).float()
+        if self.cfg.disliked_unlikely:     # negative weights: unlikelihood targets (train_loss)
+            w = w - float(self.cfg.disliked_unlikely) * (sg == 1).float()
+        if self.cfg.neutral_unlikely:
+            w = w - float(self.cfg.neutral_unlikely) * (sg == 2).float()
         w = w * (nxt >= 0).float()
         pad_t = torch.cat([nxt, torch.full((nxt.shape[0], K - 1), -1, dtype=nxt.dtype)], 1)
         pad_w = torch.cat([w, torch.zeros(nxt.shape[0], K - 1)], 1)
@@ -563,7 +584,7 @@ class SASRec(Recommender):
         tok, sgn = win[:, :-1], wsg[:, :-1]
         h = self.user_states(tok, sgn, table, ts=None if wts is None else wts[:, :-1])   # [B, L, d]
         tgt, ok = self._targets(win, wsg)
-        rows = (ok > 0).any(-1)
+        rows = (ok != 0).any(-1)
         if not bool(rows.any()):
             return h.sum() * 0.0
         hh, t, o = h[rows], tgt[rows].clamp(min=0), ok[rows]       # [P, d], [P, K], [P, K]
@@ -586,7 +607,16 @@ class SASRec(Recommender):
             picked = torch.log_softmax(hh.bfloat16() @ table.bfloat16().T, dim=-1).gather(1, t).float()
         else:
             picked = torch.log_softmax(hh @ table.T, dim=-1).gather(1, t)     # [P, n_movies] -> [P, K]
-        return -(picked * o).sum() / (o.sum() if norm is None else norm)
+        pos = o.clamp(min=0)
+        loss = -(picked * pos).sum()
+        if bool((o < 0).any()):
+            # unlikelihood: -log(1 - p) of a movie the user rated next but did not like
+            log_not = torch.log(-torch.expm1(picked.clamp(max=-1e-6)))
+            loss = loss - (log_not * (-o).clamp(min=0)).sum()
+        if norm is None:
+            n = float(pos.sum())
+            norm = n if n > 0 else 1.0
+        return loss / norm
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
         from posterkg.gnn.train import fit_epochs
@@ -601,7 +631,7 @@ class SASRec(Recommender):
         n_batches = (len(win) + bs - 1) // bs
         lengths = (win > 0).sum(1)
         norm = None
-        n_targets = sum(float(self._targets(win[a:a + 1024], wsg[a:a + 1024])[1].sum())
+        n_targets = sum(float(self._targets(win[a:a + 1024], wsg[a:a + 1024])[1].clamp(min=0).sum())
                         for a in range(0, len(win), 1024))
         if self.cfg.bucket:
             # bucketed batches differ in size (short windows together): weigh every target alike
@@ -643,6 +673,8 @@ class PosterKGSeq(SASRec):
         horizon: int = 1
         neutral_target: float = 0.0
         disliked_target: float = 0.0
+        disliked_unlikely: float = 0.0     # unlikelihood on disliked / neutral next movies (see SASRec.Config)
+        neutral_unlikely: float = 0.0
         bucket: bool = False
         negatives: int = 0
         bf16_logits: bool = False

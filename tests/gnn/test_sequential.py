@@ -134,6 +134,60 @@ def test_neutral_and_disliked_targets_are_weighted_next_movies():
         registry.build("sasrec", inputs, registry.model_config("sasrec", {"disliked_target": 0.5}))
 
 
+def test_unlikelihood_pushes_down_next_movies_the_user_did_not_like():
+    # the same user as above: movies 1..6 rated 5, 3, 2, 5, 1, 5. With disliked_unlikely b and
+    # neutral_unlikely a, the state at position t predicting a movie rated 1-2 (3) adds
+    # b (a) * -log(1 - p(that movie)); liked next movies keep their cross-entropy; the sum is
+    # divided by the number of liked targets
+    ratings = pd.DataFrame({"user_id": [1] * 6 + [2] * 6, "movie_id": [1, 2, 3, 4, 5, 6] * 2,
+                            "rating": [5, 3, 2, 5, 1, 5] * 2, "ts": list(range(6)) * 2})
+    inputs = _inputs(ratings, 6)
+    win = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    wsg = torch.tensor([[3, 2, 1, 3, 1, 3]])
+    for kind in ("sasrec-all", "posterkg-seq"):
+        for a, b in [(0.0, 3.0), (0.5, 20.0)]:
+            m = registry.build(kind, inputs, registry.model_config(kind, {
+                "dim": 8, "max_len": 5, "dropout": 0.0, "softmax_chunk": 0, "time_bias": False,
+                "neutral_unlikely": a, "disliked_unlikely": b}))
+            m.eval()
+            tgt, ok = m._targets(win, wsg)
+            assert ok[0, :, 0].tolist() == [-a, -b, 1.0, -b, 1.0]
+            table = m.movie_table(m.graph)
+            p = torch.softmax(m.user_states(win[:, :-1], wsg[:, :-1], table)[0] @ table.T, -1)
+            liked = [(2, 4), (4, 6)]
+            unliked = [(0, 2, a), (1, 3, b), (3, 5, b)]
+            want = (-sum(float(torch.log(p[q, t - 1])) for q, t in liked)
+                    - sum(w * float(torch.log1p(-p[q, t - 1])) for q, t, w in unliked)) / len(liked)
+            assert abs(float(m.train_loss(win, wsg)) - want) < 1e-5, (kind, a, b)
+            m.cfg.softmax_chunk = 2
+            assert abs(float(m.train_loss(win, wsg)) - want) < 1e-5, (kind, a, b)
+    # training with it lowers the probability of the disliked next movies against training without
+    probs = {}
+    for b in (0.0, 50.0):
+        torch.manual_seed(0)
+        m = registry.build("sasrec-all", inputs, registry.model_config("sasrec-all", {
+            "dim": 8, "max_len": 5, "dropout": 0.0, "disliked_unlikely": b}), seed=0)
+        opt = torch.optim.Adam(m.parameters(), lr=0.05)
+        for _ in range(60):
+            opt.zero_grad()
+            m.train_loss(win, wsg).backward()
+            opt.step()
+        m.eval()
+        with torch.no_grad():
+            table = m.movie_table(m.graph)
+            p = torch.softmax(m.user_states(win[:, :-1], wsg[:, :-1], table)[0] @ table.T, -1)
+        probs[b] = (float(p[1, 2] + p[3, 4]), float(p[2, 3] + p[4, 5]))   # (disliked next, liked next)
+    assert probs[50.0][0] < 0.5 * probs[0.0][0]
+    assert probs[50.0][1] > 0.5 * probs[0.0][1]           # the liked targets are still learned
+    with pytest.raises(ValueError, match="disliked_unlikely must be >= 0"):
+        registry.build("sasrec-all", inputs, registry.model_config("sasrec-all", {"disliked_unlikely": -1.0}))
+    with pytest.raises(ValueError, match="needs inputs = 'all'"):
+        registry.build("sasrec", inputs, registry.model_config("sasrec", {"neutral_unlikely": 1.0}))
+    with pytest.raises(ValueError, match="exclude each other"):
+        registry.build("sasrec-all", inputs, registry.model_config(
+            "sasrec-all", {"disliked_target": 0.5, "disliked_unlikely": 1.0}))
+
+
 def test_long_term_part_is_a_running_mean_of_liked_minus_disliked():
     ratings, n = _cycle_world(n_users=4)
     inputs = _inputs(ratings, n)
