@@ -603,6 +603,71 @@ def test_collaborative_part_on_one_global_scale(kind):
         registry.build(kind, inputs, registry.model_config(kind, {"item_item_scale": "users"}))
 
 
+@pytest.mark.parametrize("kind", ["sasrec-all", "posterkg-seq"])
+def test_training_as_the_residual_of_ease(kind):
+    """item_item_joint = lambda: each training logit is the sequence logit + a * (EASE score of the
+    window's movies up to that position), a = exp(learned log weight); while training, early
+    stopping reads seq + a * EASE of the whole history; afterwards the blend weights tried are
+    multiples of the learned one (w * ratio = m * a) and the part always stays on."""
+    from posterkg.gnn.sequential import JOINT_MULTS
+
+    inputs = _random_world(seed=3)
+    over = {"dim": 8, "max_len": 48, "dropout": 0.0, "item_item": -1, "item_item_scale": "global",
+            "item_item_joint": 5.0, "item_item_lambdas": [5.0, 10.0], "time_bias": False}
+    m = registry.build(kind, inputs, registry.model_config(kind, over), seed=0)
+    s = _ease_by_hand(inputs, 5.0)
+    with torch.no_grad():
+        m.ii_log_alpha.fill_(np.log(2.5))
+    m._joint_S = torch.from_numpy(s).float()
+    win, wsg = m._train_windows(inputs.data.history("valid"))
+    win, wsg = win[:6], wsg[:6]
+    m.eval()
+    table = m.movie_table(m.graph)
+    h = m.user_states(win[:, :-1], wsg[:, :-1], table).detach()
+    tgt, ok = m._targets(win, wsg)
+    num, den = 0.0, 0.0
+    for b in range(win.shape[0]):
+        for t in range(win.shape[1] - 1):
+            if ok[b, t, 0] <= 0:
+                continue
+            prefix = [int(x) - 1 for x in win[b, :t + 1] if x > 0]
+            e = s[prefix].sum(0)                                   # EASE score of the prefix
+            logits = h[b, t].double().numpy() @ table.detach().double().numpy().T + 2.5 * e
+            logp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+            num -= logp[int(tgt[b, t, 0])]
+            den += 1
+    assert abs(float(m.train_loss(win, wsg)) - num / den) < 1e-4
+    # the loss moves the learned weight
+    m.train()
+    m.train_loss(win, wsg).backward()
+    assert m.ii_log_alpha.grad is not None and float(m.ii_log_alpha.grad) != 0.0
+    # while training: scores = seq + a * raw EASE of the whole history
+    m.eval()
+    users = torch.arange(inputs.n_users)
+    hist = inputs.data.history("valid")
+    x = np.zeros((inputs.n_users, inputs.n_movies))
+    x[hist.users, hist.movies] = 1.0
+    want = m.sequence_scores(users, hist) + 2.5 * torch.from_numpy(x @ s).float()
+    assert torch.allclose(m.score(users, hist), want, atol=1e-4)
+    m._joint_S = None
+    # after training: the weights tried per lambda are multiples of a / ratio, the part stays on
+    seen = []
+
+    def valid_fn(mm):
+        seen.append((mm.cfg.item_item * mm.cfg.item_item_ratio, mm.cfg.item_item_ratio))
+        return {"ndcg@20": 0.1}                                # below the bar: kept anyway
+
+    info = m._fit_item_item(inputs, valid_fn, FitInfo([], 1, {"ndcg@20": 0.9}, 0.0), False)
+    ratios = sorted({r for _, r in seen})
+    assert len(ratios) == 2 and len(seen) == 2 * len(JOINT_MULTS)     # one ratio per lambda
+    for r in ratios:
+        got = sorted(a for a, rr in seen if rr == r)
+        assert np.allclose(got, [k * 2.5 for k in JOINT_MULTS], rtol=1e-5)
+    assert m.cfg.item_item > 0 and m.ii_S.numel() > 0 and info.valid["ndcg@20"] == 0.1
+    with pytest.raises(ValueError, match="item_item_joint needs"):
+        registry.build(kind, inputs, registry.model_config(kind, {**over, "item_item_scale": "user"}))
+
+
 def test_collaborative_part_is_chosen_on_valid_and_kept_only_when_it_helps(monkeypatch):
     from posterkg.gnn import neighbours
 
