@@ -205,10 +205,6 @@ def _batches(lengths: torch.Tensor, bs: int, gen: torch.Generator, *, bucket: bo
     return [out[i] for i in perm]
 
 
-# item_item_joint: the blend weights tried after training, as multiples of the learned one
-JOINT_MULTS = (0.5, 0.75, 1.0, 1.25, 1.5)
-
-
 class SASRec(Recommender):
     trainer = "fit"
 
@@ -255,11 +251,6 @@ class SASRec(Recommender):
         # (long histories, well co-rated movies) gets more of them
         item_item_scale: str = "user"
         item_item_ratio: float = 0.0
-        # > 0: the sequence model trains as the residual of EASE (this lambda, on the train part):
-        # every training logit gets + a * (EASE score of the window's movies so far), ``a`` a
-        # learned scalar, and early stopping reads seq + a * EASE; the blend is chosen after
-        # training around ``a`` (item_item_scale "global" only)
-        item_item_joint: float = 0.0
         item_item_grid: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_GRID))
         item_item_lambdas: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_LAMBDAS))
         # above this many movies the part is skipped: EASE's dense solve grows with the cube of
@@ -284,13 +275,6 @@ class SASRec(Recommender):
             raise ValueError(f"item_item_scale must be 'user' or 'global', not {c.item_item_scale!r}")
         # EASE's item-item matrix of the collaborative part (sized by fit; empty = no such part)
         self.register_buffer("ii_S", torch.zeros(0))
-        if c.item_item_joint and (c.item_item_joint < 0 or c.item_item_scale != "global" or c.item_item == 0):
-            raise ValueError("item_item_joint needs a lambda > 0, item_item_scale = 'global' and item_item on")
-        # the learned weight of the EASE part while training as its residual (item_item_joint),
-        # exp(ii_log_alpha) from 1: in log space Adam's bounded steps can move it by orders of
-        # magnitude (the weight that serves ranks around 1-10 on ML-1M; from 0 it stays near 0)
-        self.ii_log_alpha = nn.Parameter(torch.zeros(())) if c.item_item_joint else None
-        self._joint_S: torch.Tensor | None = None   # EASE's matrix while training as its residual
         self._seq_cache: dict | None = None      # sequence scores kept while fit searches the blend
         self._ii_cache: dict | None = None       # and z(EASE scores) of the lambda being tried
         for key in ("neutral_target", "disliked_target"):
@@ -451,20 +435,7 @@ class SASRec(Recommender):
         x = history.csr()[users.cpu().numpy()]
         return torch.from_numpy(x.toarray()).to(self.ii_S.device) @ self.ii_S
 
-    def ii_alpha(self) -> torch.Tensor:
-        """item_item_joint: the learned weight of the raw EASE scores in training."""
-        return self.ii_log_alpha.exp()
-
     def _blend(self, seq: torch.Tensor, users: torch.Tensor, history) -> torch.Tensor:
-        if self._joint_S is not None:      # training as EASE's residual: seq + a * raw EASE
-            key = None if self._ii_cache is None else (id(history), users.cpu().numpy().tobytes())
-            ii = self._ii_cache.get(key) if key is not None else None
-            if ii is None:
-                x = history.csr()[users.cpu().numpy()]
-                ii = torch.from_numpy(x.toarray()).to(self._joint_S.device) @ self._joint_S
-                if key is not None:
-                    self._ii_cache[key] = ii
-            return seq + float(self.ii_alpha().detach()) * ii
         if not self._item_item_on():
             return seq
         key = None if self._ii_cache is None else (id(history), users.cpu().numpy().tobytes())
@@ -521,10 +492,7 @@ class SASRec(Recommender):
         history = inputs.data.history("valid")                  # = the train part
         gram = gram_matrix(history)
         # choosing: the sequence scores alone are the bar to beat; a configured weight stays on
-        # item_item_joint (weight chosen on valid): the model was trained as EASE's residual, so
-        # the part always stays on, its weights tried around the learned one
-        joint = bool(c.item_item_joint) and c.item_item < 0 and self.ii_log_alpha is not None
-        bar = info.valid.get("ndcg@20", float("-inf")) if c.item_item < 0 and not c.item_item_joint else float("-inf")
+        bar = info.valid.get("ndcg@20", float("-inf")) if c.item_item < 0 else float("-inf")
         best = (bar, 0.0, 0.0, info.valid, torch.zeros(0), 0.0)
         self.eval()
         self._seq_cache = {}
@@ -536,9 +504,6 @@ class SASRec(Recommender):
                 # scores of the model trained on), measured again each time
                 ratio = self._scale_ratio(history) if c.item_item_scale == "global" else 0.0
                 c.item_item_ratio = ratio
-                if joint:
-                    # around the weight learned in training: w * ratio = m * a
-                    weights = [m * float(self.ii_alpha().detach()) / max(ratio, 1e-12) for m in JOINT_MULTS]
                 for w in weights:
                     c.item_item = w
                     valid = valid_fn(self)
@@ -628,19 +593,7 @@ class SASRec(Recommender):
         if chunk < 0:
             chunk = 256 if hh.device.type == "cpu" else 0
         low = self.cfg.bf16_logits and self.training
-        if self._joint_S is not None:
-            # + a * EASE score of the window's movies up to each position (tokens: movie index
-            # + 1, 0 = padding): one sparse [P, n] (CSR) x dense [n, n] product
-            pb, pt = rows.nonzero(as_tuple=True)
-            span = torch.arange(tok.shape[1], device=tok.device).unsqueeze(0) <= pt.unsqueeze(1)
-            pi, si = (span & (tok[pb] > 0)).nonzero(as_tuple=True)       # row-major: pi sorted
-            crow = torch.zeros(len(pb) + 1, dtype=torch.int64, device=tok.device)
-            crow[1:] = torch.bincount(pi, minlength=len(pb)).cumsum(0)
-            x = torch.sparse_csr_tensor(crow, tok[pb[pi], si] - 1, torch.ones(len(pi), device=tok.device),
-                                        (len(pb), self.n_movies))
-            ease = x @ self._joint_S
-            picked = torch.log_softmax(hh @ table.T + self.ii_alpha() * ease, dim=-1).gather(1, t)
-        elif n_neg > 0:
+        if n_neg > 0:
             # sampled softmax: each target against the same N uniform negatives (uniform
             # sampling needs no log-q correction); a negative that is the target is masked out
             neg = torch.randint(0, table.shape[0], (n_neg,), generator=self._neg_gen, device=hh.device)
@@ -691,13 +644,9 @@ class SASRec(Recommender):
             return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm,
                                    None if wts is None else wts[idx, -keep:].to(device))
 
-        # the sequence model trains and stops early on its own scores (item_item_joint: on
-        # seq + a * EASE); the collaborative part (if on) is chosen afterwards
+        # the sequence model trains and stops early on its own scores; the collaborative part
+        # (if on) is chosen afterwards
         weight, self.cfg.item_item = self.cfg.item_item, 0.0
-        if self.cfg.item_item_joint:
-            self._joint_S = ease_matrix(gram_matrix(inputs.data.history("valid")),
-                                        float(self.cfg.item_item_joint)).float().to(device)
-            self._ii_cache = {}
         try:
             info = fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
                               epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
@@ -705,9 +654,6 @@ class SASRec(Recommender):
                               row_extra={"targets": int(n_targets) if n_targets.is_integer() else round(n_targets, 1)})
         finally:
             self.cfg.item_item = weight
-            self._joint_S, self._ii_cache = None, None
-        if verbose and self.ii_log_alpha is not None:
-            print(f"{self.name}: EASE weight learned in training a = {float(self.ii_alpha().detach()):.4g}", flush=True)
         return self._fit_item_item(inputs, valid_fn, info, verbose)
 
 
@@ -740,7 +686,6 @@ class PosterKGSeq(SASRec):
         item_item_max_movies: int = 20000
         item_item_scale: str = "user"
         item_item_ratio: float = 0.0
-        item_item_joint: float = 0.0
         time_bias: bool = False        # time (see SASRec.Config)
         time_input: bool = False
         time_buckets: int = 24
