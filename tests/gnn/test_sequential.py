@@ -106,19 +106,26 @@ def test_horizon_targets_are_the_next_liked_movies():
     assert abs(float(m.train_loss(win, wsg)) - want) < 1e-5
 
 
+def _signed_user():
+    """Two users who rate movies 1..6 in order with 5, 3, 2, 5, 1, 5; one window of them (movie
+    index + 1, sign + 2)."""
+    ratings = pd.DataFrame({"user_id": [1] * 6 + [2] * 6, "movie_id": [1, 2, 3, 4, 5, 6] * 2,
+                            "rating": [5, 3, 2, 5, 1, 5] * 2, "ts": list(range(6)) * 2})
+    return _inputs(ratings, 6), torch.tensor([[1, 2, 3, 4, 5, 6]]), torch.tensor([[3, 2, 1, 3, 1, 3]])
+
+
+def _small_seq(kind, inputs, **over):
+    return registry.build(kind, inputs, registry.model_config(kind, {
+        "dim": 8, "max_len": 5, "dropout": 0.0, "softmax_chunk": 0, "time_bias": False, **over}))
+
+
 def test_neutral_and_disliked_targets_are_weighted_next_movies():
     # movies 1..6 rated 5, 3, 2, 5, 1, 5: with neutral_target a and disliked_target b, the state at
     # position t predicts the movie at t+1 with weight 1 (liked), a (rated 3) or b (rated 1-2)
-    ratings = pd.DataFrame({"user_id": [1] * 6 + [2] * 6, "movie_id": [1, 2, 3, 4, 5, 6] * 2,
-                            "rating": [5, 3, 2, 5, 1, 5] * 2, "ts": list(range(6)) * 2})
-    inputs = _inputs(ratings, 6)
-    win = torch.tensor([[1, 2, 3, 4, 5, 6]])
-    wsg = torch.tensor([[3, 2, 1, 3, 1, 3]])
+    inputs, win, wsg = _signed_user()
     for kind in ("sasrec-all", "posterkg-seq"):
         for a, b in [(0.0, 0.0), (0.5, 0.0), (1.0, 0.25)]:
-            m = registry.build(kind, inputs, registry.model_config(kind, {
-                "dim": 8, "max_len": 5, "dropout": 0.0, "softmax_chunk": 0, "time_bias": False,
-                "neutral_target": a, "disliked_target": b}))
+            m = _small_seq(kind, inputs, neutral_target=a, disliked_target=b)
             m.eval()
             table = m.movie_table(m.graph)
             logp = torch.log_softmax(m.user_states(win[:, :-1], wsg[:, :-1], table)[0] @ table.T, -1)
@@ -139,16 +146,10 @@ def test_unlikelihood_pushes_down_next_movies_the_user_did_not_like():
     # neutral_unlikely a, the state at position t predicting a movie rated 1-2 (3) adds
     # b (a) * -log(1 - p(that movie)); liked next movies keep their cross-entropy; the sum is
     # divided by the number of liked targets
-    ratings = pd.DataFrame({"user_id": [1] * 6 + [2] * 6, "movie_id": [1, 2, 3, 4, 5, 6] * 2,
-                            "rating": [5, 3, 2, 5, 1, 5] * 2, "ts": list(range(6)) * 2})
-    inputs = _inputs(ratings, 6)
-    win = torch.tensor([[1, 2, 3, 4, 5, 6]])
-    wsg = torch.tensor([[3, 2, 1, 3, 1, 3]])
+    inputs, win, wsg = _signed_user()
     for kind in ("sasrec-all", "posterkg-seq"):
         for a, b in [(0.0, 3.0), (0.5, 20.0)]:
-            m = registry.build(kind, inputs, registry.model_config(kind, {
-                "dim": 8, "max_len": 5, "dropout": 0.0, "softmax_chunk": 0, "time_bias": False,
-                "neutral_unlikely": a, "disliked_unlikely": b}))
+            m = _small_seq(kind, inputs, neutral_unlikely=a, disliked_unlikely=b)
             m.eval()
             tgt, ok = m._targets(win, wsg)
             assert ok[0, :, 0].tolist() == [-a, -b, 1.0, -b, 1.0]
