@@ -96,8 +96,6 @@ class Interactions:
     relevant_min: float = RELEVANT_MIN
 
     def __post_init__(self) -> None:
-        self.user_index = {int(u): i for i, u in enumerate(self.user_ids)}
-        self.movie_index = {int(m): i for i, m in enumerate(self.movie_ids)}
         self._cache: dict[tuple, sp.csr_matrix] = {}
 
     @property
