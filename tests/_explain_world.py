@@ -155,7 +155,7 @@ def tiny_model(store, scale: dict[int, float] | None = None, no_grad: bool = Fal
     from posterkg.gnn.inputs import assemble
 
     inputs = assemble(store).inputs
-    sc = {inputs.ids.concept_index[c]: f for c, f in (scale or {}).items()}
+    sc = {inputs.ids.index("concept", c): f for c, f in (scale or {}).items()}
     model = TinyModel(inputs, sc, no_grad).eval()
     model.name = "tiny"
     return TrainedModel("tiny", "tiny", 0, {}, {}, model, inputs)

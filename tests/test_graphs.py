@@ -209,9 +209,11 @@ def test_hetero_bundle(hand_db):
     assert list(b.user_ids) == [1, 2, 3]        # user 3 (no ratings) is still a node
     assert list(b.movie_ids) == list(range(10, 18))
     assert list(b.concept_ids) == [100, 101, 102]
-    for ids, index in ((b.user_ids, b.user_index), (b.movie_ids, b.movie_index),
-                       (b.concept_ids, b.concept_index)):
-        assert all(index[int(v)] == i for i, v in enumerate(ids))
+    for kind in ("user", "movie", "concept"):
+        ids = getattr(b, f"{kind}_ids")
+        assert b.index(kind, ids[::-1]).tolist() == list(range(len(ids)))[::-1]
+    with pytest.raises(InputError, match="missing"):
+        b.index("movie", [10, 99])
     assert set(d.edge_types) == set(EDGE_TYPES) | set(REVERSE_EDGE_TYPES)
     for et in d.edge_types:
         st = d[et]

@@ -51,6 +51,12 @@ def test_id_vocab_marks_unknown_ids():
     assert idx.tolist() == [2, -1, 0, -1] and ok.tolist() == [True, False, True, False]
     idx, ok = vocab.lookup("concept", [1, 2])               # no concepts at all
     assert idx.tolist() == [-1, -1] and not ok.any()
+    assert [vocab.index("user", u) for u in (3, 7, 11)] == [0, 1, 2]
+    assert vocab.index("movie", np.int64(4)) == 1
+    assert vocab.has("movie", 2) and not vocab.has("movie", 3) and not vocab.has("concept", 0)
+    for kind, bad in (("user", 12), ("user", 4), ("concept", 0)):
+        with pytest.raises(KeyError, match=f"{kind} {bad} is not"):
+            vocab.index(kind, bad)
 
 
 def test_interactions_remap_to_a_saved_vocabulary_drops_the_unknown():

@@ -42,7 +42,7 @@ def deletion_case(tm, explainer: Explainer, user_id: int, movie_id: int,
     """One case (database ids in, database ids out), or the reason it was skipped. The deletions
     are masks of zeros on the model's own graph (:func:`delete_movie_concepts`, index space)."""
     ids = tm.ids
-    concepts = [c for c in explainer.k.concepts_of(movie_id) if int(c) in ids.concept_index]
+    concepts = [c for c in explainer.k.concepts_of(movie_id) if ids.has("concept", c)]
     if len(concepts) < 2:
         return "movie has fewer than 2 concept edges"
     ex = explainer.explain(user_id, movie_id)
@@ -51,8 +51,8 @@ def deletion_case(tm, explainer: Explainer, user_id: int, movie_id: int,
         return "no concept cited"
     if len(concepts) <= len(cited):
         return "movie has no concept edge besides the cited ones"
-    u, m = ids.user_index[int(user_id)], ids.movie_index[int(movie_id)]
-    cidx = {c: ids.concept_index[int(c)] for c in concepts}
+    u, m = ids.index("user", user_id), ids.index("movie", movie_id)
+    cidx = dict(zip(concepts, ids.lookup("concept", concepts)[0].tolist()))
     base = ex.score if ex.score is not None else score_one(tm, u, m)
     s_cited = score_one(tm, u, m, delete_movie_concepts(tm.graph, m, [cidx[c] for c in cited]))
     drops = []

@@ -341,9 +341,9 @@ class Explainer:
                 liked=self._examples(ps, "liked"), disliked=self._examples(ps, "disliked")))
         split = self._horizon(user_id, movie_id)
         if split is not None:
-            cidx = {int(c): i for i, c in enumerate(self.scorer.ids.concept_ids.tolist())}
-            for e in evidence:
-                a = split.concepts.get(cidx.get(int(e.concept_id), -1))
+            cidx, _ = self.scorer.ids.lookup("concept", [int(e.concept_id) for e in evidence])
+            for e, ci in zip(evidence, cidx.tolist()):
+                a = split.concepts.get(ci)              # -1 (not in the vocabulary): no entry
                 if a is not None:
                     e.model_horizon = "short" if abs(a[0]) >= abs(a[1]) else "long"
         evidence.sort(key=lambda e: -e.relevance)

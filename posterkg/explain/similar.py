@@ -14,6 +14,7 @@ import numpy as np
 
 from posterkg.errors import InputError
 from posterkg.explain.paths import Knowledge, movie_concept_matrix
+from posterkg.lookup import find
 
 
 @dataclasses.dataclass
@@ -48,7 +49,6 @@ class Similar:
             raise InputError(f"{emb.shape[0]} movie embeddings for {len(self.movie_ids)} movies")
         self.emb = _normalise(emb.astype(np.float32))
         self.has_emb = np.linalg.norm(emb, axis=1) > 0
-        self.pos = {int(m): i for i, m in enumerate(self.movie_ids)}
 
     def shared_concepts(self, a: int, b: int) -> list[tuple[int, str, str, float]]:
         ca, cb = self.k.concepts_of(a), self.k.concepts_of(b)
@@ -58,9 +58,10 @@ class Similar:
     def neighbours(self, movie_id: int, k: int = 10) -> list[Neighbour]:
         movie_id = int(movie_id)
         self.k.check_movie(movie_id)
-        if movie_id not in self.pos:
+        pos, ok = find(self.movie_ids, [movie_id])
+        if not ok[0]:
             raise InputError(f"movie {movie_id} has no embedding")
-        i = self.pos[movie_id]
+        i = int(pos[0])
         if not self.has_emb[i]:
             return []
         sims = self.emb @ self.emb[i]

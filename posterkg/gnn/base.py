@@ -67,9 +67,6 @@ class IdVocab:
         self.user_ids = np.asarray(self.user_ids, np.int64)
         self.movie_ids = np.asarray(self.movie_ids, np.int64)
         self.concept_ids = np.asarray(self.concept_ids, np.int64)
-        self.user_index = {int(u): i for i, u in enumerate(self.user_ids.tolist())}
-        self.movie_index = {int(m): i for i, m in enumerate(self.movie_ids.tolist())}
-        self.concept_index = {int(c): i for i, c in enumerate(self.concept_ids.tolist())}
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -81,6 +78,16 @@ class IdVocab:
         table = {"user": self.user_ids, "movie": self.movie_ids, "concept": self.concept_ids}[node_type]
         pos, ok = find_sorted(table, np.asarray(ids, np.int64))
         return np.where(ok, pos, -1), ok
+
+    def index(self, node_type: str, db_id: int) -> int:
+        """The index of one database id; ``KeyError`` when the vocabulary does not have it."""
+        pos, ok = self.lookup(node_type, [int(db_id)])
+        if not ok[0]:
+            raise KeyError(f"{node_type} {db_id} is not in the model's vocabulary")
+        return int(pos[0])
+
+    def has(self, node_type: str, db_id: int) -> bool:
+        return bool(self.lookup(node_type, [int(db_id)])[1][0])
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

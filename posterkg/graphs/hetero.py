@@ -57,10 +57,7 @@ class GraphBundle:
     data: Any                                # torch_geometric.data.HeteroData
     user_ids: np.ndarray                     # node index -> user_id
     movie_ids: np.ndarray                    # node index -> movie_id
-    concept_ids: np.ndarray                  # node index -> concept_id
-    user_index: dict[int, int]               # user_id -> node index
-    movie_index: dict[int, int]
-    concept_index: dict[int, int]
+    concept_ids: np.ndarray                  # node index -> concept_id (each ascending)
     concept_type_names: list[str] = dataclasses.field(default_factory=list)
     config: Any = None                       # the GraphConfig it was built with
 
@@ -76,6 +73,11 @@ class GraphBundle:
     def num_concepts(self) -> int:
         return len(self.concept_ids)
 
+    def index(self, node_type: str, db_ids) -> np.ndarray:
+        """Node indices of database ids of ``node_type`` ("user", "movie", "concept"); an id
+        without a node raises :class:`InputError`."""
+        return _lookup(getattr(self, f"{node_type}_ids"), db_ids)
+
     def summary(self) -> dict[str, int]:
         out = {"user": self.num_users, "movie": self.num_movies, "concept": self.num_concepts}
         for et in self.data.edge_types:
@@ -85,10 +87,6 @@ class GraphBundle:
 
 def _ids(store, sql: str) -> np.ndarray:
     return np.asarray(store.execute(sql).fetchnumpy()["id"], dtype=np.int64)
-
-
-def _index(ids: np.ndarray) -> dict[int, int]:
-    return {int(v): i for i, v in enumerate(ids.tolist())}
 
 
 def _lookup(sorted_ids: np.ndarray, ids) -> np.ndarray:
@@ -172,7 +170,6 @@ def build_hetero(store, cfg: Any = None) -> GraphBundle:
                        "movie_concept_edges UNION SELECT concept_id FROM user_prefs) ORDER BY id")
     if gc.user_interests and len(p["concept_id"]):
         concept_ids = np.union1d(concept_ids, np.asarray(p["concept_id"], dtype=np.int64))
-    user_index, movie_index, concept_index = _index(user_ids), _index(movie_ids), _index(concept_ids)
 
     data = HeteroData()
     data["user"].num_nodes = len(user_ids)
@@ -223,5 +220,4 @@ def build_hetero(store, cfg: Any = None) -> GraphBundle:
 
     data = T.ToUndirected()(data)
     return GraphBundle(data=data, user_ids=user_ids, movie_ids=movie_ids, concept_ids=concept_ids,
-                       user_index=user_index, movie_index=movie_index,
-                       concept_index=concept_index, concept_type_names=type_names, config=gc)
+                       concept_type_names=type_names, config=gc)

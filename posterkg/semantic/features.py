@@ -91,14 +91,11 @@ def _raw_dense(store, kind: str, encoder: str, movie_ids: np.ndarray) -> tuple[s
         raise InputError(f"table {table} is missing: run `posterkg embed {kind}s` first")
     name = resolve_feature_encoder(kind, encoder)
     ids, mat = load_features(store, kind, name)
-    pos = {int(m): i for i, m in enumerate(movie_ids)}
+    i, ok = find(np.asarray(movie_ids, np.int64), np.asarray(ids, np.int64))
     out = np.zeros((len(movie_ids), mat.shape[1]), np.float32)
     has = np.zeros(len(movie_ids), bool)
-    for j, m in enumerate(ids):
-        i = pos.get(int(m))
-        if i is not None:
-            out[i] = mat[j]
-            has[i] = True
+    out[i[ok]] = mat[ok]
+    has[i[ok]] = True
     return name, out, has
 
 
@@ -110,13 +107,11 @@ def _raw_concepts(store, movie_ids: np.ndarray, vocab: list | None):
         vocab = sorted(int(c) for c in np.unique(mc["concept_id"]))
     if not vocab:
         raise InputError("movie_concept_edges is empty: run `posterkg graph build` after `posterkg schema`")
-    cpos = {c: j for j, c in enumerate(vocab)}
-    pos = {int(m): i for i, m in enumerate(movie_ids)}
+    i, ok_m = find(np.asarray(movie_ids, np.int64), np.asarray(mc["movie_id"], np.int64))
+    j, ok_c = find(np.asarray(vocab, np.int64), np.asarray(mc["concept_id"], np.int64))
+    ok = ok_m & ok_c
     out = np.zeros((len(movie_ids), len(vocab)), np.float32)
-    for m, c, w in zip(mc["movie_id"], mc["concept_id"], mc["weight"]):
-        i, j = pos.get(int(m)), cpos.get(int(c))
-        if i is not None and j is not None:
-            out[i, j] = abs(float(w))
+    out[i[ok], j[ok]] = np.abs(np.asarray(mc["weight"], np.float32)[ok])
     return vocab, out, out.any(1)
 
 
@@ -127,11 +122,12 @@ def _raw_genres(store, movie_ids: np.ndarray, vocab: list | None):
     if not vocab:
         raise InputError("no movie has genres in table movies")
     gpos = {g: j for j, g in enumerate(vocab)}
-    pos = {int(m): i for i, m in enumerate(movie_ids)}
     out = np.zeros((len(movie_ids), len(vocab)), np.float32)
-    for m, gs in rows:
-        i = pos.get(int(m))
-        if i is None:
+    if not rows:
+        return vocab, out, out.any(1)
+    rows_i, ok = find(np.asarray(movie_ids, np.int64), np.array([int(m) for m, _ in rows], np.int64))
+    for i, keep, (_, gs) in zip(rows_i.tolist(), ok.tolist(), rows):
+        if not keep:
             continue
         for g in gs or []:
             j = gpos.get(str(g))

@@ -18,8 +18,8 @@ def _score_without(tm, user_id, movie_id, concept_ids):
     """The score after deleting the movie's edges to ``concept_ids`` (database ids in)."""
     from posterkg.explain.attribution import delete_movie_concepts, score_one
 
-    u, m = tm.ids.user_index[user_id], tm.ids.movie_index[movie_id]
-    cs = [tm.ids.concept_index[c] for c in concept_ids]
+    u, m = tm.ids.index("user", user_id), tm.ids.index("movie", movie_id)
+    cs = [tm.ids.index("concept", c) for c in concept_ids]
     return score_one(tm, u, m, delete_movie_concepts(tm.graph, m, cs))
 
 
