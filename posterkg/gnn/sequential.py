@@ -229,6 +229,10 @@ class SASRec(Recommender):
         # gradient is about p (a liked target's is about 1 - p), so useful weights are large
         disliked_unlikely: float = 0.0
         neutral_unlikely: float = 0.0
+        # label smoothing of the catalogue softmax (torch's `cross_entropy(label_smoothing=)`):
+        # each target's loss is (1 - e) * -log p(target) + e * mean over the catalogue of -log p;
+        # 0 = off. Needs the full softmax (negatives = 0)
+        label_smoothing: float = 0.0
         bucket: bool = False          # batch windows of similar length (each target weighed alike)
         negatives: int = 0            # 0: softmax over the whole catalogue; N: over the target and
         #                               N uniformly sampled movies shared by the batch
@@ -283,6 +287,10 @@ class SASRec(Recommender):
                 raise ValueError(f"{key} must be in [0, 1], not {w}")
             if w and c.inputs == "positives":
                 raise ValueError(f"{key} needs inputs = 'all' (with 'positives' every target is liked)")
+        if not 0.0 <= float(c.label_smoothing) < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), not {c.label_smoothing}")
+        if c.label_smoothing and c.negatives:
+            raise ValueError("label_smoothing needs the full softmax (negatives = 0)")
         for key in ("neutral_unlikely", "disliked_unlikely"):
             w = float(getattr(c, key))
             if w < 0.0:
@@ -608,7 +616,15 @@ class SASRec(Recommender):
         else:
             picked = torch.log_softmax(hh @ table.T, dim=-1).gather(1, t)     # [P, n_movies] -> [P, K]
         pos = o.clamp(min=0)
-        loss = -(picked * pos).sum()
+        eps = float(self.cfg.label_smoothing)
+        if eps > 0:
+            # the mean log-probability over the catalogue is h . mean(table) - logsumexp, and
+            # logsumexp = h . table[target] - log p(target): no [P, n_movies] tensor is needed
+            zt = torch.einsum("pd,pkd->pk", hh, table[t])
+            mean_logp = (hh @ table.mean(0)).unsqueeze(1) - zt + picked
+            loss = -(((1.0 - eps) * picked + eps * mean_logp) * pos).sum()
+        else:
+            loss = -(picked * pos).sum()
         if bool((o < 0).any()):
             # unlikelihood: -log(1 - p) of a movie the user rated next but did not like
             log_not = torch.log(-torch.expm1(picked.clamp(max=-1e-6)))
@@ -675,6 +691,7 @@ class PosterKGSeq(SASRec):
         disliked_target: float = 0.0
         disliked_unlikely: float = 0.0     # unlikelihood on disliked / neutral next movies (see SASRec.Config)
         neutral_unlikely: float = 0.0
+        label_smoothing: float = 0.0       # see SASRec.Config
         bucket: bool = False
         negatives: int = 0
         bf16_logits: bool = False

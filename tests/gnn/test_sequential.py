@@ -189,6 +189,39 @@ def test_unlikelihood_pushes_down_next_movies_the_user_did_not_like():
             "sasrec-all", {"disliked_target": 0.5, "disliked_unlikely": 1.0}))
 
 
+def test_label_smoothing_is_torchs_smoothed_cross_entropy():
+    # liked next movies only (positions 2 -> movie 4, 4 -> movie 6): the loss and its gradients
+    # equal torch's cross_entropy(label_smoothing=e) over the full [P, n_movies] logits, in the
+    # one-shot and the chunked softmax
+    inputs, win, wsg = _signed_user()
+    for kind in ("sasrec-all", "posterkg-seq"):
+        for eps in (0.1, 0.5):
+            m = _small_seq(kind, inputs, label_smoothing=eps)
+            m.eval()
+            with torch.no_grad():                          # away from near-uniform logits
+                for prm in m.parameters():
+                    prm.mul_(3.0)
+            table = m.movie_table(m.graph)
+            logits = m.user_states(win[:, :-1], wsg[:, :-1], table)[0] @ table.T
+            want = torch.nn.functional.cross_entropy(logits[[2, 4]], torch.tensor([3, 5]), label_smoothing=eps)
+            grads = torch.autograd.grad(want, list(m.parameters()), allow_unused=True)
+            for chunk in (0, 2):
+                m.cfg.softmax_chunk = chunk
+                got = m.train_loss(win, wsg)
+                assert abs(float(got) - float(want)) < 1e-5, (kind, eps, chunk)
+                for g, w in zip(torch.autograd.grad(got, list(m.parameters()), allow_unused=True), grads):
+                    assert (g is None) == (w is None)
+                    assert g is None or float((g - w).abs().max()) <= 1e-4 * float(w.abs().max()) + 1e-7
+            m.cfg.label_smoothing = 0.0                   # off: the plain cross-entropy again
+            plain = torch.nn.functional.cross_entropy(logits[[2, 4]], torch.tensor([3, 5]))
+            assert abs(float(m.train_loss(win, wsg)) - float(plain)) < 1e-5
+            assert abs(float(plain) - float(want)) > 1e-2
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        registry.build("sasrec", inputs, registry.model_config("sasrec", {"label_smoothing": 1.0}))
+    with pytest.raises(ValueError, match="full softmax"):
+        registry.build("sasrec", inputs, registry.model_config("sasrec", {"label_smoothing": 0.1, "negatives": 8}))
+
+
 def test_long_term_part_is_a_running_mean_of_liked_minus_disliked():
     ratings, n = _cycle_world(n_users=4)
     inputs = _inputs(ratings, n)
