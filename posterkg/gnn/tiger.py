@@ -191,6 +191,8 @@ class TIGER(Recommender):
         epoch_samples: int = 50_000    # training targets sampled per epoch; 0 = every position
         #                                (encoder "causal": every epoch is every position)
         weight_decay: float = 0.0
+        label_smoothing: float = 0.0   # each code's cross-entropy smoothed towards the uniform
+        #                                (torch's cross_entropy(label_smoothing=)); 0 = off
         score_batch: int = 256         # users per beam-search batch
         code_sizes: list = dataclasses.field(default_factory=list)   # per ID position; from the IDs
 
@@ -209,6 +211,8 @@ class TIGER(Recommender):
             raise ValueError("tiger: id_input needs history_input = 'movies'")
         if c.inputs not in ("positives", "all"):
             raise ValueError(f"tiger: inputs must be 'positives' or 'all', not {c.inputs!r}")
+        if not 0.0 <= float(c.label_smoothing) < 1.0:
+            raise ValueError(f"tiger: label_smoothing must be in [0, 1), not {c.label_smoothing}")
         if c.inputs == "all" and c.encoder != "causal":
             raise ValueError("tiger: inputs = 'all' needs encoder = 'causal'")
         ids = inputs.semantic_ids
@@ -379,7 +383,7 @@ class TIGER(Recommender):
         """Teacher-forced cross-entropy of the target IDs [B, D] given encoder ``tokens``."""
         memory, mask = self.encode(tokens)
         h = self.decode(memory, mask, target[:, :-1])
-        return sum(F.cross_entropy(self.logits(h[:, d], d), target[:, d]) for d in range(self.D)) / self.D
+        return self._code_loss(h, target)
 
     def train_loss_windows(self, win: torch.Tensor, wsg: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder "causal": teacher-forced cross-entropy of every position of windows ``win``
@@ -404,8 +408,14 @@ class TIGER(Recommender):
         keep = valid.reshape(-1)
         if not bool(keep.any()):
             return h.sum() * 0.0
-        h, t = h[keep], target.reshape(B * L, D)[keep]
-        return sum(F.cross_entropy(self.logits(h[:, d], d), t[:, d]) for d in range(D)) / D
+        return self._code_loss(h[keep], target.reshape(B * L, D)[keep])
+
+    def _code_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean over the D ID positions of the (label-smoothed) cross-entropy of decoder states
+        ``h`` [N, D, dim] against ``target`` codes [N, D]."""
+        ls = float(self.cfg.label_smoothing)
+        return sum(F.cross_entropy(self.logits(h[:, d], d), target[:, d], label_smoothing=ls)
+                   for d in range(self.D)) / self.D
 
     # -- scoring -------------------------------------------------------------------------------
     def _user_rows(self, users: np.ndarray, history):

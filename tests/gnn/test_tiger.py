@@ -303,13 +303,16 @@ def test_tied_output_head_scores_codes_by_their_token_embeddings():
     assert grad[:start].abs().sum() == 0
 
 
-@pytest.mark.parametrize("history_input, inputs", [("codes", "positives"), ("movies", "positives"),
-                                                   ("codes", "all"), ("movies", "all"), ("movies+id", "positives")])
-def test_causal_loss_equals_each_prefix_read_alone(history_input, inputs):
+@pytest.mark.parametrize("history_input, inputs, smoothing", [
+    ("codes", "positives", 0.0), ("movies", "positives", 0.0), ("codes", "all", 0.0), ("movies", "all", 0.0),
+    ("movies+id", "positives", 0.0), ("movies", "positives", 0.3), ("codes", "all", 0.3)])
+def test_causal_loss_equals_each_prefix_read_alone(history_input, inputs, smoothing):
     """The window loss (one encoder pass) equals the mean, over every target, of the loss of the
     target's prefix encoded on its own (later movies blanked, positions kept); with the history
     read as code tokens or as one position per movie; with every rated movie read (``inputs =
-    "all"``), only liked next movies are targets and each prefix carries its signs."""
+    "all"``), only liked next movies are targets and each prefix carries its signs. With label
+    smoothing e each code's loss is (1 - e) * -log p(code) + e * the mean of -log p over the
+    position's codes."""
     rng = np.random.default_rng(5)
     ratings, n = _cycle_world(n_users=6, n_movies=30, length=9)
     codes = _random_codes(n, sizes=(5, 6), rng=rng)
@@ -319,7 +322,8 @@ def test_causal_loss_equals_each_prefix_read_alone(history_input, inputs):
     model = registry.build("tiger", inputs_, registry.model_config("tiger", {"dim": 16, "layers": 2, "heads": 2,
                                                                              "max_len": 6, "encoder": "causal",
                                                                              "history_input": history_input,
-                                                                             "inputs": inputs, "id_input": id_input}))
+                                                                             "inputs": inputs, "id_input": id_input,
+                                                                             "label_smoothing": smoothing}))
     model.eval()
     shape = model.window_tokens(torch.zeros(1, 6, dtype=torch.long)).shape
     assert shape == ((1, 6 * model.D) if history_input == "codes" else (1, 6, model.D + id_input))
@@ -342,7 +346,8 @@ def test_causal_loss_equals_each_prefix_read_alone(history_input, inputs):
                 memory, mask = model.encode(model.window_tokens(inp), sg if inputs == "all" else None)
                 target = model.codes[win[b, i + 1] - 1].unsqueeze(0)
                 h = model.decode(memory, mask, target[:, :-1])
-                losses.append(sum(float(torch.nn.functional.cross_entropy(model.logits(h[:, d], d), target[:, d]))
+                logp = [torch.log_softmax(model.logits(h[0, d], d), -1) for d in range(D)]
+                losses.append(sum(-(1 - smoothing) * float(logp[d][target[0, d]]) - smoothing * float(logp[d].mean())
                                   for d in range(D)) / D)
     assert len(losses) == (4 + 6 + 1 if inputs == "positives" else 2 + 3 + 1)
     assert fast == pytest.approx(float(np.mean(losses)), abs=1e-5)
@@ -361,6 +366,8 @@ def test_causal_encoder_is_a_checked_option():
     with pytest.raises(ValueError, match="inputs must be"):
         registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
                        registry.model_config("tiger", {"encoder": "causal", "inputs": "liked"}))
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)), registry.model_config("tiger", {"label_smoothing": -0.1}))
     with pytest.raises(ValueError, match="id_input needs history_input = 'movies'"):
         registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
                        registry.model_config("tiger", {"encoder": "causal", "history_input": "codes", "id_input": True}))
