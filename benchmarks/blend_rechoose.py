@@ -20,26 +20,19 @@ from saved_seq import SavedSeq  # noqa: E402
 
 
 def main(state: str, overrides: list[str]) -> None:
-    from posterkg.gnn.base import FitInfo
-    from posterkg.gnn.evaluate import evaluate_model
-
     saved = SavedSeq(state)
-    model, data = saved.model, saved.data
-    c = model.cfg
+    c = saved.model.cfg
     print(f"saved: item_item={c.item_item} l2={c.item_item_l2}", flush=True)
-    c.item_item = 0.0
-    alone = evaluate_model(model, data, "valid")
-    c.item_item, c.item_item_l2 = -1.0, 0.0          # chosen on valid unless set below
+    over = {}
     for kv in overrides:
         k, v = kv.split("=", 1)
         try:
             v = json.loads(v)
         except json.JSONDecodeError:
             pass
-        setattr(c, k, v)
-    info = model._fit_item_item(saved.inputs, lambda m: evaluate_model(m, data, "valid"),
-                                FitInfo([], 0, alone, 0.0), verbose=True)
-    print(f"sequence alone {alone['ndcg@20']:.4f}; chosen item_item={c.item_item} l2={c.item_item_l2} "
+        over[k] = v
+    alone, info = saved.rechoose_blend(over, verbose=True)
+    print(f"sequence alone {alone:.4f}; chosen item_item={c.item_item} l2={c.item_item_l2} "
           f"ratio={getattr(c, 'item_item_ratio', 0.0):.4f}: valid NDCG@20 {info.valid['ndcg@20']:.4f}", flush=True)
 
 

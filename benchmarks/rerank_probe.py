@@ -35,26 +35,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from saved_seq import SavedSeq  # noqa: E402
 
-DISC = 1.0 / np.log2(np.arange(20) + 2.0)
-CUM = np.concatenate([[0.0], DISC.cumsum()])
-
-
 def choose_blend(saved: SavedSeq) -> tuple[float, dict]:
-    from posterkg.gnn.base import FitInfo
-    from posterkg.gnn.evaluate import evaluate_model
-
-    m, data, c = saved.model, saved.data, saved.model.cfg
-    c.item_item = 0.0
-    alone = evaluate_model(m, data, "valid")
-    c.item_item, c.item_item_l2 = -1.0, 0.0
-    info = m._fit_item_item(saved.inputs, lambda mm: evaluate_model(mm, data, "valid"),
-                            FitInfo([], 0, alone, 0.0), verbose=False)
-    return alone["ndcg@20"], {"item_item": c.item_item, "l2": c.item_item_l2,
-                              "ratio": c.item_item_ratio, "valid_ndcg@20": info.valid["ndcg@20"]}
+    alone, info = saved.rechoose_blend()
+    c = saved.model.cfg
+    return alone, {"item_item": c.item_item, "l2": c.item_item_l2, "ratio": c.item_item_ratio,
+                   "valid_ndcg@20": info.valid["ndcg@20"]}
 
 
 def features(saved: SavedSeq, k: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """(features name -> [U, K], labels [U, K], relevant count [U]) for the valid users."""
+    """(features name -> [U, K], candidates [U, K] (movie indices), labels [U, K]) for the valid users."""
     from posterkg.gnn.sequential import _standardise
 
     m, data, hist, cand = saved.model, saved.data, saved.hist, saved.cand
@@ -70,7 +59,6 @@ def features(saved: SavedSeq, k: int) -> tuple[dict[str, np.ndarray], np.ndarray
     top = np.argsort(-bl, axis=1, kind="stable")[:, :k]
     rel = data.relevant("valid")[cand]
     y = np.asarray(rel[np.arange(len(cand))[:, None], top].todense(), np.float32)
-    nrel = np.diff(rel.indptr)
 
     tr, nm, nu = data.parts["train"], data.n_movies, data.n_users
     pop = np.bincount(tr.movies, minlength=nm).astype(np.float64)
@@ -128,14 +116,21 @@ def features(saved: SavedSeq, k: int) -> tuple[dict[str, np.ndarray], np.ndarray
         for name, p in profiles.items():
             p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-9)
             F[f"{tag}_{name}"] = np.einsum("ukc,uc->uk", C, p)
-    return {n: v.astype(np.float32) for n, v in F.items()}, y, nrel
+    return {n: v.astype(np.float32) for n, v in F.items()}, top, y
 
 
-def ndcg20(score: np.ndarray, y: np.ndarray, nrel: np.ndarray) -> np.ndarray:
-    """Per-user NDCG@20 of the candidates ordered by ``score`` (relevant movies outside the top
-    K count in the ideal DCG: the full protocol's figure for these lists)."""
-    o = np.argsort(-score, 1, kind="stable")[:, :20]
-    return (np.take_along_axis(y, o, 1) @ DISC) / CUM[np.minimum(nrel, 20)]
+def ndcg20(saved: SavedSeq, top: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Per-user valid NDCG@20 (the protocol's :func:`rank_metrics`) of each user's candidates
+    ``top`` ordered by ``score``, ties kept in the blend's order; every other movie ranks below them."""
+    from posterkg.gnn.evaluate import rank_metrics
+
+    data, cand = saved.data, saved.cand
+    order = np.argsort(-np.asarray(score), 1, kind="stable")
+    place = np.empty_like(order)
+    np.put_along_axis(place, order, np.arange(top.shape[1]), 1)      # 0 = first
+    full = torch.full((len(cand), data.n_movies), float("-inf"))
+    full.scatter_(1, torch.from_numpy(top), torch.from_numpy(-place.astype(np.float32)))
+    return rank_metrics(full, data.seen("valid")[cand], data.relevant("valid")[cand], (20,))["ndcg@20"]
 
 
 def main() -> None:
@@ -150,10 +145,11 @@ def main() -> None:
     t0 = time.time()
     saved = SavedSeq(a.state)
     alone, blend = choose_blend(saved)
-    F, y, nrel = features(saved, a.k)
+    F, top, y = features(saved, a.k)
+    nrel = np.diff(saved.data.relevant("valid")[saved.cand].indptr)
     names = list(F)
     X = np.stack([F[n] for n in names], -1)
-    base = ndcg20(-F["rank"], y, nrel)
+    base = ndcg20(saved, top, -F["rank"])
     print(f"sequence alone {alone:.4f}; blend {blend}; top-{a.k} recall {float((y.sum(1) / nrel).mean()):.4f}", flush=True)
     own = ["blend", "blend_gap", "zs", "zi", "rank"]
     no_concepts = [n for n in names if not n.startswith("concepts_")]
@@ -176,7 +172,7 @@ def main() -> None:
                                                  min_samples_leaf=100, random_state=0)
             clf.fit(X[fit][:, :, idx].reshape(-1, len(idx)), y[fit].ravel())
             pred[held] = clf.predict_proba(X[held][:, :, idx].reshape(-1, len(idx)))[:, 1].reshape(-1, a.k)
-        r = ndcg20(pred, y, nrel)
+        r = ndcg20(saved, top, pred)
         d = r - base
         row = {"features": label, "names": feats, "reranked": float(r.mean()), "blend": float(base.mean()),
                "change_pct": float(100 * (r.mean() / base.mean() - 1)), "paired_se": float(d.std() / np.sqrt(len(d)))}

@@ -48,6 +48,24 @@ class SavedSeq:
         the two parts of the saved model's blend, whatever its configured weight."""
         return self.standardised(self.model.sequence_scores), self.standardised(self.model.item_item_scores)
 
+    def rechoose_blend(self, overrides: dict | None = None, verbose: bool = False):
+        """Choose the collaborative part again as ``fit`` does after training (``item_item = -1``:
+        weight and EASE lambda on valid), with ``overrides`` set on the model config first.
+        Returns (valid NDCG@20 of the sequence alone, the ``FitInfo`` of the choice); the chosen
+        blend stays set on the model."""
+        from posterkg.gnn.base import FitInfo
+        from posterkg.gnn.evaluate import evaluate_model
+
+        c = self.model.cfg
+        c.item_item = 0.0
+        alone = evaluate_model(self.model, self.data, "valid")
+        c.item_item, c.item_item_l2 = -1.0, 0.0          # chosen on valid unless set below
+        for k, v in (overrides or {}).items():
+            setattr(c, k, v)
+        info = self.model._fit_item_item(self.inputs, lambda m: evaluate_model(m, self.data, "valid"),
+                                         FitInfo([], 0, alone, 0.0), verbose=verbose)
+        return alone["ndcg@20"], info
+
     def ndcg20(self, z: torch.Tensor) -> float:
         """valid NDCG@20 of a score matrix whose rows are the users of ``cand``."""
         from posterkg.gnn.evaluate import evaluate

@@ -5,7 +5,8 @@ int64 ids, and most are kept ascending. Turning database ids into indices is the
 ``searchsorted`` instead of a Python dict built over millions of ids. Used by the id vocabulary
 saved with each model (``posterkg.gnn.base.IdVocab``), the interaction loader and its remapping to
 a saved vocabulary (``posterkg.gnn.data``), the graph builder (``posterkg.graphs.hetero``), the
-evaluation's hit test, the BPR sampler's positive test and the collab semantic-id block.
+evaluation's hit test, the BPR sampler's positive test, the semantic-ID feature blocks, the
+explanations and the similar-movies index.
 """
 
 from __future__ import annotations

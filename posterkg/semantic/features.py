@@ -123,8 +123,6 @@ def _raw_genres(store, movie_ids: np.ndarray, vocab: list | None):
         raise InputError("no movie has genres in table movies")
     gpos = {g: j for j, g in enumerate(vocab)}
     out = np.zeros((len(movie_ids), len(vocab)), np.float32)
-    if not rows:
-        return vocab, out, out.any(1)
     rows_i, ok = find(np.asarray(movie_ids, np.int64), np.array([int(m) for m, _ in rows], np.int64))
     for i, keep, (_, gs) in zip(rows_i.tolist(), ok.tolist(), rows):
         if not keep:
