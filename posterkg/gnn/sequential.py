@@ -83,9 +83,25 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.ln2(x)))
 
 
-def _windows(history, users: np.ndarray, max_len: int, positives_only: bool, with_ts: bool = False):
-    """Left-padded [B, max_len] token arrays (movie index + 1, 0 = padding) and signs + 1 of the
-    last ``max_len`` history rows of each user (``with_ts``: and their timestamps, 0 = padding)."""
+STAR_LEVELS = 11       # a rating in half stars, round(2 * rating) clipped to 0 .. 10
+
+
+def rating_codes(ratings: np.ndarray, stars: bool = False) -> np.ndarray:
+    """The rating channel of a window: sign + 2 (1 disliked, 2 neutral, 3 liked; 0 = padding) in
+    the low two bits; with ``stars``, also the rating in half stars (``round(2 * rating)``, 0 ..
+    10) from bit 2 up. ``code & 3`` is the sign + 2 either way, ``code >> 2`` the half stars."""
+    r = np.asarray(ratings, dtype=np.float64)
+    code = signs(r).astype(np.int64) + 2
+    if stars:
+        code += 4 * np.clip(np.rint(2.0 * r), 0, STAR_LEVELS - 1).astype(np.int64)
+    return code
+
+
+def _windows(history, users: np.ndarray, max_len: int, positives_only: bool, with_ts: bool = False,
+             stars: bool = False):
+    """Left-padded [B, max_len] token arrays (movie index + 1, 0 = padding) and rating codes
+    (:func:`rating_codes`) of the last ``max_len`` history rows of each user (``with_ts``: and
+    their timestamps, 0 = padding)."""
     B = len(users)
     tok = np.zeros((B, max_len), np.int64)
     sgn = np.zeros((B, max_len), np.int64)
@@ -100,7 +116,7 @@ def _windows(history, users: np.ndarray, max_len: int, positives_only: bool, wit
         n = len(m)
         if n:
             tok[i, max_len - n:] = m + 1
-            sgn[i, max_len - n:] = signs(r) + 2      # 1 disliked, 2 neutral, 3 liked
+            sgn[i, max_len - n:] = rating_codes(r, stars)   # & 3: 1 disliked, 2 neutral, 3 liked
             if with_ts:
                 ts[i, max_len - n:] = t
     return (tok, sgn, ts) if with_ts else (tok, sgn)
@@ -267,6 +283,10 @@ class SASRec(Recommender):
         time_bias: bool = False
         time_input: bool = False
         time_buckets: int = 24
+        # rating_input: each token also gets an embedding of its rating in half stars (a 5 apart
+        # from a 4, which the sign alone does not tell; zero-initialised, so training starts from
+        # the model without it)
+        rating_input: bool = False
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -313,7 +333,8 @@ class SASRec(Recommender):
         # every layer's per-head biases (column layer * heads + head): one lookup per batch
         self.time_bias = nn.Embedding(int(c.time_buckets), c.layers * c.heads) if c.time_bias else None
         self.time_input = nn.Embedding(int(c.time_buckets), c.dim) if c.time_input else None
-        for emb in (self.time_bias, self.time_input):
+        self.stars = nn.Embedding(STAR_LEVELS, c.dim) if c.rating_input else None
+        for emb in (self.time_bias, self.time_input, self.stars):
             if emb is not None:
                 nn.init.zeros_(emb.weight)
         self._neg_gen: torch.Generator | None = None    # sampled negatives (seeded in fit)
@@ -351,7 +372,9 @@ class SASRec(Recommender):
         full = torch.cat([torch.zeros(1, table.shape[1], device=table.device), table])
         x = full[tok]
         if self.cfg.inputs == "all":
-            x = x + self.sign(sgn)
+            x = x + self.sign(sgn & 3)
+        if self.stars is not None:
+            x = x + self.stars(sgn >> 2)
         L = tok.shape[1]
         nb = int(self.cfg.time_buckets)
         if self.time_input is not None:
@@ -390,7 +413,7 @@ class SASRec(Recommender):
         time), without the columns that are padding in every window (positions are
         right-aligned, so the model sees the same inputs)."""
         tok, sgn, *ts = _windows(history, users, self.cfg.max_len, self.cfg.inputs == "positives",
-                                 with_ts=self.uses_time)
+                                 with_ts=self.uses_time, stars=self.cfg.rating_input)
         filled = (tok > 0).any(0)
         keep = max(1, self.cfg.max_len - int(filled.argmax())) if filled.any() else 1
 
@@ -547,7 +570,7 @@ class SASRec(Recommender):
                 w = np.zeros(L + 1, np.int64)
                 sg = np.zeros(L + 1, np.int64)
                 w[L + 1 - n:] = m[start:end] + 1
-                sg[L + 1 - n:] = signs(r[start:end]) + 2
+                sg[L + 1 - n:] = rating_codes(r[start:end], self.cfg.rating_input)
                 wins.append(w)
                 sgns.append(sg)
                 if with_ts:
@@ -565,7 +588,7 @@ class SASRec(Recommender):
         tok = win[:, :-1]
         L, K = tok.shape[1], max(1, int(self.cfg.horizon))
         nxt = win[:, 1:] - 1                                       # movie index, -1 = padding
-        sg = wsg[:, 1:]
+        sg = wsg[:, 1:] & 3                                        # the sign + 2
         w = (sg == 3).float()                                      # padding has sign 0
         if self.cfg.neutral_target:
             w = w + float(self.cfg.neutral_target) * (sg == 2).float()
@@ -706,6 +729,7 @@ class PosterKGSeq(SASRec):
         time_bias: bool = False        # time (see SASRec.Config)
         time_input: bool = False
         time_buckets: int = 24
+        rating_input: bool = False     # half-star rating embedding per token (see SASRec.Config)
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"
@@ -801,8 +825,8 @@ class PosterKGSeq(SASRec):
         if c.long_term:
             full = torch.cat([torch.zeros(1, table.shape[1], device=table.device), table])
             x = full[tok]                                    # [B, L, d]
-            liked = (sgn == 3).float().unsqueeze(-1)
-            disliked = (sgn == 1).float().unsqueeze(-1)
+            liked = ((sgn & 3) == 3).float().unsqueeze(-1)
+            disliked = ((sgn & 3) == 1).float().unsqueeze(-1)
             if c.inputs == "positives":
                 liked = (tok > 0).float().unsqueeze(-1)
             if last_only:    # the running means at the last position: the means of the window

@@ -830,6 +830,51 @@ def test_time_parts_start_at_zero_and_then_change_the_scores(kind):
         timed.user_states(torch.tensor([[1, 2]]), torch.tensor([[3, 3]]), table)
 
 
+def test_rating_codes_keep_the_sign_in_the_low_bits_and_half_stars_above():
+    from posterkg.gnn.sequential import rating_codes
+
+    r = np.array([0.5, 1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0])
+    plain = rating_codes(r)
+    assert plain.tolist() == [1, 1, 1, 1, 2, 2, 3, 3, 3]           # disliked < 3 <= neutral < 4 <= liked
+    stars = rating_codes(r, stars=True)
+    assert (stars & 3).tolist() == plain.tolist()
+    assert (stars >> 2).tolist() == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+
+
+def _four_and_five_world():
+    """Two users who rate movies 1..12 in the same order at the same times, one with 4 stars, the
+    other with 5: the same windows to a model that reads only the rating's sign."""
+    rows = [(u, m, r, 10 * m) for u, r in ((1, 4.0), (2, 5.0)) for m in range(1, 13)]
+    return _inputs(pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts"]), 14)
+
+
+@pytest.mark.parametrize("kind", ["sasrec-all", "posterkg-seq"])
+def test_rating_input_starts_at_zero_then_tells_a_five_from_a_four(kind):
+    inputs = _four_and_five_world()
+    hist = inputs.data.history("test")
+    users = torch.arange(2)
+    base = {"dim": 16, "max_len": 24, "item_item": 0.0}
+    plain = registry.build(kind, inputs, registry.model_config(kind, base))
+    starred = registry.build(kind, inputs, registry.model_config(kind, {**base, "rating_input": True}))
+    missing, unexpected = starred.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["stars.weight"] and not unexpected
+    plain.eval(), starred.eval()
+    s_plain = plain.score(users, hist)
+    assert torch.allclose(s_plain[0], s_plain[1])                 # a sign-only model: 4 = 5
+    assert torch.allclose(starred.score(users, hist), s_plain, atol=1e-5)
+    with torch.no_grad():
+        starred.stars.weight.normal_()
+    s = starred.score(users, hist)
+    assert not torch.allclose(s[0], s[1], atol=1e-3)
+    # training sees the same signs, so the same targets and weights
+    win_p, wsg_p, *_ = plain._train_windows(inputs.data.history("valid"), with_ts=plain.uses_time)
+    win_s, wsg_s, *_ = starred._train_windows(inputs.data.history("valid"), with_ts=starred.uses_time)
+    assert torch.equal(win_p, win_s) and torch.equal(wsg_s & 3, wsg_p)
+    assert not torch.equal(wsg_s, wsg_p)
+    for a, b in zip(plain._targets(win_p, wsg_p), starred._targets(win_s, wsg_s)):
+        assert torch.equal(a, b)
+
+
 def test_time_bias_weighs_attention_by_the_time_between_two_ratings():
     """A bias of -1e9 on every bucket but 'under 3 minutes' must act as a mask: the last state of
     a one-block model equals the model without time (same weights) reading only the ratings
