@@ -301,9 +301,10 @@ def test_trimming_common_padding_leaves_the_loss_unchanged():
         m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 20, "dropout": 0.0}))
         m.eval()
         win, wsg, wts = m._train_windows(inputs.data.history("valid"), with_ts=True)
-        if m.time_bias is not None:           # posterkg-seq's time part: timestamps trimmed alike
-            with torch.no_grad():
-                m.time_bias.weight.normal_()
+        with torch.no_grad():                 # posterkg-seq's time and rating parts, away from zero
+            for emb in (m.time_bias, m.stars):
+                if emb is not None:
+                    emb.weight.normal_()
         keep = int((win > 0).sum(1).max())
         assert keep < win.shape[1]                            # there is common padding to trim
         full = m.train_loss(win, wsg, wts=wts)
@@ -500,13 +501,15 @@ def test_scoring_shortcuts_give_the_full_encoder_scores():
     users = torch.from_numpy(np.random.default_rng(0).permutation(inputs.data.n_users))
     for kind in ("sasrec", "posterkg-seq"):
         m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 48}))
-        if m.time_bias is not None:           # posterkg-seq's time part, away from its zero start
-            with torch.no_grad():
-                m.time_bias.weight.normal_()
+        with torch.no_grad():                 # posterkg-seq's time and rating parts, away from zero
+            for emb in (m.time_bias, m.stars):
+                if emb is not None:
+                    emb.weight.normal_()
         m.eval()
         with torch.no_grad():
             table = m.movie_table(m.graph)
-            tok, sgn, ts = _windows(hist, users.numpy(), 48, kind == "sasrec", with_ts=True)
+            tok, sgn, ts = _windows(hist, users.numpy(), 48, kind == "sasrec", with_ts=True,
+                                    stars=m.cfg.rating_input)
             want = m.user_states(torch.from_numpy(tok), torch.from_numpy(sgn), table,
                                  ts=torch.from_numpy(ts))[:, -1] @ table.T
             got = m.score(users, hist)
@@ -853,7 +856,7 @@ def test_rating_input_starts_at_zero_then_tells_a_five_from_a_four(kind):
     inputs = _four_and_five_world()
     hist = inputs.data.history("test")
     users = torch.arange(2)
-    base = {"dim": 16, "max_len": 24, "item_item": 0.0}
+    base = {"dim": 16, "max_len": 24, "item_item": 0.0, "rating_input": False}
     plain = registry.build(kind, inputs, registry.model_config(kind, base))
     starred = registry.build(kind, inputs, registry.model_config(kind, {**base, "rating_input": True}))
     missing, unexpected = starred.load_state_dict(plain.state_dict(), strict=False)
