@@ -173,7 +173,7 @@ def add_refit(store, run: dict, args, cache: dict) -> dict:
     tcfg = TrainConfig(**{k: v for k, v in run["config"].items() if k in known})
     if args.threads is not None:
         tcfg = dataclasses.replace(tcfg, threads=args.threads)
-    mcfg = registry.model_config(kind, run["model_config"])
+    mcfg = registry.stored_model_config(kind, run["model_config"])
     inputs = _inputs(store, mcfg, cache)
     model = registry.build(kind, inputs, mcfg, seed=tcfg.seed)
     if model.trainer == "none" or hasattr(model, "_grid"):

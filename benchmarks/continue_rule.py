@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     if args.state and args.state.is_file():
         saved = torch.load(args.state, weights_only=False)
         from posterkg.gnn import registry
-        m = registry.build(args.model, shifted, registry.model_config(args.model, saved["model_config"]), seed=args.seed)
+        m = registry.build(args.model, shifted, registry.stored_model_config(args.model, saved["model_config"]), seed=args.seed)
         m.load_state_dict(saved["state"])
         best_epoch, inner_valid = saved["best_epoch"], saved["inner_valid"]
     else:

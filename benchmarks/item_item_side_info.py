@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     st = torch.load(args.state, weights_only=False)
-    mcfg = registry.model_config(st["model"], {**st["model_config"], "item_item": args.weights[0],
+    mcfg = registry.stored_model_config(st["model"], {**st["model_config"], "item_item": args.weights[0],
                                                "item_item_l2": args.l2})
     with open_store(args.db, read_only=True) as store:
         inputs = assemble(store, features=feature_spec(mcfg)).inputs

@@ -22,7 +22,7 @@ class SavedSeq:
         torch.set_num_threads(1)
         state = torch.load(state_path, weights_only=False)
         name = state["model"]
-        mcfg = registry.model_config(name, state["model_config"])
+        mcfg = registry.stored_model_config(name, state["model_config"])
         db = db or Path(__file__).resolve().parent / "results" / "accuracy-ml1m.duckdb"
         with open_store(db, read_only=True) as store:
             self.inputs = assemble(store, features=feature_spec(mcfg)).inputs

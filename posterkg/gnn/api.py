@@ -286,7 +286,7 @@ def load_model(store: Store, model_id: str | None = None) -> TrainedModel:
                             f"train it again")
     vocab = IdVocab.from_bytes(ids)
     asm = assemble(store, vocab=vocab, features=config.get("features") or {})
-    mcfg = registry.model_config(kind, config["model"])
+    mcfg = registry.stored_model_config(kind, config["model"])
     model = registry.build(kind, asm.inputs, mcfg, seed=int(seed))
     try:
         model.load_state_dict(_from_bytes(state))

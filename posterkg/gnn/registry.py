@@ -170,6 +170,21 @@ def model_config(name: str, overrides: dict[str, Any] | None = None):
     return cls(**values)
 
 
+def stored_model_config(name: str, saved: dict[str, Any]):
+    """The Config of a stored model from its saved values (a whole ``dataclasses.asdict``). A
+    field the save lacks was added to posterkg after it: it takes the class default (new options
+    are off there), the behaviour the model was trained with, not the registry's current
+    setting, so models stored before a registry change still load and score as they did."""
+    e = entry(name)
+    cls = e.cls().Config
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in saved.items() if v is not None}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"stored {name} model: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
 def build(name: str, inputs, cfg=None, seed: int = 0):
     """Instantiate model ``name`` over ``inputs`` (seeded)."""
     import torch

@@ -17,6 +17,7 @@ tiny database of ``contract_world.py`` (a few epochs) and must
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 
 from contract_world import add_movies, make_world
 from torch_threads import one_torch_thread  # noqa: F401
+from posterkg.errors import ConfigError
 from posterkg.gnn import registry
 from posterkg.gnn.api import load_model, save_model
 from posterkg.gnn.inputs import assemble
@@ -150,6 +152,30 @@ def test_collaborative_part_survives_save_and_load(world_db, tmp_path):
     users = [int(u) for u in inputs.ids.user_ids]
     torch.testing.assert_close(tm.score(users).float(), s, rtol=0, atol=0)
     assert tm.model.cfg.item_item == 0.2 and tm.model.cfg.item_item_l2 == 10.0
+
+
+def test_a_model_stored_before_an_option_existed_loads_with_it_off(world_db, tmp_path):
+    # a posterkg-seq trained without the rating input, stored with a config that predates the
+    # option (the key removed from the stored JSON, as saves before it have it): loading must
+    # not take the registry's current setting (on), which would add a part the model never had
+    db = tmp_path / "old.duckdb"
+    shutil.copy(world_db, db)
+    assert registry.model_config("posterkg-seq").rating_input           # the registry turns it on
+    mcfg = dataclasses.replace(_model_cfg("posterkg-seq"), rating_input=False)
+    with open_store(db, read_only=True) as store:
+        inputs = assemble(store, features=feature_spec(mcfg)).inputs
+    res = train(inputs, dataclasses.replace(TINY, model="posterkg-seq"), model_cfg=mcfg)
+    s = _scores(res.model.eval(), inputs)
+    with open_store(db) as store:
+        mid = save_model(store, res, inputs)
+        config = json.loads(store.execute("SELECT config FROM models WHERE model_id = ?", [mid]).fetchone()[0])
+        del config["model"]["rating_input"]
+        store.execute("UPDATE models SET config = ? WHERE model_id = ?", [json.dumps(config), mid])
+        tm = load_model(store, mid)
+    assert tm.model.cfg.rating_input is False and tm.model.stars is None
+    torch.testing.assert_close(tm.score([int(u) for u in inputs.ids.user_ids]).float(), s, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="unknown key"):
+        registry.stored_model_config("posterkg-seq", {**config["model"], "no_such_option": 1})
 
 
 def test_mask_of_ones_leaves_scores_unchanged(fitted):
