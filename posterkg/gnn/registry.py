@@ -75,8 +75,8 @@ _SEQ_STARS = {"rating_input": True}
 # posterkg-seq's seed 0 peaked at 29 (sequence alone, valid NDCG@20 0.2281; 0.2280 at 25). And
 # valid is first evaluated at epoch 16 (from 8 until 2026-12-06: every reported run of the two
 # models had its best epoch at 20-25 and none stopped before its cap, so the choices are the same),
-# which saves 15 of 25 evaluations. Both keep `make run` under 10 minutes on a 2-core machine
-# (docs/gnn.md)
+# which saves 15 of 25 evaluations. Both are for `make run`'s 10-minute budget on a 2-core
+# machine (docs/gnn.md)
 _SEQ_PK = {**_SEQ, "epochs": 25, "eval_from": 16}
 # TIGER (posterkg/gnn/tiger.py): the causal encoder (every target of a window from one encoder
 # pass: one full pass over the ~227k ML-1M targets in ~45 s on one thread, where the
@@ -159,16 +159,19 @@ def entry(name: str) -> Entry:
     return REGISTRY[name]
 
 
-def model_config(name: str, overrides: dict[str, Any] | None = None):
-    """The model's Config dataclass: class defaults, then the registry's, then ``overrides``."""
-    e = entry(name)
-    cls = e.cls().Config
+def _config(name: str, values: dict[str, Any], where: str):
+    cls = entry(name).cls().Config
     known = {f.name for f in dataclasses.fields(cls)}
-    values = {**e.config, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"[models.{name}]: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return cls(**values)
+
+
+def model_config(name: str, overrides: dict[str, Any] | None = None):
+    """The model's Config dataclass: class defaults, then the registry's, then ``overrides``."""
+    values = {**entry(name).config, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return _config(name, values, f"[models.{name}]")
 
 
 def stored_model_config(name: str, saved: dict[str, Any]):
@@ -176,14 +179,7 @@ def stored_model_config(name: str, saved: dict[str, Any]):
     field the save lacks was added to posterkg after it: it takes the class default (new options
     are off there), the behaviour the model was trained with, not the registry's current
     setting, so models stored before a registry change still load and score as they did."""
-    e = entry(name)
-    cls = e.cls().Config
-    known = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in saved.items() if v is not None}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"stored {name} model: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**values)
+    return _config(name, {k: v for k, v in saved.items() if v is not None}, f"stored {name} model")
 
 
 def build(name: str, inputs, cfg=None, seed: int = 0):
