@@ -294,6 +294,14 @@ def test_bucketed_batches_cover_every_window_once_and_group_similar_lengths():
     assert slots(bucketed) < 0.7 * slots(plain)
 
 
+def _away_from_zero(m):
+    """Random weights for a model's zero-initialised parts (time bias, stars), so a test sees them act."""
+    with torch.no_grad():
+        for emb in (m.time_bias, m.stars):
+            if emb is not None:
+                emb.weight.normal_()
+
+
 def test_trimming_common_padding_leaves_the_loss_unchanged():
     ratings, n = _cycle_world(n_users=10)
     inputs = _inputs(ratings, n)
@@ -301,10 +309,7 @@ def test_trimming_common_padding_leaves_the_loss_unchanged():
         m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 20, "dropout": 0.0}))
         m.eval()
         win, wsg, wts = m._train_windows(inputs.data.history("valid"), with_ts=True)
-        with torch.no_grad():                 # posterkg-seq's time and rating parts, away from zero
-            for emb in (m.time_bias, m.stars):
-                if emb is not None:
-                    emb.weight.normal_()
+        _away_from_zero(m)                    # posterkg-seq's time and rating parts
         keep = int((win > 0).sum(1).max())
         assert keep < win.shape[1]                            # there is common padding to trim
         full = m.train_loss(win, wsg, wts=wts)
@@ -501,10 +506,7 @@ def test_scoring_shortcuts_give_the_full_encoder_scores():
     users = torch.from_numpy(np.random.default_rng(0).permutation(inputs.data.n_users))
     for kind in ("sasrec", "posterkg-seq"):
         m = registry.build(kind, inputs, registry.model_config(kind, {"dim": 16, "max_len": 48}))
-        with torch.no_grad():                 # posterkg-seq's time and rating parts, away from zero
-            for emb in (m.time_bias, m.stars):
-                if emb is not None:
-                    emb.weight.normal_()
+        _away_from_zero(m)                    # posterkg-seq's time and rating parts
         m.eval()
         with torch.no_grad():
             table = m.movie_table(m.graph)
