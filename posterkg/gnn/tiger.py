@@ -84,7 +84,8 @@ import torch.nn.functional as F
 
 from posterkg.gnn.base import FitInfo, ModelInputs, Recommender
 from posterkg.gnn.trie import CodeTrie, beam_search
-from posterkg.ratings import POSITIVE_MIN, signs
+from posterkg.gnn.sequential import rating_codes, window_spans
+from posterkg.ratings import POSITIVE_MIN
 
 PAD, BOS, SEP = 0, 1, 2
 SPECIALS = 3
@@ -435,7 +436,7 @@ class TIGER(Recommender):
             read = has[m] if self.cfg.inputs == "all" else (r >= POSITIVE_MIN) & has[m]
             keep = m[read][-L:]
             flat.append(keep)
-            sg.append(signs(r[read][-L:]) + 2)
+            sg.append(rating_codes(r[read][-L:]))
             starts.append(n)
             n += len(keep)
             ends.append(n)
@@ -494,7 +495,7 @@ class TIGER(Recommender):
         liked = history.ratings >= POSITIVE_MIN
         keep = has[history.movies] if self.cfg.inputs == "all" else liked & has[history.movies]
         flat = history.movies[keep].astype(np.int64)
-        sg = (signs(history.ratings[keep]) + 2).astype(np.int64)
+        sg = rating_codes(history.ratings[keep])
         users = history.users[keep]
         first = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=history.n_users))])[:-1]
         starts = first[users].astype(np.int64)
@@ -508,8 +509,6 @@ class TIGER(Recommender):
         an earlier one is in the window's last L positions exactly once (a target when liked).
         Any per-element array >= 0 windows the same way (its value + 1): the signs' windows are
         ``train_windows(sg - 1, starts)``."""
-        from posterkg.gnn.sequential import window_spans
-
         L = self.cfg.max_len
         bounds = np.unique(starts)
         ends = np.append(bounds[1:], len(flat))
