@@ -40,6 +40,7 @@ given (e.g. masked) graph so explanations can take gradients through the concept
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -287,6 +288,11 @@ class SASRec(Recommender):
         # from a 4, which the sign alone does not tell; zero-initialised, so training starts from
         # the model without it)
         rating_input: bool = False
+        # members > 1: an ensemble of this many models of the same settings, trained one after
+        # the other with seeds seed, seed + 1, ... (each with its own early stopping); the sequence
+        # scores are the mean of theirs, and the collaborative part is chosen once, on the mean.
+        # Costs `members` trainings (docs/gnn.md, "Seed ensembles")
+        members: int = 1
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -347,6 +353,21 @@ class SASRec(Recommender):
         # allowed[i, j]: position i may attend to position j <= i
         self.register_buffer("causal", torch.tril(torch.ones(c.max_len, c.max_len, dtype=torch.bool)),
                              persistent=False)
+        # the ensemble's other members (members > 1), each a whole model of this class with one
+        # member and no collaborative part of its own, initialised from seed s + i (s: the seed
+        # this model is built with) on a forked generator, so member i is the model a one-member
+        # build with that seed starts from, and this model's own initialisation is unchanged;
+        # empty with one member (no state keys: a model saved before the option loads as it was)
+        if int(c.members) < 1:
+            raise ValueError(f"members must be >= 1, not {c.members}")
+        one = dataclasses.replace(c, members=1, item_item=0.0, item_item_l2=0.0)
+        seed = torch.initial_seed()
+        self.extra = nn.ModuleList()
+        for i in range(1, int(c.members)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((seed + i) & 0xFFFF_FFFF_FFFF_FFFF)    # manual_seed's range
+                self.extra.append(type(self)(inputs, copy.deepcopy(one)))
+        self._solo = False          # True while fit trains this member: its scores alone
 
     # -- movie side ------------------------------------------------------------------------------
     def movie_table(self, graph: Graph | None = None) -> torch.Tensor:
@@ -355,7 +376,21 @@ class SASRec(Recommender):
 
     @torch.no_grad()
     def movie_vectors(self) -> torch.Tensor:
-        return self.movie_table(self.graph).detach()
+        """[n_movies, dim * members]: each member's movie representations side by side (a dot
+        product of two rows is the sum of the members' dot products)."""
+        own = self.movie_table(self.graph).detach()
+        return torch.cat([own, *(m.movie_vectors() for m in self.extra)], 1) if len(self.extra) else own
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """What training this member updates (its optimizer, its weight average): its own
+        parameters, not those of the ensemble's other members."""
+        others = {id(p) for p in self.extra.parameters()}
+        return [p for p in self.parameters() if id(p) not in others]
+
+    def _members(self) -> list["SASRec"]:
+        """The models whose sequence scores are averaged: this one, and the ensemble's other
+        members unless this one is being trained alone."""
+        return [self] if self._solo else [self, *self.extra]
 
     # -- user side -------------------------------------------------------------------------------
     @property
@@ -426,8 +461,11 @@ class SASRec(Recommender):
         return self.user_states(tok, sgn, table, last_only=True, ts=ts)[:, -1] @ table.T
 
     def score_graph(self, users: torch.Tensor, history, graph: Graph | None = None) -> torch.Tensor:
-        table = self.movie_table(graph if graph is not None else self.graph)
-        return self._blend(self._user_scores(users.cpu().numpy(), history, table), users, history)
+        graph = graph if graph is not None else self.graph
+        u = users.cpu().numpy()
+        members = self._members()
+        seq = sum(m._user_scores(u, history, m.movie_table(graph)) for m in members) / len(members)
+        return self._blend(seq, users, history)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, history=None) -> torch.Tensor:
@@ -445,15 +483,25 @@ class SASRec(Recommender):
         if key is not None and key in self._seq_cache:
             out = self._seq_cache[key]
         else:
-            table = self.movie_table(self.graph)
-            u = users.cpu().numpy().astype(np.int64)
-            out = torch.empty(len(u), self.n_movies, device=table.device)
-            order = np.argsort(history.indptr[u + 1] - history.indptr[u], kind="stable")
-            for start in range(0, len(u), 512):
-                idx = order[start:start + 512]
-                out[torch.from_numpy(idx).to(table.device)] = self._user_scores(u[idx], history, table)
+            members = self._members()
+            out = members[0]._own_sequence_scores(users, history)
+            for m in members[1:]:
+                out += m._own_sequence_scores(users, history)
+            if len(members) > 1:
+                out /= len(members)
             if key is not None:
                 self._seq_cache[key] = out
+        return out
+
+    def _own_sequence_scores(self, users: torch.Tensor, history) -> torch.Tensor:
+        """This member's sequence scores of ``users`` (see :meth:`sequence_scores`)."""
+        table = self.movie_table(self.graph)
+        u = users.cpu().numpy().astype(np.int64)
+        out = torch.empty(len(u), self.n_movies, device=table.device)
+        order = np.argsort(history.indptr[u + 1] - history.indptr[u], kind="stable")
+        for start in range(0, len(u), 512):
+            idx = order[start:start + 512]
+            out[torch.from_numpy(idx).to(table.device)] = self._user_scores(u[idx], history, table)
         return out
 
     # -- the collaborative part ------------------------------------------------------------------
@@ -658,6 +706,41 @@ class SASRec(Recommender):
         return loss / norm
 
     def fit(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool = False) -> FitInfo:
+        """Train the sequence model (each member of an ensemble in turn, seeds ``seed``,
+        ``seed + 1``, ..., each stopping early on its own valid scores), then choose the
+        collaborative part on the ensemble's mean scores. The history and best epoch returned are
+        the first member's; seconds per epoch are summed over the members."""
+        # the sequence model trains and stops early on its own scores; the collaborative part
+        # (if on) is chosen afterwards
+        weight, self.cfg.item_item = self.cfg.item_item, 0.0
+        try:
+            self._solo = True
+            try:
+                info = self._fit_sequence(inputs, train_cfg, valid_fn, verbose)
+            finally:
+                self._solo = False
+            secs = info.seconds_per_epoch
+            for i, member in enumerate(self.extra, 1):
+                member.name = f"{self.name} member {i + 1}"
+                torch.manual_seed(train_cfg.seed + i)
+                got = member.fit(inputs, dataclasses.replace(train_cfg, seed=train_cfg.seed + i), valid_fn, verbose)
+                secs += got.seconds_per_epoch
+                if verbose and got.valid:
+                    print(f"{member.name}: best epoch {got.best_epoch}, valid NDCG@20 {got.valid['ndcg@20']:.4f}",
+                          flush=True)
+            if len(self.extra):
+                valid = valid_fn(self)       # the mean of the members' scores (None: not measured)
+                if verbose and valid is not None:
+                    print(f"{self.name}: the {len(self.extra) + 1} members' mean, valid NDCG@20 "
+                          f"{valid['ndcg@20']:.4f}", flush=True)
+                info = dataclasses.replace(info, valid=valid if valid is not None else info.valid,
+                                           seconds_per_epoch=secs)
+        finally:
+            self.cfg.item_item = weight
+        return self._fit_item_item(inputs, valid_fn, info, verbose)
+
+    def _fit_sequence(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool) -> FitInfo:
+        """Train this member's sequence model with early stopping (no collaborative part)."""
         from posterkg.gnn.train import fit_epochs
 
         device = next(self.parameters()).device
@@ -665,7 +748,7 @@ class SASRec(Recommender):
         wts = wts[0] if wts else None
         gen = torch.Generator().manual_seed(train_cfg.seed)
         self._neg_gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
-        opt = torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
+        opt = torch.optim.Adam(self.trained_parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
         bs = train_cfg.batch_size
         n_batches = (len(win) + bs - 1) // bs
         lengths = (win > 0).sum(1)
@@ -683,17 +766,10 @@ class SASRec(Recommender):
             return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm,
                                    None if wts is None else wts[idx, -keep:].to(device))
 
-        # the sequence model trains and stops early on its own scores; the collaborative part
-        # (if on) is chosen afterwards
-        weight, self.cfg.item_item = self.cfg.item_item, 0.0
-        try:
-            info = fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
-                              epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
-                              step_loss=step_loss,
-                              row_extra={"targets": int(n_targets) if n_targets.is_integer() else round(n_targets, 1)})
-        finally:
-            self.cfg.item_item = weight
-        return self._fit_item_item(inputs, valid_fn, info, verbose)
+        return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
+                          epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
+                          step_loss=step_loss,
+                          row_extra={"targets": int(n_targets) if n_targets.is_integer() else round(n_targets, 1)})
 
 
 class PosterKGSeq(SASRec):
@@ -730,6 +806,7 @@ class PosterKGSeq(SASRec):
         time_input: bool = False
         time_buckets: int = 24
         rating_input: bool = False     # half-star rating embedding per token (see SASRec.Config)
+        members: int = 1               # an ensemble of this many seeds (see SASRec.Config)
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"
@@ -850,6 +927,23 @@ class PosterKGSeq(SASRec):
         short, long = self._parts(tok, sgn, table, last_only, ts)
         return self._fuse(short, long)[0]
 
+    def _part_vectors(self, users: torch.Tensor, history, graph: Graph | None):
+        """This member's last-position user vectors split by part: (short [B, d], long [B, d],
+        their sum h, the movie table, the mean gate [B]); a part that is off is zeros (gate 1
+        with only the short-term part, 0 with only the long-term one)."""
+        table = self.movie_table(graph if graph is not None else self.graph)
+        tok, sgn, ts = self._batch(history, users.cpu().numpy(), table.device)
+        short, long = self._parts(tok, sgn, table, last_only=True, ts=ts)
+        if short is None or long is None:
+            h = (short if long is None else long)[:, -1]
+            zero = torch.zeros_like(h)
+            if long is None:
+                return h, zero, h, table, torch.ones(len(users))
+            return zero, h, h, table, torch.zeros(len(users))
+        g = torch.sigmoid(self.gate(torch.cat([short, long], -1)))[:, -1]
+        s, lo = g * short[:, -1], (1 - g) * long[:, -1]
+        return s, lo, s + lo, table, g.mean(-1)
+
     def explain_parts(self, users: torch.Tensor, history, movies: torch.Tensor,
                       graph: Graph | None = None) -> dict[str, torch.Tensor]:
         """Each score of ``movies`` for ``users`` split into its short-term and long-term parts
@@ -857,36 +951,30 @@ class PosterKGSeq(SASRec):
         the collaborative part on, the score is standardised per user: each sequence part is
         taken against the catalogue's mean movie and on the blend's scale, and ``long`` also
         holds the collaborative part (EASE over the user's whole, unordered history: a long-term
-        signal; also given alone as ``item_item``), so the two still add up to the score."""
-        table = self.movie_table(graph if graph is not None else self.graph)
-        tok, sgn, ts = self._batch(history, users.cpu().numpy(), table.device)
-        short, long = self._parts(tok, sgn, table, last_only=True, ts=ts)
-        v = table[movies]
-        if short is None or long is None:
-            h = (short if long is None else long)[:, -1]
-            part = h @ v.T
-            zero = torch.zeros_like(part)
-            out = {"short": part if long is None else zero, "long": zero if long is None else part,
-                   "gate": torch.ones(len(users)) if long is None else torch.zeros(len(users))}
+        signal; also given alone as ``item_item``), so the two still add up to the score. An
+        ensemble's parts are the means of its members' parts (its score is their mean)."""
+        members = self._members()
+        vecs = [m._part_vectors(users, history, graph) for m in members]
+        k = len(vecs)
+        user_scale = self._item_item_on() and self.cfg.item_item_scale != "global"
+        if user_scale:
+            # z(mean_k h_k . v_k) = mean_k (h_k . (v_k - mean v_k)) / std: split over the parts
+            # and members exactly, no per-user offset
+            seq = sum(h @ t.T for _, _, h, t, _ in vecs) / k
+            std = seq.std(1, keepdim=True).clamp(min=1e-6)
+            cols = [(t[movies] - t.mean(0)).T for _, _, _, t, _ in vecs]
         else:
-            g = torch.sigmoid(self.gate(torch.cat([short, long], -1)))[:, -1]
-            h = g * short[:, -1] + (1 - g) * long[:, -1]
-            out = {"short": (g * short[:, -1]) @ v.T, "long": ((1 - g) * long[:, -1]) @ v.T, "gate": g.mean(-1)}
-        if self._item_item_on() and self.cfg.item_item_scale == "global":
+            cols = [t[movies].T for _, _, _, t, _ in vecs]
+        out = {"short": sum(s @ c for (s, _, _, _, _), c in zip(vecs, cols)) / k,
+               "long": sum(lo @ c for (_, lo, _, _, _), c in zip(vecs, cols)) / k,
+               "gate": sum(g for *_, g in vecs) / k}
+        if user_scale:
+            ii = float(self.cfg.item_item) * _standardise(self.item_item_scores(users, history))[:, movies]
+            out["short"], out["long"] = out["short"] / std, out["long"] / std + ii
+            out["item_item"] = ii
+        elif self._item_item_on():
             # raw scores: the sequence parts as they are, EASE's on the long-term side
             ii = float(self.cfg.item_item) * float(self.cfg.item_item_ratio) * self.item_item_scores(users, history)[:, movies]
             out["long"] = out["long"] + ii
-            out["item_item"] = ii
-        elif self._item_item_on():
-            # z(h . v) = (h . (v - mean v)) / std: split over the parts exactly, no per-user offset
-            std = (h @ table.T).std(1, keepdim=True).clamp(min=1e-6)
-            vc = (v - table.mean(0)).T
-            ii = float(self.cfg.item_item) * _standardise(self.item_item_scores(users, history))[:, movies]
-            if short is None or long is None:
-                part = (h @ vc) / std
-                out["short"], out["long"] = (part, ii) if long is None else (torch.zeros_like(part), part + ii)
-            else:
-                out["short"] = ((g * short[:, -1]) @ vc) / std
-                out["long"] = (((1 - g) * long[:, -1]) @ vc) / std + ii
             out["item_item"] = ii
         return out

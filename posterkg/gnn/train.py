@@ -261,7 +261,9 @@ class WeightAverage:
     def __init__(self, model: torch.nn.Module, decay: float):
         from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # a model may train only part of its parameters (an ensemble member: trained_parameters)
+        own = getattr(model, "trained_parameters", None)
+        self.params = [p for p in (own() if own is not None else model.parameters()) if p.requires_grad]
         self.avg = [p.detach().clone() for p in self.params]
         self.update_fn = get_ema_multi_avg_fn(decay)
         self.steps = 0

@@ -1065,3 +1065,91 @@ def test_time_part_on_real_movielens(ml1m_db):
         table = m.movie_table(None)
         train_states = m.user_states(win[idx, :-1], wsg[idx, :-1], table, ts=wts[idx, :-1])[:, -1]
         assert torch.allclose(m.score(torch.from_numpy(users), short), train_states @ table.T, atol=1e-4)
+
+
+# -- seed ensembles (members) ----------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sasrec-all", "posterkg-seq"])
+def test_an_ensemble_trains_each_member_on_its_own_seed_and_scores_their_mean(kind):
+    """members = 3: three models of the same settings, trained one after the other (seeds 5, 6,
+    7: the second member is the model a one-member run with seed 6 trains), each with its own
+    early stopping and optimizer; the ensemble's sequence scores are the mean of theirs; the
+    collaborative part is chosen once, on the mean; a save/load round trip keeps the scores."""
+    inputs = _random_world(seed=3)
+    hist = inputs.data.history("test")
+    users = torch.arange(inputs.n_users)
+    over = {"dim": 8, "max_len": 48, "item_item": -1, "item_item_grid": [0.1, 0.2],
+            "item_item_lambdas": [5.0], "item_item_scale": "global"}
+    cfg = TrainConfig(model=kind, epochs=3, min_epochs=1, patience=5, batch_size=16, threads=1, seed=5, ema=0.5)
+    res = train(inputs, cfg, model_cfg=registry.model_config(kind, {**over, "members": 3}))
+    m = res.model
+    assert len(m.extra) == 2 and all(e.cfg.members == 1 and e.cfg.item_item == 0.0 for e in m.extra)
+    # every member trained and they differ (their own seeds)
+    own = [mm._own_sequence_scores(users, hist) for mm in (m, *m.extra)]
+    assert not torch.allclose(own[0], own[1]) and not torch.allclose(own[1], own[2])
+    # the second member is what a one-member run with seed 6 gives (no collaborative part)
+    solo = train(inputs, dataclasses.replace(cfg, seed=6),
+                 model_cfg=registry.model_config(kind, {**over, "item_item": 0.0})).model
+    assert torch.allclose(solo.sequence_scores(users, hist), own[1], atol=1e-5)
+    # the scores are the mean of the members', blended once
+    mean = (own[0] + own[1] + own[2]) / 3
+    assert torch.allclose(m.sequence_scores(users, hist), mean, atol=1e-6)
+    c = m.cfg
+    want = mean + c.item_item * c.item_item_ratio * m.item_item_scores(users, hist) if c.item_item else mean
+    assert torch.allclose(m.score(users, hist), want, atol=1e-5)
+    # what fit reports on valid is what the ensemble scores there
+    from posterkg.gnn.evaluate import evaluate_model
+
+    assert abs(evaluate_model(m, inputs.data, "valid")["ndcg@20"] - res.valid["ndcg@20"]) < 1e-9
+    # a save/load round trip (state and config, as the store keeps them) gives the same scores
+    again = registry.build(kind, inputs, registry.stored_model_config(kind, dataclasses.asdict(m.cfg)))
+    again.load_state_dict(m.state_dict())
+    again.eval()
+    assert torch.allclose(again.score(users, hist), m.score(users, hist), atol=1e-6)
+    # the movie vectors are the members' side by side
+    assert m.movie_vectors().shape == (inputs.n_movies, 8 * 3)
+
+
+def test_an_ensemble_member_trains_only_its_own_parameters():
+    """While the first member trains, the other members' parameters stay as they are (they are
+    not in its optimizer or its weight average), and a one-member model has no extra state."""
+    inputs = _random_world(seed=4)
+    m = registry.build("posterkg-seq", inputs, registry.model_config(
+        "posterkg-seq", {"dim": 8, "max_len": 48, "members": 2}))
+    before = {k: v.clone() for k, v in m.extra.state_dict().items()}
+    ids = {id(p) for p in m.trained_parameters()}
+    assert not ids & {id(p) for p in m.extra.parameters()}
+    assert len(ids) + len(list(m.extra.parameters())) == len(list(m.parameters()))
+    m._solo = True
+    m._fit_sequence(inputs, TrainConfig(model="posterkg-seq", epochs=2, min_epochs=1, patience=5,
+                                        batch_size=16, ema=0.9), lambda mm: {"ndcg@20": 0.0}, False)
+    after = m.extra.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    one = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"dim": 8, "max_len": 48}))
+    assert not any(k.startswith("extra.") for k in one.state_dict())
+    with pytest.raises(ValueError, match="members"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"members": 0}))
+
+
+@pytest.mark.parametrize("scale", ["user", "global"])
+def test_an_ensembles_explanation_parts_add_up_to_its_score(scale):
+    inputs = _random_world(seed=5)
+    hist = inputs.data.history("test")
+    m = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {
+        "dim": 8, "max_len": 48, "members": 2, "item_item": 0.3, "item_item_l2": 5.0,
+        "item_item_scale": scale, "item_item_ratio": 2.0}))
+    for mm in (m, *m.extra):
+        _away_from_zero(mm)
+    m._fit_item_item(inputs, lambda mm: {"ndcg@20": 1.0}, FitInfo([], 1, {"ndcg@20": 0.0}, 0.0), False)
+    m.eval()
+    users, movies = torch.tensor([0, 4, 7]), torch.arange(inputs.n_movies)
+    parts = m.explain_parts(users, hist, movies)
+    total = m.score(users, hist)
+    assert torch.allclose(parts["short"] + parts["long"], total, atol=1e-4)
+    # and the parts are the members' means (global scale: raw parts, EASE on the long side)
+    if scale == "global":
+        each = [mm._part_vectors(users, hist, None) for mm in (m, *m.extra)]
+        short = [s @ t[movies].T for s, _, _, t, _ in each]
+        assert torch.allclose(parts["short"], (short[0] + short[1]) / 2, atol=1e-5)
+        assert not torch.allclose(short[0], short[1])
+    # the attributions' gradient path scores like score()
+    assert torch.allclose(m.score_graph(users, hist), total, atol=1e-5)
