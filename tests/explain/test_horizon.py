@@ -20,16 +20,18 @@ def _seq_model(store, **cfg):
     mc = registry.model_config("posterkg-seq", {"dim": 8, "max_len": 16, "dropout": 0.0, **cfg})
     model = registry.build("posterkg-seq", inputs, mc).eval()
     with torch.no_grad():     # make the concept side matter: strong concept embeddings and gate
-        model.concept.weight.mul_(50.0)
+        for m in (model, *model.extra):
+            m.concept.weight.mul_(50.0)
     return TrainedModel("seq", "posterkg-seq", 0, {}, {}, model, inputs)
 
 
+@pytest.mark.parametrize("members", [1, 2])        # 2: a seed ensemble, whose parts are its members' means
 @pytest.mark.parametrize("part", ["short", "long"])
-def test_the_sentence_follows_the_part_that_carries_the_score(tmp_path, part):
+def test_the_sentence_follows_the_part_that_carries_the_score(tmp_path, part, members):
     store = make_db(tmp_path / "w.duckdb")
     try:
         only = {"short": {"long_term": False}, "long": {"short_term": False}}[part]
-        tm = _seq_model(store, **only)
+        tm = _seq_model(store, members=members, **only)
         ex = Explainer(Knowledge(store), tm).explain(1, 10)
         assert ex.horizon is not None
         other = "long" if part == "short" else "short"
