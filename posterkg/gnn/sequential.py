@@ -940,9 +940,9 @@ class PosterKGSeq(SASRec):
             if long is None:
                 return h, zero, h, table, torch.ones(len(users))
             return zero, h, h, table, torch.zeros(len(users))
-        g = torch.sigmoid(self.gate(torch.cat([short, long], -1)))[:, -1]
-        s, lo = g * short[:, -1], (1 - g) * long[:, -1]
-        return s, lo, s + lo, table, g.mean(-1)
+        h, g = self._fuse(short, long)
+        g = g[:, -1]
+        return g * short[:, -1], (1 - g) * long[:, -1], h[:, -1], table, g.mean(-1)
 
     def explain_parts(self, users: torch.Tensor, history, movies: torch.Tensor,
                       graph: Graph | None = None) -> dict[str, torch.Tensor]:
