@@ -1153,3 +1153,26 @@ def test_an_ensembles_explanation_parts_add_up_to_its_score(scale):
         assert not torch.allclose(short[0], short[1])
     # the attributions' gradient path scores like score()
     assert torch.allclose(m.score_graph(users, hist), total, atol=1e-5)
+
+
+def test_an_ensemble_on_real_movielens(ml1m_db):
+    """../shared ML-1M: a two-member sasrec-all trains both members (a few steps each), scores
+    real test users with the mean of the members' scores, and the valid figure fit reports is
+    the ensemble's."""
+    from posterkg.gnn.data import load_interactions
+    from posterkg.gnn.evaluate import evaluate_model
+    from posterkg.store import open_store
+
+    with open_store(ml1m_db, read_only=True) as store:
+        data = load_interactions(store)
+    inputs = ModelInputs(IdVocab(data.user_ids, data.movie_ids), data, None)
+    cfg = TrainConfig(model="sasrec-all", epochs=1, min_epochs=0, patience=5, batch_size=64, threads=1,
+                      max_steps=4, seed=0)
+    res = train(inputs, cfg, model_cfg=registry.model_config("sasrec-all", {"dim": 16, "max_len": 50, "members": 2}))
+    m = res.model
+    users = torch.from_numpy(np.random.default_rng(0).choice(data.n_users, 200, replace=False))
+    hist = data.history("test")
+    a, b = m._own_sequence_scores(users, hist), m.extra[0]._own_sequence_scores(users, hist)
+    assert not torch.allclose(a, b)
+    assert torch.allclose(m.score(users, hist), (a + b) / 2, atol=1e-6)
+    assert abs(evaluate_model(m, data, "valid")["ndcg@20"] - res.valid["ndcg@20"]) < 1e-9
