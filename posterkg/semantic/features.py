@@ -6,6 +6,10 @@ Blocks (any combination, in the order given):
 * ``text``: its row of ``text_embeddings`` for the text encoder;
 * ``concepts``: its bag over concept ids from ``movie_concept_edges`` (|weight| per concept);
 * ``genres``: multi-hot over ``movies.genres``;
+* ``year``: the release year (``movies.year``) as soft bins: a Gaussian bump (width
+  ``YEAR_WIDTH`` years) at each of ``YEAR_STEP``-year centres spanning the build's years, so
+  movies a few years apart get close vectors and a decade boundary is no cliff; the centres are
+  the block's frozen vocabulary (a later movie beyond them gets the tails of the outer bins);
 * ``collab``: a collaborative vector, the movie's liked-by row (train part of the split, rating
   >= 4) projected onto the top ``collab_dim`` right singular vectors of the train matrix
   (scikit-learn's ``TruncatedSVD``), so movies liked by the same users get close vectors. Only the
@@ -30,14 +34,16 @@ import numpy as np
 from posterkg.errors import ConfigError, InputError
 from posterkg.lookup import find
 
-FEATURES = ("poster", "text", "concepts", "genres", "collab")
+FEATURES = ("poster", "text", "concepts", "genres", "year", "collab")
+YEAR_STEP = 5      # years between the centres of the year block's bins
+YEAR_WIDTH = 5.0   # the standard deviation of each bin's Gaussian, in years
 
 
 @dataclasses.dataclass
 class Block:
     name: str
     encoder: str                    # stored encoder name ("" for concepts / genres)
-    vocab: list                     # concept ids / genre names / user ids (collab); [] for dense blocks
+    vocab: list                     # concept ids / genre names / year centres / user ids (collab); [] for dense
     mean: np.ndarray
     std: np.ndarray
     proj: np.ndarray | None = None  # collab: [len(vocab) users, dim] projection
@@ -134,6 +140,24 @@ def _raw_genres(store, movie_ids: np.ndarray, vocab: list | None):
     return vocab, out, out.any(1)
 
 
+def _raw_year(store, movie_ids: np.ndarray, vocab: list | None):
+    """(centres, X, has): each movie's year as Gaussian soft bins over ``centres`` (years)."""
+    rows = store.execute("SELECT movie_id, year FROM movies WHERE year IS NOT NULL").fetchnumpy()
+    i, ok = find(np.asarray(movie_ids, np.int64), np.asarray(rows["movie_id"], np.int64))
+    years = np.asarray(rows["year"], np.float64)
+    if vocab is None:
+        if not ok.any():
+            raise InputError("no movie has a year in table movies")
+        lo, hi = years[ok].min(), years[ok].max()
+        vocab = list(range(int(lo // YEAR_STEP) * YEAR_STEP, int(hi) + YEAR_STEP, YEAR_STEP))
+    out = np.zeros((len(movie_ids), len(vocab)), np.float32)
+    has = np.zeros(len(movie_ids), bool)
+    centres = np.asarray(vocab, np.float64)
+    out[i[ok]] = np.exp(-0.5 * ((years[ok, None] - centres[None]) / YEAR_WIDTH) ** 2)
+    has[i[ok]] = True
+    return vocab, out, has
+
+
 def _raw_collab(store, movie_ids: np.ndarray, users: list | None, proj: np.ndarray | None,
                 dim: int, seed: int):
     """(users, proj, X, has): each movie's train-positive row over ``users`` times ``proj``.
@@ -202,6 +226,8 @@ def item_features(store, movie_ids: np.ndarray, features: list[str] | None = Non
         elif name == "collab":
             vocab, proj, raw, has = _raw_collab(store, movie_ids, fixed.vocab if fixed else None,
                                                 fixed.proj if fixed else None, collab_dim, seed)
+        elif name == "year":
+            vocab, raw, has = _raw_year(store, movie_ids, fixed.vocab if fixed else None)
         else:
             vocab, raw, has = _raw_genres(store, movie_ids, fixed.vocab if fixed else None)
         if fixed is None:

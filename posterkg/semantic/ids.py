@@ -20,7 +20,8 @@ existing ID. :func:`load_codes` is what models read.
 Config: ``[semantic_ids.<version>]`` tables (:class:`SemanticConfig`); without any, two versions
 are defined: ``poster`` (poster embedding + genres) and ``text`` (text embedding + genres).
 ``poster-collab``, ``text-collab`` (the same + the ``collab`` block) and ``collab`` (genres +
-collab) are defined too, built only when named.
+collab) are defined too, built only when named, and so are ``poster-year`` (poster embedding +
+genres + release year) and ``year`` (genres + release year, the control without the poster).
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ NAMED_VERSIONS: dict[str, dict[str, Any]] = {
     "poster-collab": {"features": ["poster", "genres", "collab"]},
     "text-collab": {"features": ["text", "genres", "collab"]},
     "collab": {"features": ["genres", "collab"]},
+    # the release year as metadata beside the poster (the text block reads it in the title)
+    "poster-year": {"features": ["poster", "genres", "year"]},
+    "year": {"features": ["genres", "year"]},
 }
 
 

@@ -177,3 +177,30 @@ def test_collab_version_builds_and_assigns(tiny_store):
     assert ids.tolist() == [1, 2, 3, 4, 5] and len({tuple(r) for r in codes}) == 5
     with pytest.raises(ConfigError, match="collab_dim"):
         SemanticConfig(features=["collab"], collab_dim=0).check("[semantic_ids.x]")
+
+
+def test_year_block_soft_bins_frozen_centres(tiny_store):
+    from posterkg.semantic.features import YEAR_STEP, YEAR_WIDTH
+
+    tiny_store.execute("INSERT INTO movies VALUES (5, 'e', NULL, ['Drama'])")
+    ids = np.array([1, 2, 3, 4, 5])
+    x, norm, missing = item_features(tiny_store, ids, ["year"])
+    (block,) = norm.blocks
+    # centres every YEAR_STEP years from the floor of the first year through the last
+    assert block.vocab == list(range(1990, 1993 + YEAR_STEP, YEAR_STEP)) == [1990, 1995]
+    assert missing == {"year": 1} and not x[4].any()          # movie 5 has no year
+    raw = np.exp(-0.5 * ((np.array([1990, 1991, 1992, 1993.0])[:, None] - np.array([1990, 1995.0])) / YEAR_WIDTH) ** 2)
+    z = (raw - raw.mean(0)) / raw.std(0)
+    np.testing.assert_allclose(x[:4], z / np.linalg.norm(z, axis=1, keepdims=True), atol=1e-5)
+    # nearby years are closer than far ones, and the frozen centres encode a later movie the same way
+    assert x[0] @ x[1] > x[0] @ x[3]
+    tiny_store.execute("INSERT INTO movies VALUES (6, 'f', 1991, ['Drama'])")
+    x6, _, _ = item_features(tiny_store, np.array([6]), normaliser=norm)
+    np.testing.assert_allclose(x6[0], x[1], atol=1e-6)
+    with pytest.raises(InputError, match="no movie has a year"):
+        item_features(tiny_store, np.array([5]), ["year"])
+
+
+def test_named_year_versions():
+    assert version_config(None, "poster-year").features == ["poster", "genres", "year"]
+    assert version_config(None, "year").features == ["genres", "year"]
