@@ -4,7 +4,8 @@
 
 Loads trained posterkg-seq states (``accuracy_tuning.py --state``, one per seed, same
 configuration), and for every subset of them (each seed alone, each pair, all) averages their
-sequence scores and chooses the collaborative part again on valid exactly as ``fit`` does
+sequence scores (the ``members = k`` model made from the saved runs by ``adopt_members``, as
+training it would give) and chooses the collaborative part again on valid exactly as ``fit`` does
 (weight and EASE lambda together, on the global scale measured from the averaged scores).
 Prints valid NDCG@20 of the averaged sequence scores alone and blended, per subset, and writes
 them as JSON. Test is never read. An ensemble costs one training per member: this says what the
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
     if len(args.states) < 2:
         p.error("give at least two saved states")
 
+    import dataclasses
+
     import torch
 
     from posterkg.gnn import registry
@@ -41,32 +44,24 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     saved = SavedSeq(str(args.states[0]), args.db)
-    models = [saved.model]
-    for path in args.states[1:]:
+    name, mcfg = saved.model.name, saved.model.cfg
+    states = []
+    for path in args.states:
         state = torch.load(path, weights_only=False)
-        if state["model"] != saved.model.name:
-            raise SystemExit(f"{path}: a {state['model']} state, not {saved.model.name}")
-        m = registry.build(state["model"], saved.inputs, registry.stored_model_config(state["model"], state["model_config"]),
-                           seed=0)
-        m.load_state_dict(state["state"])
-        m.eval()
-        models.append(m)
-    own = [m.sequence_scores for m in models]     # the bound methods, before any is replaced
-    cache: dict = {}
-
-    def member_scores(i, users, history):
-        key = (i, id(history), users.cpu().numpy().tobytes())
-        if key not in cache:
-            cache[key] = own[i](users, history)
-        return cache[key]
+        if state["model"] != name:
+            raise SystemExit(f"{path}: a {state['model']} state, not {name}")
+        states.append(state["state"])
 
     rows = []
-    for k in range(1, len(models) + 1):
-        for subset in itertools.combinations(range(len(models)), k):
-            saved.model.sequence_scores = (
-                lambda users, history, s=subset: sum(member_scores(i, users, history) for i in s) / len(s))
+    for k in range(1, len(states) + 1):
+        for subset in itertools.combinations(range(len(states)), k):
+            # the members = k model itself, its members the saved runs (SASRec.adopt_members)
+            model = registry.build(name, saved.inputs, dataclasses.replace(mcfg, members=k), seed=0)
+            model.adopt_members([states[i] for i in subset])
+            model.eval()
+            saved.model = model
             alone, info = saved.rechoose_blend()
-            c = saved.model.cfg
+            c = model.cfg
             row = {"members": [str(args.states[i]) for i in subset], "size": k,
                    "valid_ndcg@20_sequence": alone, "valid_ndcg@20_blended": info.valid["ndcg@20"],
                    "item_item": c.item_item, "item_item_l2": c.item_item_l2}
@@ -74,7 +69,7 @@ def main(argv=None) -> int:
             print(f"members {subset}: sequence alone {alone:.4f}, blended {row['valid_ndcg@20_blended']:.4f} "
                   f"(w {c.item_item}, lambda {c.item_item_l2:g})", flush=True)
     summary = {}
-    for k in range(1, len(models) + 1):
+    for k in range(1, len(states) + 1):
         vals = [r["valid_ndcg@20_blended"] for r in rows if r["size"] == k]
         seq = [r["valid_ndcg@20_sequence"] for r in rows if r["size"] == k]
         summary[str(k)] = {"blended_mean": statistics.mean(vals), "sequence_mean": statistics.mean(seq),

@@ -392,6 +392,30 @@ class SASRec(Recommender):
         members unless this one is being trained alone."""
         return [self] if self._solo else [self, *self.extra]
 
+    def adopt_members(self, states: list[dict]) -> None:
+        """Make this ensemble from one-member models trained before: member i takes
+        ``states[i]`` (the ``state_dict()`` of a model of this class with ``members = 1``, such
+        as separate seeds' saved runs), so k saved runs become the ``members = k`` model without
+        training again. The states' own collaborative parts are dropped and this model's part is
+        left empty: it belongs to the members' mean, chosen on valid afterwards (``item_item =
+        -1`` and :meth:`_fit_item_item`, as ``fit`` does)."""
+        members = [self, *self.extra]
+        if len(states) != len(members):
+            raise ValueError(f"{len(states)} states for an ensemble of {len(members)} members")
+        empty = torch.zeros(0, device=self.ii_S.device)
+        self.ii_S = empty
+        for m, state in zip(members, states):
+            if any(k.startswith("extra.") for k in state):
+                raise ValueError("adopt_members takes one-member states; this one is an ensemble's")
+            own = {**{k: v for k, v in state.items() if k != "ii_S"}, "ii_S": empty}
+            # strict (the other members' keys aside): a state of another architecture or other
+            # settings fails here, not at scoring
+            got = nn.Module.load_state_dict(m, own, strict=False)
+            missing = [k for k in got.missing_keys if not (m is self and k.startswith("extra."))]
+            if missing or got.unexpected_keys:
+                raise ValueError(f"a state that does not fit this model: missing {missing[:3]}, "
+                                 f"unexpected {got.unexpected_keys[:3]}")
+
     # -- user side -------------------------------------------------------------------------------
     @property
     def uses_time(self) -> bool:

@@ -1130,6 +1130,48 @@ def test_an_ensemble_member_trains_only_its_own_parameters():
         registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"members": 0}))
 
 
+def test_saved_one_member_runs_become_an_ensemble_without_training():
+    """adopt_members: two one-member runs (seeds 5 and 6, each with its own collaborative part)
+    become the members = 2 model: its sequence scores are the mean of theirs, equal to what
+    training members = 2 with seed 5 gives; their own EASE parts are dropped, and the part is
+    chosen again on the mean. States that do not fit are refused."""
+    inputs = _random_world(seed=6)
+    hist = inputs.data.history("test")
+    users = torch.arange(inputs.n_users)
+    over = {"dim": 8, "max_len": 48, "item_item": -1, "item_item_grid": [0.2], "item_item_lambdas": [5.0],
+            "item_item_scale": "global"}
+    cfg = TrainConfig(model="posterkg-seq", epochs=2, min_epochs=1, patience=5, batch_size=16, threads=1, seed=5,
+                      ema=0.5)
+    solos = [train(inputs, dataclasses.replace(cfg, seed=s), model_cfg=registry.model_config(
+        "posterkg-seq", {**over, "item_item": 0.2})).model for s in (5, 6)]
+    assert all(s.ii_S.numel() for s in solos)
+    ens = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {**over, "members": 2}))
+    ens.adopt_members([s.state_dict() for s in solos])
+    ens.eval()
+    assert ens.ii_S.numel() == 0
+    mean = (solos[0].sequence_scores(users, hist) + solos[1].sequence_scores(users, hist)) / 2
+    assert torch.allclose(ens.sequence_scores(users, hist), mean, atol=1e-6)
+    trained = train(inputs, cfg, model_cfg=registry.model_config("posterkg-seq", {**over, "item_item": 0.0,
+                                                                                  "members": 2})).model
+    assert torch.allclose(trained.sequence_scores(users, hist), mean, atol=1e-5)
+    # the collaborative part is chosen again, on the members' mean
+    from posterkg.gnn.evaluate import evaluate_model
+
+    ens._fit_item_item(inputs, lambda mm: evaluate_model(mm, inputs.data, "valid"),
+                       FitInfo([], 1, {"ndcg@20": float("-inf")}, 0.0), False)
+    assert ens.ii_S.numel() and ens.cfg.item_item == 0.2
+    with pytest.raises(ValueError, match="1 states for an ensemble of 2"):
+        ens.adopt_members([solos[0].state_dict()])
+    with pytest.raises(ValueError, match="one-member states"):
+        ens.adopt_members([ens.state_dict(), solos[1].state_dict()])
+    other = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {**over, "dim": 16}))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        ens.adopt_members([solos[0].state_dict(), other.state_dict()])
+    novis = registry.build("sasrec-all", inputs, registry.model_config("sasrec-all", {"dim": 8, "max_len": 48}))
+    with pytest.raises(ValueError, match="does not fit"):
+        ens.adopt_members([solos[0].state_dict(), novis.state_dict()])
+
+
 @pytest.mark.parametrize("scale", ["user", "global"])
 def test_an_ensembles_explanation_parts_add_up_to_its_score(scale):
     inputs = _random_world(seed=5)
