@@ -598,7 +598,8 @@ class SASRec(Recommender):
         bar = info.valid.get("ndcg@20", float("-inf")) if c.item_item < 0 else float("-inf")
         best = (bar, 0.0, 0.0, info.valid, torch.zeros(0), 0.0)
         self.eval()
-        self._seq_cache = {}
+        if self._seq_cache is None:      # (an ensemble's fit keeps the scores of its mean from just before)
+            self._seq_cache = {}
         try:
             for l2 in lambdas:
                 self.ii_S = ease_matrix(gram, l2).to(next(self.parameters()).device)
@@ -753,7 +754,10 @@ class SASRec(Recommender):
                     print(f"{member.name}: best epoch {got.best_epoch}, valid NDCG@20 {got.valid['ndcg@20']:.4f}",
                           flush=True)
             if len(self.extra):
-                valid = valid_fn(self)       # the mean of the members' scores (None: not measured)
+                # the mean of the members' scores (None: not measured); kept, since the blend
+                # search below starts by scoring the same users again
+                self._seq_cache = {}
+                valid = valid_fn(self)
                 if verbose and valid is not None:
                     print(f"{self.name}: the {len(self.extra) + 1} members' mean, valid NDCG@20 "
                           f"{valid['ndcg@20']:.4f}", flush=True)
@@ -761,7 +765,10 @@ class SASRec(Recommender):
                                            seconds_per_epoch=secs)
         finally:
             self.cfg.item_item = weight
-        return self._fit_item_item(inputs, valid_fn, info, verbose)
+        try:
+            return self._fit_item_item(inputs, valid_fn, info, verbose)
+        finally:
+            self._seq_cache = None
 
     def _fit_sequence(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool) -> FitInfo:
         """Train this member's sequence model with early stopping (no collaborative part)."""

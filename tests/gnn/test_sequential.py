@@ -1130,6 +1130,36 @@ def test_an_ensemble_member_trains_only_its_own_parameters():
         registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"members": 0}))
 
 
+def test_an_ensembles_blend_search_reuses_the_mean_it_just_scored(monkeypatch):
+    """fit scores the members' mean on valid once: the blend search that follows takes those
+    scores from the cache (per-user scale: no other scoring pass), and the cache is gone after."""
+    from posterkg.gnn import sequential
+
+    inputs = _random_world(seed=7)
+    calls, in_search = [], []
+    own, search = sequential.SASRec._own_sequence_scores, sequential.SASRec._fit_item_item
+
+    def counted(self, users, history):
+        calls.append(bool(in_search))
+        return own(self, users, history)
+
+    def searching(self, *a, **k):
+        in_search.append(True)
+        try:
+            return search(self, *a, **k)
+        finally:
+            in_search.clear()
+
+    monkeypatch.setattr(sequential.SASRec, "_own_sequence_scores", counted)
+    monkeypatch.setattr(sequential.SASRec, "_fit_item_item", searching)
+    cfg = TrainConfig(model="posterkg-seq", epochs=1, min_epochs=1, patience=5, batch_size=16, threads=1, seed=5)
+    m = train(inputs, cfg, model_cfg=registry.model_config("posterkg-seq", {
+        "dim": 8, "max_len": 48, "members": 2, "item_item": -1, "item_item_grid": [0.2, 0.3],
+        "item_item_lambdas": [5.0], "item_item_scale": "user"})).model
+    assert calls and True not in calls          # every blend candidate read the kept scores
+    assert m._seq_cache is None and m.cfg.item_item in (0.0, 0.2, 0.3)
+
+
 def test_saved_one_member_runs_become_an_ensemble_without_training():
     """adopt_members: two one-member runs (seeds 5 and 6, each with its own collaborative part)
     become the members = 2 model: its sequence scores are the mean of theirs, equal to what
