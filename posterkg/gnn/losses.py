@@ -64,17 +64,19 @@ class _CatalogueLogSoftmaxAt(torch.autograd.Function):
     matrix products into ``h`` and ``table``."""
 
     @staticmethod
-    def forward(ctx, h, table, targets, chunk: int, bf16: bool):
+    def forward(ctx, h, table, targets, chunk: int, bf16: bool, sets=None, row=None):
         P = h.shape[0]
         lse = torch.empty(P, device=h.device, dtype=torch.float32)
         picked = torch.empty(targets.shape, device=h.device, dtype=torch.float32)
         tab = table.bfloat16() if bf16 else table
         for a in range(0, P, chunk):
             z = _chunk_logits(h[a:a + chunk], tab, bf16)
+            if sets is not None:
+                exclude_logits_(z, targets[a:a + chunk], sets[row[a:a + chunk]])
             lse[a:a + chunk] = torch.logsumexp(z, 1)
             picked[a:a + chunk] = z.gather(1, targets[a:a + chunk]) - lse[a:a + chunk].unsqueeze(1)
         ctx.save_for_backward(h, table, targets, lse)
-        ctx.chunk, ctx.bf16 = chunk, bf16
+        ctx.chunk, ctx.bf16, ctx.sets, ctx.row = chunk, bf16, sets, row
         return picked
 
     @staticmethod
@@ -89,6 +91,8 @@ class _CatalogueLogSoftmaxAt(torch.autograd.Function):
         for a in range(0, h.shape[0], chunk):
             hc, gc = h[a:a + chunk], grad[a:a + chunk]
             z = _chunk_logits(hc, tab, bf16)
+            if ctx.sets is not None:        # the same logits as the forward's: excluded ones get 0
+                exclude_logits_(z, targets[a:a + chunk], ctx.sets[ctx.row[a:a + chunk]])
             gz = torch.exp_(z.sub_(lse[a:a + chunk].unsqueeze(1))).mul_(-gc.sum(1, keepdim=True))
             gz.scatter_add_(1, targets[a:a + chunk], gc)
             if bf16:
@@ -98,7 +102,7 @@ class _CatalogueLogSoftmaxAt(torch.autograd.Function):
                 gh[a:a + chunk] = (gz @ tab).to(gh.dtype)
             if need_t:
                 gt += (gz.T @ hc).to(gt.dtype)
-        return gh, gt, None, None, None
+        return gh, gt, None, None, None, None, None
 
 
 def _chunk_logits(h: torch.Tensor, table: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -106,10 +110,21 @@ def _chunk_logits(h: torch.Tensor, table: torch.Tensor, bf16: bool) -> torch.Ten
 
 
 def catalogue_log_softmax_at(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
-                             chunk: int = 256, bf16: bool = False) -> torch.Tensor:
+                             chunk: int = 256, bf16: bool = False,
+                             exclude: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``log_softmax(h @ table.T, -1).gather(1, targets)`` ([P, d], [N, d], [P, K] -> [P, K],
     float32) without materialising the [P, N] logits: ``chunk`` rows at a time, recomputed in
-    the backward. ``bf16``: the two logits products in bfloat16 (the softmax stays float32)."""
+    the backward. ``bf16``: the two logits products in bfloat16 (the softmax stays float32).
+    ``exclude = (sets, row)``: [S, N] bool and [P] int64, the movies of ``sets[row[p]]`` are left
+    out of position p's softmax (their logits -inf), except p's own targets."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, not {chunk}")
-    return _CatalogueLogSoftmaxAt.apply(h, table, targets, int(chunk), bool(bf16))
+    sets, row = exclude if exclude is not None else (None, None)
+    return _CatalogueLogSoftmaxAt.apply(h, table, targets, int(chunk), bool(bf16), sets, row)
+
+
+def exclude_logits_(z: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """``z`` [P, N] with the ``excluded`` [P, N] entries set to -inf in place, the ``targets``
+    [P, K] entries kept as they were."""
+    keep = z.gather(1, targets)
+    return z.masked_fill_(excluded, float("-inf")).scatter_(1, targets, keep)

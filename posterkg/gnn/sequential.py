@@ -48,9 +48,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from posterkg.errors import InputError
+from posterkg.errors import ConfigError, InputError
 from posterkg.gnn.base import FitInfo, Graph, ModelInputs, Recommender
-from posterkg.gnn.losses import catalogue_log_softmax_at
+from posterkg.gnn.losses import catalogue_log_softmax_at, exclude_logits_
 from posterkg.gnn.neighbours import check_memory, ease_matrix, gram_matrix
 from posterkg.gnn.sparse import row_norm, spmm
 from posterkg.ratings import signs
@@ -258,6 +258,10 @@ class SASRec(Recommender):
         softmax_chunk: int = -1       # full softmax `chunk` positions at a time, logits recomputed in
         #                               the backward (same loss and gradients; its loss term 2.2x faster on a CPU);
         #                               0 = one [P, n_movies] log-softmax; -1 = 256 on CPU, 0 elsewhere
+        # mask_seen: each target's softmax leaves out the other movies of its training window
+        # (what the user rated around it), as scoring leaves out the movies a user has seen and
+        # as SASRec's sampled negatives exclude the user's movies; full softmax only
+        mask_seen: bool = False
         # the collaborative part: scores = z(sequence scores) + item_item * z(EASE scores of the
         # user's whole history), z = standardised over the catalogue per user. 0 = off; -1 = the
         # weight (from item_item_grid) and EASE's lambda (from item_item_lambdas) chosen together
@@ -697,6 +701,14 @@ class SASRec(Recommender):
         if chunk < 0:
             chunk = 256 if hh.device.type == "cpu" else 0
         low = self.cfg.bf16_logits and self.training
+        exclude = None
+        if self.cfg.mask_seen:
+            if n_neg > 0:
+                raise ConfigError("mask_seen needs the full softmax (negatives = 0)")
+            # [B, n_movies]: the movies of each window (padding 0 dropped); per position its window
+            sets = torch.zeros(win.shape[0], table.shape[0] + 1, dtype=torch.bool, device=hh.device)
+            sets = sets.scatter_(1, win.to(hh.device), True)[:, 1:]
+            exclude = (sets, torch.arange(win.shape[0], device=hh.device).unsqueeze(1).expand_as(rows)[rows])
         if n_neg > 0:
             # sampled softmax: each target against the same N uniform negatives (uniform
             # sampling needs no log-q correction); a negative that is the target is masked out
@@ -706,11 +718,12 @@ class SASRec(Recommender):
             negl = negl.unsqueeze(1).masked_fill(neg.view(1, 1, -1) == t.unsqueeze(-1), float("-inf"))
             picked = pos - torch.logsumexp(torch.cat([pos.unsqueeze(-1), negl], -1), -1)
         elif chunk > 0:
-            picked = catalogue_log_softmax_at(hh, table, t, chunk, bf16=low)
-        elif low:
-            picked = torch.log_softmax(hh.bfloat16() @ table.bfloat16().T, dim=-1).gather(1, t).float()
+            picked = catalogue_log_softmax_at(hh, table, t, chunk, bf16=low, exclude=exclude)
         else:
-            picked = torch.log_softmax(hh @ table.T, dim=-1).gather(1, t)     # [P, n_movies] -> [P, K]
+            z = (hh.bfloat16() @ table.bfloat16().T) if low else hh @ table.T       # [P, n_movies]
+            if exclude is not None:
+                z = exclude_logits_(z, t, exclude[0][exclude[1]])
+            picked = torch.log_softmax(z, dim=-1).gather(1, t).float()       # -> [P, K]
         pos = o.clamp(min=0)
         eps = float(self.cfg.label_smoothing)
         if eps > 0:
@@ -826,6 +839,7 @@ class PosterKGSeq(SASRec):
         negatives: int = 0
         bf16_logits: bool = False
         softmax_chunk: int = -1
+        mask_seen: bool = False        # see SASRec.Config
         item_item: float = 0.0         # the collaborative part (see SASRec.Config)
         item_item_l2: float = 0.0
         item_item_grid: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_GRID))

@@ -14,6 +14,7 @@ import torch
 from gnn_synth import protocol_data
 from posterkg.gnn import registry
 from posterkg.gnn.base import FitInfo, Graph, IdVocab, ModelInputs
+from posterkg.errors import ConfigError
 from posterkg.gnn.train import TrainConfig, train
 
 
@@ -456,6 +457,83 @@ def test_chunked_catalogue_softmax_equals_the_one_shot_log_softmax():
     assert not torch.equal(low[0], ref[0].float().double())   # bfloat16 products ran
     for a, b in zip(low, ref):
         torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
+
+
+def test_excluded_catalogue_softmax_is_the_softmax_over_the_rest():
+    """exclude = (sets, row): position p's softmax runs over the movies outside sets[row[p]],
+    its own targets always in; the same values and gradients, by chunks, as a log-softmax over
+    the kept movies computed row by row; excluded movies get no gradient."""
+    from posterkg.gnn.losses import catalogue_log_softmax_at
+
+    g = torch.Generator().manual_seed(4)
+    h0 = torch.randn(23, 6, generator=g, dtype=torch.float64)
+    t0 = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 9, (23, 1), generator=g)
+    sets = torch.rand(4, 9, generator=g) < 0.4
+    row = torch.randint(0, 4, (23,), generator=g)
+    sets[row[0], targets[0, 0]] = True                     # a target inside its own set stays in
+
+    def grads(fn):
+        h, t = h0.clone().requires_grad_(), t0.clone().requires_grad_()
+        out = fn(h, t)
+        out.sum().backward()
+        return out.detach(), h.grad, t.grad
+
+    def by_hand(h, t):
+        out = []
+        for p in range(len(h)):
+            keep = ~sets[row[p]]
+            keep[targets[p, 0]] = True
+            cols = torch.nonzero(keep).flatten()
+            z = h[p] @ t[cols].T
+            out.append(z[(cols == targets[p, 0]).nonzero()[0, 0]] - torch.logsumexp(z, 0))
+        return torch.stack(out).unsqueeze(1)
+
+    ref = grads(by_hand)
+    for chunk in (1, 5, 64):
+        got = grads(lambda h, t: catalogue_log_softmax_at(h.float(), t.float(), targets, chunk,
+                                                          exclude=(sets, row)).double())
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    plain = catalogue_log_softmax_at(h0.float(), t0.float(), targets, 5)
+    assert (plain < got[0].float() - 1e-4).any()           # leaving movies out raises log-probabilities
+    # a movie excluded for every position and never a target gets no gradient
+    sets[:, 8] = True
+    targets[targets == 8] = 0
+    _, _, gt = grads(lambda h, t: catalogue_log_softmax_at(h.float(), t.float(), targets, 5,
+                                                           exclude=(sets, row)).double())
+    assert torch.all(gt[8] == 0) and gt[:8].abs().sum() > 0
+
+
+def test_mask_seen_leaves_the_windows_movies_out_of_the_models_softmax():
+    """mask_seen: the model's loss is the softmax over each window's unseen movies (and the
+    target), chunked or in one piece alike; without it the loss is the plain one."""
+    from posterkg.gnn.losses import catalogue_log_softmax_at
+
+    ratings, n = _cycle_world(n_users=10, n_movies=12)
+    inputs = _inputs(ratings, n)
+    for kind in ("sasrec-all", "posterkg-seq"):
+        m = registry.build(kind, inputs, registry.model_config(
+            kind, {"dim": 16, "max_len": 8, "dropout": 0.0, "softmax_chunk": 0, "mask_seen": True, "time_bias": False}))
+        win, wsg = m._train_windows(inputs.data.history("valid"))
+        masked = m.train_loss(win, wsg)
+        m.cfg.softmax_chunk = 7
+        torch.testing.assert_close(m.train_loss(win, wsg), masked, rtol=1e-5, atol=1e-6)
+        m.cfg.mask_seen = False
+        plain = m.train_loss(win, wsg)
+        assert masked < plain - 1e-3
+        # by hand: the windows' movies are each position's excluded set
+        table = m.movie_table(m.graph)
+        h = m.user_states(win[:, :-1], wsg[:, :-1], table)
+        tgt, ok = m._targets(win, wsg)
+        rows = (ok != 0).any(-1)
+        sets = torch.zeros(len(win), n + 1, dtype=torch.bool).scatter_(1, win, True)[:, 1:]
+        bidx = torch.arange(len(win)).unsqueeze(1).expand_as(rows)[rows]
+        lp = catalogue_log_softmax_at(h[rows], table, tgt[rows].clamp(min=0), 5, exclude=(sets, bidx))
+        torch.testing.assert_close(masked, -(lp * ok[rows]).sum() / ok[rows].sum(), rtol=1e-5, atol=1e-6)
+    m.cfg.mask_seen, m.cfg.negatives = True, 4
+    with pytest.raises(ConfigError, match="full softmax"):
+        m.train_loss(win, wsg)
 
 
 def test_models_chunked_softmax_gives_the_same_loss_and_gradients():
