@@ -516,9 +516,16 @@ def test_mask_seen_leaves_the_windows_movies_out_of_the_models_softmax():
         m = registry.build(kind, inputs, registry.model_config(
             kind, {"dim": 16, "max_len": 8, "dropout": 0.0, "softmax_chunk": 0, "mask_seen": True, "time_bias": False}))
         win, wsg = m._train_windows(inputs.data.history("valid"))
+        params = [p for p in m.parameters() if p.requires_grad]
         masked = m.train_loss(win, wsg)
+        g_one = torch.autograd.grad(masked, params, allow_unused=True)
         m.cfg.softmax_chunk = 7
-        torch.testing.assert_close(m.train_loss(win, wsg), masked, rtol=1e-5, atol=1e-6)
+        chunked = m.train_loss(win, wsg)
+        torch.testing.assert_close(chunked, masked, rtol=1e-5, atol=1e-6)
+        for a, b in zip(torch.autograd.grad(chunked, params, allow_unused=True), g_one):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
         m.cfg.mask_seen = False
         plain = m.train_loss(win, wsg)
         assert masked < plain - 1e-3
