@@ -123,8 +123,12 @@ def catalogue_log_softmax_at(h: torch.Tensor, table: torch.Tensor, targets: torc
     return _CatalogueLogSoftmaxAt.apply(h, table, targets, int(chunk), bool(bf16), sets, row)
 
 
-def exclude_logits_(z: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
-    """``z`` [P, N] with the ``excluded`` [P, N] entries set to -inf in place, the ``targets``
-    [P, K] entries kept as they were."""
+def exclude_logits_(z: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor,
+                    inplace: bool = True) -> torch.Tensor:
+    """``z`` [P, N] with the ``excluded`` [P, N] entries set to -inf, the ``targets`` [P, K]
+    entries kept as they were; in place, or (``inplace=False``, for a ``z`` autograd still
+    needs) on a copy."""
     keep = z.gather(1, targets)
+    if not inplace:
+        return z.masked_fill(excluded, float("-inf")).scatter(1, targets, keep)
     return z.masked_fill_(excluded, float("-inf")).scatter_(1, targets, keep)

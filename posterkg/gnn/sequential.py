@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from posterkg.errors import ConfigError, InputError
 from posterkg.gnn.base import FitInfo, Graph, ModelInputs, Recommender
-from posterkg.gnn.losses import catalogue_log_softmax_at
+from posterkg.gnn.losses import catalogue_log_softmax_at, exclude_logits_
 from posterkg.gnn.neighbours import check_memory, ease_matrix, gram_matrix
 from posterkg.gnn.sparse import row_norm, spmm
 from posterkg.ratings import signs
@@ -722,7 +722,7 @@ class SASRec(Recommender):
         else:
             z = (hh.bfloat16() @ table.bfloat16().T) if low else hh @ table.T       # [P, n_movies]
             if exclude is not None:      # out of place: autograd keeps z's graph
-                z = z.masked_fill(exclude[0][exclude[1]], float("-inf")).scatter(1, t, z.gather(1, t))
+                z = exclude_logits_(z, t, exclude[0][exclude[1]], inplace=False)
             picked = torch.log_softmax(z, dim=-1).gather(1, t).float()       # -> [P, K]
         pos = o.clamp(min=0)
         eps = float(self.cfg.label_smoothing)
