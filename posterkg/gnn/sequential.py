@@ -262,6 +262,16 @@ class SASRec(Recommender):
         # (what the user rated around it), as scoring leaves out the movies a user has seen and
         # as SASRec's sampled negatives exclude the user's movies; full softmax only
         mask_seen: bool = False
+        # ii_prior > 0: EASE's scores of everything the user rated before a position are added to
+        # that position's logits during training (times a learned scalar, initialised to this),
+        # and to the scores the same way, so the sequence model learns what EASE misses instead of
+        # what it already says (a residual over a fixed prior; the collaborative part below is
+        # then chosen on valid on top of it). Leak-free in training: a user's positions get the
+        # EASE matrix solved on the other half of the users (lambda / 2: half the Gram matrix);
+        # scoring uses the one solved on every user's ratings. Needs inputs "all" and the full
+        # softmax; 0 = off
+        ii_prior: float = 0.0
+        ii_prior_l2: float = 4000.0
         # the collaborative part: scores = z(sequence scores) + item_item * z(EASE scores of the
         # user's whole history), z = standardised over the catalogue per user. 0 = off; -1 = the
         # weight (from item_item_grid) and EASE's lambda (from item_item_lambdas) chosen together
@@ -309,6 +319,18 @@ class SASRec(Recommender):
             raise ValueError(f"item_item_scale must be 'user' or 'global', not {c.item_item_scale!r}")
         # EASE's item-item matrix of the collaborative part (sized by fit; empty = no such part)
         self.register_buffer("ii_S", torch.zeros(0))
+        if float(c.ii_prior) < 0 or float(c.ii_prior_l2) <= 0:
+            raise ValueError(f"ii_prior must be >= 0 and ii_prior_l2 > 0, not {c.ii_prior} / {c.ii_prior_l2}")
+        self.prior_w = None
+        if c.ii_prior:
+            if c.inputs != "all":
+                raise ValueError("ii_prior needs inputs = 'all' (the prior reads every rated movie)")
+            if c.negatives or c.label_smoothing:
+                raise ValueError("ii_prior needs the full softmax without label smoothing")
+            # the prior's weight (learned) and EASE's matrix on every user's ratings (sized by fit)
+            self.prior_w = nn.Parameter(torch.tensor(float(c.ii_prior)))
+            self.register_buffer("prior_S", torch.zeros(0))
+        self._prior_train: tuple | None = None   # fit: per-fold matrices and windows' bases
         self._seq_cache: dict | None = None      # sequence scores kept while fit searches the blend
         self._ii_cache: dict | None = None       # and z(EASE scores) of the lambda being tried
         for key in ("neutral_target", "disliked_target"):
@@ -486,7 +508,19 @@ class SASRec(Recommender):
 
     def _user_scores(self, users: np.ndarray, history, table: torch.Tensor) -> torch.Tensor:
         tok, sgn, ts = self._batch(history, users, table.device)
-        return self.user_states(tok, sgn, table, last_only=True, ts=ts)[:, -1] @ table.T
+        out = self.user_states(tok, sgn, table, last_only=True, ts=ts)[:, -1] @ table.T
+        if self.prior_w is not None:
+            out = out + self.prior_scores(users, history)
+        return out
+
+    def prior_scores(self, users: np.ndarray, history) -> torch.Tensor:
+        """``ii_prior``: the prior's part of this member's scores, ``prior_w * x_u @ S`` (x_u =
+        every movie the user rated in ``history``); zeros before fit has solved S."""
+        w = self.prior_w
+        if w is None or self.prior_S.numel() == 0:
+            return torch.zeros(len(users), self.n_movies, device=self.item.weight.device)
+        x = history.csr()[np.asarray(users, dtype=np.int64)]
+        return w * (torch.from_numpy(x.toarray().astype(np.float32)).to(self.prior_S.device) @ self.prior_S)
 
     def score_graph(self, users: torch.Tensor, history, graph: Graph | None = None) -> torch.Tensor:
         graph = graph if graph is not None else self.graph
@@ -574,6 +608,8 @@ class SASRec(Recommender):
         state = dict(state)
         # the item-item matrix is sized by fit (models saved before the part existed have none)
         self.ii_S = torch.empty_like(state.setdefault("ii_S", torch.zeros(0)))
+        if self.prior_w is not None and "prior_S" in state:
+            self.prior_S = torch.empty_like(state["prior_S"])
         return super().load_state_dict(state, *args, **kwargs)
 
     def _fit_item_item(self, inputs: ModelInputs, valid_fn, info: FitInfo, verbose: bool) -> FitInfo:
@@ -682,7 +718,21 @@ class SASRec(Recommender):
         ok = pad_w.unfold(1, K, 1)[:, :L] * (tok > 0).unsqueeze(-1).float()
         return tgt, ok
 
-    def train_loss(self, win, wsg, norm: float | None = None, wts=None) -> torch.Tensor:
+    def _prior_logits(self, tok: torch.Tensor, rows: torch.Tensor, prior) -> torch.Tensor:
+        """``ii_prior`` in training: [P, n_movies] EASE scores of everything rated up to each
+        target position (``rows`` of the [B, L] input tokens ``tok``, in ``h[rows]``'s order):
+        the window's base (the user's ratings before the window) plus the running sum of the
+        rows of the fold's matrix for the window's tokens. ``prior = (base [B, N], mats)``, mats
+        [B] of the [N + 1, N] matrices (row 0: padding) each window reads."""
+        base, mats = prior
+        out = []
+        for b in range(tok.shape[0]):
+            r = rows[b]
+            if bool(r.any()):
+                out.append(mats[b][tok[b]].cumsum(0)[r] + base[b])
+        return torch.cat(out) if out else base.new_zeros(0, base.shape[1])
+
+    def train_loss(self, win, wsg, norm: float | None = None, wts=None, prior=None) -> torch.Tensor:
         """Cross-entropy over the catalogue: the state at position t predicts each liked movie
         among the next ``horizon`` positions (horizon 1 = classic next-item SASRec). Averaged
         over the batch's targets, or summed and divided by ``norm`` (the epoch's mean number of
@@ -701,6 +751,11 @@ class SASRec(Recommender):
         if chunk < 0:
             chunk = 256 if hh.device.type == "cpu" else 0
         low = self.cfg.bf16_logits and self.training
+        bias = None
+        if self.prior_w is not None:
+            if prior is None:
+                raise ValueError("ii_prior: train_loss needs the windows' prior (fit passes it)")
+            bias = self._prior_logits(tok, rows, prior)
         exclude = None
         if self.cfg.mask_seen:
             if n_neg > 0:
@@ -718,9 +773,12 @@ class SASRec(Recommender):
             negl = negl.unsqueeze(1).masked_fill(neg.view(1, 1, -1) == t.unsqueeze(-1), float("-inf"))
             picked = pos - torch.logsumexp(torch.cat([pos.unsqueeze(-1), negl], -1), -1)
         elif chunk > 0:
-            picked = catalogue_log_softmax_at(hh, table, t, chunk, bf16=low, exclude=exclude)
+            picked = catalogue_log_softmax_at(hh, table, t, chunk, bf16=low, exclude=exclude,
+                                              bias=bias, scale=None if bias is None else self.prior_w)
         else:
             z = (hh.bfloat16() @ table.bfloat16().T) if low else hh @ table.T       # [P, n_movies]
+            if bias is not None:
+                z = z + self.prior_w * bias
             if exclude is not None:      # out of place: autograd keeps z's graph
                 z = exclude_logits_(z, t, exclude[0][exclude[1]], inplace=False)
             picked = torch.log_softmax(z, dim=-1).gather(1, t).float()       # -> [P, K]
@@ -783,6 +841,56 @@ class SASRec(Recommender):
         finally:
             self._seq_cache = None
 
+    def _prepare_prior(self, history, n_windows: int):
+        """``ii_prior``: solve EASE (lambda ``ii_prior_l2``) on every user's rows of ``history``
+        into ``prior_S`` (scoring), and on each half of the users (even / odd index, lambda / 2)
+        for training, where a user's windows read the other half's matrix, so no position's prior
+        has seen the user's own ratings. Returns, per training window (``_train_windows``' order),
+        the prior of the user's ratings before the window [n_windows, N], the fold of its
+        matrix, and the two [N + 1, N] matrices (row 0 for padding)."""
+        import scipy.sparse as sp
+
+        c, n = self.cfg, self.n_movies
+        if n > c.item_item_max_movies:
+            raise InputError(f"ii_prior: {n:,} movies > item_item_max_movies = {c.item_item_max_movies:,}")
+        check_memory("ease", n)
+        device = self.prior_w.device
+        x = history.csr().astype(np.float64)
+        lam = float(c.ii_prior_l2)
+        self.prior_S = ease_matrix(torch.from_numpy((x.T @ x).toarray()), lam).to(device)
+        half = np.arange(history.n_users) % 2
+        mats = []
+        for f in (0, 1):           # the matrix of fold f's users, read by the other fold's windows
+            xf = x[np.flatnonzero(half == f)]
+            s = ease_matrix(torch.from_numpy((xf.T @ xf).toarray()), lam / 2.0)
+            mats.append(torch.cat([torch.zeros(1, n), s]).to(device))
+        # each window's user and first position, in _train_windows' order
+        users, starts = [], []
+        for u in range(history.n_users):
+            for start, _ in window_spans(int(history.indptr[u + 1] - history.indptr[u]), c.max_len):
+                users.append(u)
+                starts.append(start)
+        users, starts = np.asarray(users, np.int64), np.asarray(starts, np.int64)
+        if len(users) != n_windows:
+            raise RuntimeError(f"ii_prior: {len(users)} window origins for {n_windows} windows")
+        fold = torch.from_numpy(1 - half[users])
+        base = torch.zeros(len(users), n)
+        later = np.flatnonzero(starts > 0)
+        if len(later):
+            ptr = np.concatenate([[0], np.cumsum(starts[later])])
+            cols = np.concatenate([history.movies[history.indptr[u]:history.indptr[u] + st]
+                                   for u, st in zip(users[later], starts[later])])
+            before = sp.csr_matrix((np.ones(len(cols), np.float32), cols, ptr), shape=(len(later), n))
+            before.sum_duplicates()
+            before.data[:] = 1.0
+            for f in (0, 1):
+                rows = later[fold[later].numpy() == f]
+                if len(rows):
+                    sel = np.searchsorted(later, rows)
+                    base[torch.from_numpy(rows)] = torch.from_numpy(
+                        before[sel] @ mats[f][1:].cpu().numpy()).float()
+        return base, fold, mats
+
     def _fit_sequence(self, inputs: ModelInputs, train_cfg, valid_fn, verbose: bool) -> FitInfo:
         """Train this member's sequence model with early stopping (no collaborative part)."""
         from posterkg.gnn.train import fit_epochs
@@ -790,6 +898,7 @@ class SASRec(Recommender):
         device = next(self.parameters()).device
         win, wsg, *wts = self._train_windows(inputs.data.history("valid"), with_ts=self.uses_time)
         wts = wts[0] if wts else None
+        prior = self._prepare_prior(inputs.data.history("valid"), len(win)) if self.prior_w is not None else None
         gen = torch.Generator().manual_seed(train_cfg.seed)
         self._neg_gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
         opt = torch.optim.Adam(self.trained_parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -807,8 +916,12 @@ class SASRec(Recommender):
             # windows are left-padded: drop the columns that are padding in every window of the
             # batch (positions stay right-aligned, so the model sees the same inputs)
             keep = max(2, int(lengths[idx].max()))
+            pr = None
+            if prior is not None:
+                base, fold, mats = prior
+                pr = (base[idx].to(device), [mats[int(f)] for f in fold[idx]])
             return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm,
-                                   None if wts is None else wts[idx, -keep:].to(device))
+                                   None if wts is None else wts[idx, -keep:].to(device), prior=pr)
 
         return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
                           epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
@@ -840,6 +953,8 @@ class PosterKGSeq(SASRec):
         bf16_logits: bool = False
         softmax_chunk: int = -1
         mask_seen: bool = False        # see SASRec.Config
+        ii_prior: float = 0.0          # EASE as a prior in the logits (see SASRec.Config)
+        ii_prior_l2: float = 4000.0
         item_item: float = 0.0         # the collaborative part (see SASRec.Config)
         item_item_l2: float = 0.0
         item_item_grid: list = dataclasses.field(default_factory=lambda: list(ITEM_ITEM_GRID))
@@ -1002,10 +1117,16 @@ class PosterKGSeq(SASRec):
         vecs = [m._part_vectors(users, history, graph) for m in members]
         k = len(vecs)
         user_scale = self._item_item_on() and self.cfg.item_item_scale != "global"
+        # ii_prior: EASE's prior over the whole history is a part of the sequence scores
+        u_np = users.cpu().numpy()
+        prior = sum(m.prior_scores(u_np, history) for m in members) / k if self.prior_w is not None else None
         if user_scale:
             # z(mean_k h_k . v_k) = mean_k (h_k . (v_k - mean v_k)) / std: split over the parts
             # and members exactly, no per-user offset
             seq = sum(h @ t.T for _, _, h, t, _ in vecs) / k
+            if prior is not None:
+                seq = seq + prior
+                prior = (prior - prior.mean(1, keepdim=True)) / seq.std(1, keepdim=True).clamp(min=1e-6)
             std = seq.std(1, keepdim=True).clamp(min=1e-6)
             cols = [(t[movies] - t.mean(0)).T for _, _, _, t, _ in vecs]
         else:
@@ -1013,6 +1134,11 @@ class PosterKGSeq(SASRec):
         out = {"short": sum(s @ c for (s, _, _, _, _), c in zip(vecs, cols)) / k,
                "long": sum(lo @ c for (_, lo, _, _, _), c in zip(vecs, cols)) / k,
                "gate": sum(g for *_, g in vecs) / k}
+        if prior is not None:
+            # on the long-term side (EASE over the user's whole, unordered history), also alone;
+            # in the user-scaled form it is already divided by the standard deviation
+            out["prior"] = prior[:, movies]
+            out["long"] = out["long"] + (out["prior"] * std if user_scale else out["prior"])
         if user_scale:
             ii = float(self.cfg.item_item) * _standardise(self.item_item_scores(users, history))[:, movies]
             out["short"], out["long"] = out["short"] / std, out["long"] / std + ii

@@ -1333,3 +1333,187 @@ def test_an_ensemble_on_real_movielens(ml1m_db):
     assert not torch.allclose(a, b)
     assert torch.allclose(m.score(users, hist), (a + b) / 2, atol=1e-6)
     assert abs(evaluate_model(m, data, "valid")["ndcg@20"] - res.valid["ndcg@20"]) < 1e-9
+
+
+def test_catalogue_softmax_with_a_scaled_bias_is_log_softmax_of_the_biased_logits():
+    """bias/scale: log_softmax(h @ table.T + scale * bias) at the targets, chunked, with and without
+    excluded movies; gradients for h, table and the scale as autograd's on the one-shot form."""
+    from posterkg.gnn.losses import catalogue_log_softmax_at, exclude_logits_
+
+    g = torch.Generator().manual_seed(9)
+    h0 = torch.randn(17, 5, generator=g)
+    t0 = torch.randn(11, 5, generator=g)
+    bias = torch.randn(17, 11, generator=g)
+    targets = torch.randint(0, 11, (17, 2), generator=g)
+    sets = torch.rand(3, 11, generator=g) < 0.3
+    row = torch.randint(0, 3, (17,), generator=g)
+    for exclude in (None, (sets, row)):
+        def run(fn):
+            h, t = h0.clone().requires_grad_(), t0.clone().requires_grad_()
+            s = torch.tensor(0.7, requires_grad=True)
+            out = fn(h, t, s)
+            (out * torch.arange(1.0, 3.0)).sum().backward()
+            return out.detach(), h.grad, t.grad, s.grad
+
+        def one_shot(h, t, s):
+            z = h @ t.T + s * bias
+            if exclude is not None:
+                z = exclude_logits_(z, targets, sets[row], inplace=False)
+            return torch.log_softmax(z, -1).gather(1, targets)
+
+        ref = run(one_shot)
+        for chunk in (1, 4, 64):
+            got = run(lambda h, t, s: catalogue_log_softmax_at(h, t, targets, chunk, exclude=exclude,
+                                                               bias=bias, scale=s))
+            for a, b in zip(got, ref):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert ref[3].abs() > 0
+    with pytest.raises(ValueError, match="together"):
+        catalogue_log_softmax_at(h0, t0, targets, 4, bias=bias)
+
+
+def _prior_world():
+    """Users of 6 to 25 ratings over 12 movies, so max_len 6 gives users several windows."""
+    return _random_world(seed=3, n_users=14, n_movies=12, max_n=13)
+
+
+def test_ii_prior_reads_the_other_halfs_ease_over_everything_rated_before_each_target():
+    """ii_prior in training: at each target position, the prior is EASE (lambda / 2, solved on the
+    other half of the users: leak-free) of every movie the user rated before the target, across
+    window boundaries; scoring uses EASE on every user at lambda. By hand from the ratings."""
+    inputs = _prior_world()
+    hist = inputs.data.history("valid")
+    kind = "posterkg-seq"
+    m = registry.build(kind, inputs, registry.model_config(kind, {
+        "dim": 8, "max_len": 6, "dropout": 0.0, "time_bias": False, "ii_prior": 1.5, "ii_prior_l2": 4.0}))
+    win, wsg = m._train_windows(hist)
+    base, fold, mats = m._prepare_prior(hist, len(win))
+    n = inputs.n_movies
+    x = np.zeros((inputs.n_users, n))
+    x[hist.users, hist.movies] = 1.0
+
+    def ease(rows, l2):
+        p = np.linalg.inv(x[rows].T @ x[rows] + l2 * np.eye(n))
+        b = np.eye(n) - p / np.diag(p)[None, :]
+        np.fill_diagonal(b, 0.0)
+        return b
+    users = np.arange(inputs.n_users)
+    half = [ease(users[users % 2 == f], 2.0) for f in (0, 1)]
+    np.testing.assert_allclose(m.prior_S.numpy(), ease(users, 4.0), atol=1e-4)
+    # every target position of every window, by hand: (window, position) -> the user's ratings so far
+    tok = win[:, :-1]
+    tgt, ok = m._targets(win, wsg)
+    rows = (ok != 0).any(-1)
+    got = m._prior_logits(tok, rows, (base, [mats[int(f)] for f in fold]))
+    want, w = [], 0
+    for u in range(inputs.n_users):
+        movies = hist.movies[hist.indptr[u]:hist.indptr[u + 1]]
+        from posterkg.gnn.sequential import window_spans
+        for start, end in window_spans(len(movies), 6):
+            assert int(fold[w]) == 1 - u % 2
+            L = tok.shape[1]
+            for p in range(L):
+                if not rows[w, p]:
+                    continue
+                i = start + (p - (L - (end - start - 1)))    # history index of the input token at p
+                assert int(tok[w, p]) == movies[i] + 1
+                seen = np.zeros(n)
+                seen[movies[:i + 1]] = 1.0
+                want.append(seen @ half[u % 2 == 0])      # the other half's matrix
+            w += 1
+    assert w == len(win) and int((base.abs().sum(1) > 0).sum()) > 0     # some windows start later
+    np.testing.assert_allclose(got.numpy(), np.stack(want), atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_ii_prior_training_loss_and_scores_add_the_learned_weight_times_ease(chunk):
+    """The loss is the softmax over h . table + w * prior (w learned: it gets a gradient); after
+    fit, scores are the sequence model's + w * x_u @ S (S on every user), saved and loaded with the
+    model; explanation parts still add up; off, the model has no prior state."""
+    inputs = _prior_world()
+    hist, test_hist = inputs.data.history("valid"), inputs.data.history("test")
+    kind = "posterkg-seq"
+    cfg = registry.model_config(kind, {"dim": 8, "max_len": 6, "dropout": 0.0, "time_bias": False,
+                                       "softmax_chunk": chunk, "ii_prior": 1.5, "ii_prior_l2": 4.0})
+    m = registry.build(kind, inputs, cfg)
+    _away_from_zero(m)
+    win, wsg = m._train_windows(hist)
+    base, fold, mats = m._prepare_prior(hist, len(win))
+    pr = (base, [mats[int(f)] for f in fold])
+    loss = m.train_loss(win, wsg, prior=pr)
+    table = m.movie_table(m.graph)
+    h = m.user_states(win[:, :-1], wsg[:, :-1], table)
+    tgt, ok = m._targets(win, wsg)
+    rows = (ok != 0).any(-1)
+    z = h[rows] @ table.T + 1.5 * m._prior_logits(win[:, :-1], rows, pr)
+    lp = torch.log_softmax(z, -1).gather(1, tgt[rows].clamp(min=0))
+    torch.testing.assert_close(loss, -(lp * ok[rows]).sum() / ok[rows].sum(), rtol=1e-5, atol=1e-6)
+    (gw,) = torch.autograd.grad(loss, [m.prior_w])
+    assert gw.abs() > 0
+    with pytest.raises(ValueError, match="prior"):
+        m.train_loss(win, wsg)
+    # scores: the sequence part + w * x_u @ S
+    m.eval()
+    users = torch.arange(inputs.n_users)
+    x = np.zeros((inputs.n_users, inputs.n_movies), np.float32)
+    x[test_hist.users, test_hist.movies] = 1.0
+    prior = 1.5 * torch.from_numpy(x) @ m.prior_S
+    off = registry.build(kind, inputs, dataclasses.replace(cfg, ii_prior=0.0))
+    off.load_state_dict({k: v for k, v in m.state_dict().items() if k not in ("prior_w", "prior_S")})
+    off.eval()
+    assert "prior_S" not in off.state_dict() and prior.abs().sum() > 0
+    torch.testing.assert_close(m.score(users, test_hist), off.score(users, test_hist) + prior, rtol=1e-4, atol=1e-5)
+    again = registry.build(kind, inputs, cfg)
+    again.load_state_dict(m.state_dict())
+    again.eval()
+    torch.testing.assert_close(again.score(users, test_hist), m.score(users, test_hist))
+    parts = m.explain_parts(users[:5], test_hist, torch.arange(inputs.n_movies))
+    torch.testing.assert_close(parts["short"] + parts["long"], m.score(users[:5], test_hist), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(parts["prior"], prior[:5], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="inputs = 'all'"):
+        registry.build("sasrec", inputs, registry.model_config("sasrec", {"ii_prior": 1.0}))
+
+
+def test_ii_prior_trains_end_to_end_and_keeps_its_part_under_the_continue_rule():
+    """fit with the prior: the weight moves from its start, S is solved on train (and again on
+    train + valid by the continue rule, which the test history then reads)."""
+    from posterkg.gnn.train import continue_training
+
+    inputs = _prior_world()
+    kind = "sasrec-all"
+    cfg = registry.model_config(kind, {"dim": 8, "max_len": 6, "ii_prior": 1.0, "ii_prior_l2": 4.0})
+    res = train(inputs, TrainConfig(model=kind, epochs=2, batch_size=4, eval_from=1, min_epochs=1, seed=0),
+                model_cfg=cfg)
+    m = res.model
+    assert m.prior_S.shape == (inputs.n_movies, inputs.n_movies) and float(m.prior_w) != 1.0
+    more = continue_training(inputs, res, 1)
+    x = np.zeros((inputs.n_users, inputs.n_movies))
+    h = inputs.data.history("test")
+    x[h.users, h.movies] = 1.0
+    p = np.linalg.inv(x.T @ x + 4.0 * np.eye(inputs.n_movies))
+    b = np.eye(inputs.n_movies) - p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(more.model.prior_S.numpy(), b, atol=1e-4)
+
+
+def test_excluded_one_shot_softmax_counts_a_repeated_target_once():
+    """exclude_logits_ out of place (the one-shot path) with a target twice in a row (padding's 0
+    beside a real 0): the same gradients as the chunked softmax, which has its own backward."""
+    from posterkg.gnn.losses import catalogue_log_softmax_at, exclude_logits_
+
+    g = torch.Generator().manual_seed(2)
+    h0, t0 = torch.randn(6, 4, generator=g), torch.randn(9, 4, generator=g)
+    targets = torch.tensor([[0, 0], [3, 0], [5, 5], [1, 2], [0, 4], [7, 7]])
+    sets = torch.rand(2, 9, generator=g) < 0.5
+    row = torch.tensor([0, 1, 0, 1, 0, 1])
+    grads = []
+    for one_shot in (True, False):
+        h = h0.clone().requires_grad_()
+        if one_shot:
+            z = exclude_logits_(h @ t0.T, targets, sets[row], inplace=False)
+            out = torch.log_softmax(z, -1).gather(1, targets)
+        else:
+            out = catalogue_log_softmax_at(h, t0, targets, 4, exclude=(sets, row))
+        (out * torch.tensor([1.0, 0.0])).sum().backward()     # the second target weighs 0 (padding)
+        grads.append(h.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
