@@ -343,6 +343,9 @@ class SASRec(Recommender):
             raise ValueError(f"label_smoothing must be in [0, 1), not {c.label_smoothing}")
         if c.label_smoothing and c.negatives:
             raise ValueError("label_smoothing needs the full softmax (negatives = 0)")
+        if c.label_smoothing and c.mask_seen:
+            # its catalogue mean would count the masked movies
+            raise ValueError("label_smoothing does not go with mask_seen (set one of them off)")
         for key in ("neutral_unlikely", "disliked_unlikely"):
             w = float(getattr(c, key))
             if w < 0.0:

@@ -116,8 +116,10 @@ def _signed_user():
 
 
 def _small_seq(kind, inputs, **over):
+    # the plain catalogue softmax (the registry's posterkg-seq masks the window's movies, which
+    # these hand-computed losses do not; mask_seen has its own tests)
     return registry.build(kind, inputs, registry.model_config(kind, {
-        "dim": 8, "max_len": 5, "dropout": 0.0, "softmax_chunk": 0, "time_bias": False, **over}))
+        "dim": 8, "max_len": 5, "dropout": 0.0, "softmax_chunk": 0, "time_bias": False, "mask_seen": False, **over}))
 
 
 def test_neutral_and_disliked_targets_are_weighted_next_movies():
@@ -221,6 +223,8 @@ def test_label_smoothing_is_torchs_smoothed_cross_entropy():
         registry.build("sasrec", inputs, registry.model_config("sasrec", {"label_smoothing": 1.0}))
     with pytest.raises(ValueError, match="full softmax"):
         registry.build("sasrec", inputs, registry.model_config("sasrec", {"label_smoothing": 0.1, "negatives": 8}))
+    with pytest.raises(ValueError, match="mask_seen"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"label_smoothing": 0.1}))
 
 
 def test_long_term_part_is_a_running_mean_of_liked_minus_disliked():
@@ -381,7 +385,7 @@ def test_sampled_softmax_is_the_softmax_over_the_target_and_the_drawn_negatives(
     for kind in ("sasrec", "posterkg-seq"):
         for horizon in (1, 3):
             mc = registry.model_config(kind, {"dim": 16, "max_len": 20, "dropout": 0.0, "negatives": 5,
-                                              "horizon": horizon, "time_bias": False})
+                                              "horizon": horizon, "time_bias": False, "mask_seen": False})
             m = registry.build(kind, inputs, mc)
             m.eval()
             win, wsg = m._train_windows(inputs.data.history("valid"))
@@ -1433,7 +1437,7 @@ def test_ii_prior_training_loss_and_scores_add_the_learned_weight_times_ease(chu
     inputs = _prior_world()
     hist, test_hist = inputs.data.history("valid"), inputs.data.history("test")
     kind = "posterkg-seq"
-    cfg = registry.model_config(kind, {"dim": 8, "max_len": 6, "dropout": 0.0, "time_bias": False,
+    cfg = registry.model_config(kind, {"dim": 8, "max_len": 6, "dropout": 0.0, "time_bias": False, "mask_seen": False,
                                        "softmax_chunk": chunk, "ii_prior": 1.5, "ii_prior_l2": 4.0})
     m = registry.build(kind, inputs, cfg)
     _away_from_zero(m)
