@@ -330,7 +330,6 @@ class SASRec(Recommender):
             # the prior's weight (learned) and EASE's matrix on every user's ratings (sized by fit)
             self.prior_w = nn.Parameter(torch.tensor(float(c.ii_prior)))
             self.register_buffer("prior_S", torch.zeros(0))
-        self._prior_train: tuple | None = None   # fit: per-fold matrices and windows' bases
         self._seq_cache: dict | None = None      # sequence scores kept while fit searches the blend
         self._ii_cache: dict | None = None       # and z(EASE scores) of the lambda being tried
         for key in ("neutral_target", "disliked_target"):
