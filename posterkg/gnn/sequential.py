@@ -859,7 +859,7 @@ class SASRec(Recommender):
         device = self.prior_w.device
         x = history.csr().astype(np.float64)
         lam = float(c.ii_prior_l2)
-        self.prior_S = ease_matrix(torch.from_numpy((x.T @ x).toarray()), lam).to(device)
+        self.prior_S = ease_matrix(gram_matrix(history), lam).to(device)
         half = np.arange(history.n_users) % 2
         mats = []
         for f in (0, 1):           # the matrix of fold f's users, read by the other fold's windows
@@ -886,10 +886,9 @@ class SASRec(Recommender):
             before.sum_duplicates()
             before.data[:] = 1.0
             for f in (0, 1):
-                rows = later[fold[later].numpy() == f]
-                if len(rows):
-                    sel = np.searchsorted(later, rows)
-                    base[torch.from_numpy(rows)] = torch.from_numpy(
+                sel = fold[later].numpy() == f
+                if sel.any():
+                    base[torch.from_numpy(later[sel])] = torch.from_numpy(
                         before[sel] @ mats[f][1:].cpu().numpy()).float()
         return base, fold, mats
 
@@ -1128,8 +1127,9 @@ class PosterKGSeq(SASRec):
             seq = sum(h @ t.T for _, _, h, t, _ in vecs) / k
             if prior is not None:
                 seq = seq + prior
-                prior = (prior - prior.mean(1, keepdim=True)) / seq.std(1, keepdim=True).clamp(min=1e-6)
             std = seq.std(1, keepdim=True).clamp(min=1e-6)
+            if prior is not None:
+                prior = (prior - prior.mean(1, keepdim=True)) / std
             cols = [(t[movies] - t.mean(0)).T for _, _, _, t, _ in vecs]
         else:
             cols = [t[movies].T for _, _, _, t, _ in vecs]
