@@ -859,13 +859,12 @@ class SASRec(Recommender):
         device = self.prior_w.device
         x = history.csr().astype(np.float64)
         lam = float(c.ii_prior_l2)
-        self.prior_S = ease_matrix(gram_matrix(history), lam).to(device)
         half = np.arange(history.n_users) % 2
-        mats = []
-        for f in (0, 1):           # the matrix of fold f's users, read by the other fold's windows
-            xf = x[np.flatnonzero(half == f)]
-            s = ease_matrix(torch.from_numpy((xf.T @ xf).toarray()), lam / 2.0)
-            mats.append(torch.cat([torch.zeros(1, n), s]).to(device))
+        # each fold's Gram matrix; every user is in one fold, so the full one is their sum
+        grams = [torch.from_numpy((xf.T @ xf).toarray()) for xf in (x[np.flatnonzero(half == f)] for f in (0, 1))]
+        self.prior_S = ease_matrix(grams[0] + grams[1], lam).to(device)
+        # the matrix of fold f's users, read by the other fold's windows
+        mats = [torch.cat([torch.zeros(1, n), ease_matrix(g, lam / 2.0)]).to(device) for g in grams]
         # each window's user and first position, in _train_windows' order
         users, starts = [], []
         for u in range(history.n_users):
@@ -885,8 +884,9 @@ class SASRec(Recommender):
             before = sp.csr_matrix((np.ones(len(cols), np.float32), cols, ptr), shape=(len(later), n))
             before.sum_duplicates()
             before.data[:] = 1.0
+            later_fold = fold[later].numpy()
             for f in (0, 1):
-                sel = fold[later].numpy() == f
+                sel = later_fold == f
                 if sel.any():
                     base[torch.from_numpy(later[sel])] = torch.from_numpy(
                         before[sel] @ mats[f][1:].cpu().numpy()).float()
