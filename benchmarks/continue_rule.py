@@ -11,7 +11,8 @@ collaborative part chosen on inner valid), score the real valid part (fold-in), 
 continuation learning rate continue from that state on inner train + inner valid for ``--epochs``
 epochs (fresh Adam, the same weight averaging), scoring the real valid part after every epoch:
 the sequence alone and with the collaborative part chosen before (its EASE matrix from inner
-train). Writes the curves to ``--out``.
+train). ``--average`` also scores the mean of the fold-in model and the continued one after
+every epoch (a two-member ensemble from one training). Writes the curves to ``--out``.
 """
 from __future__ import annotations
 
@@ -37,12 +38,16 @@ def main(argv=None) -> int:
                         "control: it separates the new targets from the extra epochs")
     p.add_argument("--state", type=Path, help="cache of the first (early-stopped) model: loaded if present, "
                                               "else saved there")
+    p.add_argument("--average", action="store_true",
+                   help="also score, after every continued epoch, the mean of the fold-in model's and the continued "
+                        "model's scores (two members for the price of one training: the members rule of the seed "
+                        "ensembles, the collaborative part added once)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("POSTERKG_PROGRESS", "0")
     import torch
     from posterkg.config import Config
-    from posterkg.gnn.evaluate import evaluate_model
+    from posterkg.gnn.evaluate import evaluate, evaluate_model
     from posterkg.gnn.inputs import assemble
     from posterkg.gnn.stage import feature_spec, model_configs
     from posterkg.gnn.train import inputs_on, refit_inputs, train
@@ -80,6 +85,28 @@ def main(argv=None) -> int:
             model.cfg.item_item = keep
         return {"seq": alone, "blend": blend}
 
+    def score_mean(a, b):
+        """The fold-in model ``a`` and the continued ``b`` as one ensemble: the mean of their
+        scores (each blended with the same EASE part, so the mean is the mean of the sequence
+        scores plus that part once), and the mean of the sequence scores alone."""
+        history = data.history("test")
+        got = {}
+        for key, w_ in (("blend", w), ("seq", 0.0)):
+            for x in (a, b):
+                x.eval()
+                x.cfg.item_item = w_
+            with torch.no_grad():
+                got[key] = evaluate(lambda users: (a.score(users, history) + b.score(users, history)) / 2,
+                                    data, "test")["ndcg@20"]
+            for x in (a, b):
+                x.cfg.item_item = w
+        return got
+
+    base = None
+    if args.average:
+        from posterkg.gnn import registry
+        base = registry.build(args.model, shifted, copy.deepcopy(m.refit_config()), seed=args.seed)
+        base.load_state_dict(m.state_dict())
     out = {"model": args.model, "seed": args.seed, "protocol": "shifted one period; the real valid part plays test; "
            "test never read", "best_inner_epoch": best_epoch, "inner_valid_ndcg@20": inner_valid, "on": args.on,
            "item_item": w, "item_item_l2": l2, "foldin": score(m), "seconds_first": round(time.perf_counter() - t0, 1),
@@ -94,6 +121,8 @@ def main(argv=None) -> int:
             model.cfg.item_item, model.cfg.item_item_l2 = w, l2
             model.ii_S = base_state["ii_S"]
             curve.append(score(model))
+            if base is not None:
+                curve[-1]["mean_with_foldin"] = score_mean(base, model)
             print(f"  lr {lr} epoch {len(curve)}: {curve[-1]}", flush=True)
             tick[0] += 1
             return {"ndcg@20": float(tick[0])}           # always 'better': the last state stays
