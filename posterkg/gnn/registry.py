@@ -165,9 +165,11 @@ _ENTRIES = [
           "posterkg-seq as an ensemble of 3 seeds (3 trainings; scores averaged, then blended with EASE)",
           config={**_SEQ_FAST, **_SEQ_II, **_SEQ_TIME, **_SEQ_STARS, **_SEQ_MASK, "members": 3}, train=_SEQ_PK,
           uses_visual=True),
+    # the peer's ensemble takes the settings of the single peer (sasrec-all-ease-mask: the mask,
+    # 64 windows per step) since 2026-12-07 (later), like posterkg-seq-x3 takes posterkg-seq's
     Entry("sasrec-all-ease-x3", "posterkg.gnn.sequential:SASRec",
-          "sasrec-all-ease as an ensemble of 3 seeds (the peer of posterkg-seq-x3)",
-          config={"inputs": "all", **_SEQ_II, "members": 3}, train=_SEQ),
+          "sasrec-all-ease-mask as an ensemble of 3 seeds (the peer of posterkg-seq-x3)",
+          config={"inputs": "all", **_SEQ_II, **_SEQ_MASK, "members": 3}, train={**_SEQ, "batch_size": 64}),
     Entry("tiger", "posterkg.gnn.tiger:TIGER",
           "TIGER: encoder-decoder transformer generating the next movie's semantic ID (poster + genre "
           "RQ-VAE codes), trie-constrained beam search", config={"semantic_ids": "poster", **_TIGER_CFG}, train=_TIGER,
