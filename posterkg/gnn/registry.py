@@ -88,6 +88,9 @@ _SEQ_PK = {**_SEQ, "epochs": 25, "batch_size": 32, "eval_from": 12}
 # 0.2437: level within the seeds' spread); the sequence part alone is well ahead (seed 0: 0.2396
 # vs 0.2308). Given to the ablation too; docs/gnn.md "Masking the window's movies"
 _SEQ_MASK = {"mask_seen": True}
+# the strongest peer's budget (sasrec-all-ease-mask and its ensemble): 64 windows per step, its own
+# best on valid (docs/gnn.md "32 windows per step")
+_SEQ_PEER = {**_SEQ, "batch_size": 64}
 # TIGER (posterkg/gnn/tiger.py): the causal encoder (every target of a window from one encoder
 # pass: one full pass over the ~227k ML-1M targets in ~45 s on one thread, where the
 # bidirectional encoder took ~80-150 s for 50k), 32 windows of 21 liked movies per step (~400
@@ -138,7 +141,7 @@ _ENTRIES = [
     # windows, seed 0: 0.2403 (docs/gnn.md "32 windows per step")
     Entry("sasrec-all-ease-mask", "posterkg.gnn.sequential:SASRec",
           "sasrec-all-ease with each target's window movies left out of its softmax (as scoring leaves out seen movies)",
-          config={"inputs": "all", **_SEQ_II, **_SEQ_MASK}, train={**_SEQ, "batch_size": 64}),
+          config={"inputs": "all", **_SEQ_II, **_SEQ_MASK}, train=_SEQ_PEER),
     Entry("vbpr", "posterkg.gnn.vbpr:VBPR", "VBPR: id factors plus a learned projection of the poster feature and a visual bias", train={"lr": 0.005}, uses_visual=True),
     Entry("posterkg", "posterkg.gnn.model:PosterKG",
           "the posterkg two-stage relation-aware GNN over users, movies and visual concepts",
@@ -169,7 +172,7 @@ _ENTRIES = [
     # 64 windows per step) since 2026-12-07 (later), like posterkg-seq-x3 takes posterkg-seq's
     Entry("sasrec-all-ease-x3", "posterkg.gnn.sequential:SASRec",
           "sasrec-all-ease-mask as an ensemble of 3 seeds (the peer of posterkg-seq-x3)",
-          config={"inputs": "all", **_SEQ_II, **_SEQ_MASK, "members": 3}, train={**_SEQ, "batch_size": 64}),
+          config={"inputs": "all", **_SEQ_II, **_SEQ_MASK, "members": 3}, train=_SEQ_PEER),
     Entry("tiger", "posterkg.gnn.tiger:TIGER",
           "TIGER: encoder-decoder transformer generating the next movie's semantic ID (poster + genre "
           "RQ-VAE codes), trie-constrained beam search", config={"semantic_ids": "poster", **_TIGER_CFG}, train=_TIGER,
