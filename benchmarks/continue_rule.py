@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("POSTERKG_PROGRESS", "0")
     import torch
     from posterkg.config import Config
-    from posterkg.gnn.evaluate import evaluate, evaluate_model
+    from posterkg.gnn import registry
+    from posterkg.gnn.evaluate import evaluate
     from posterkg.gnn.inputs import assemble
     from posterkg.gnn.stage import feature_spec, model_configs
     from posterkg.gnn.train import inputs_on, refit_inputs, train
@@ -63,7 +64,6 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if args.state and args.state.is_file():
         saved = torch.load(args.state, weights_only=False)
-        from posterkg.gnn import registry
         m = registry.build(args.model, shifted, registry.stored_model_config(args.model, saved["model_config"]), seed=args.seed)
         m.load_state_dict(saved["state"])
         best_epoch, inner_valid = saved["best_epoch"], saved["inner_valid"]
@@ -75,36 +75,29 @@ def main(argv=None) -> int:
                         "inner_valid": inner_valid}, args.state)
     w, l2 = float(m.cfg.item_item), float(m.cfg.item_item_l2)
 
-    def score(model):
-        model.eval()
-        with torch.no_grad():
-            blend = evaluate_model(model, data, "test")["ndcg@20"]
-            keep = model.cfg.item_item
-            model.cfg.item_item = 0.0
-            alone = evaluate_model(model, data, "test")["ndcg@20"]
-            model.cfg.item_item = keep
-        return {"seq": alone, "blend": blend}
-
-    def score_mean(a, b):
-        """The fold-in model ``a`` and the continued ``b`` as one ensemble: the mean of their
-        scores (each blended with the same EASE part, so the mean is the mean of the sequence
-        scores plus that part once), and the mean of the sequence scores alone."""
+    def score(*models):
+        """NDCG@20 on the real valid part of ``models``' mean score (one model: its own), blended
+        and with the sequence alone. Each model's score carries the same EASE part, so the mean
+        of several is the mean of their sequence scores plus that part once (the members rule)."""
         history = data.history("test")
-        got = {}
-        for key, w_ in (("blend", w), ("seq", 0.0)):
-            for x in (a, b):
-                x.eval()
-                x.cfg.item_item = w_
+
+        def ndcg():
             with torch.no_grad():
-                got[key] = evaluate(lambda users: (a.score(users, history) + b.score(users, history)) / 2,
-                                    data, "test")["ndcg@20"]
-            for x in (a, b):
-                x.cfg.item_item = w
-        return got
+                return evaluate(lambda users: sum(x.score(users, history) for x in models) / len(models),
+                                data, "test")["ndcg@20"]
+        for x in models:
+            x.eval()
+        blend = ndcg()
+        keep = [x.cfg.item_item for x in models]
+        for x in models:
+            x.cfg.item_item = 0.0
+        alone = ndcg()
+        for x, k in zip(models, keep):
+            x.cfg.item_item = k
+        return {"seq": alone, "blend": blend}
 
     base = None
     if args.average:
-        from posterkg.gnn import registry
         base = registry.build(args.model, shifted, copy.deepcopy(m.refit_config()), seed=args.seed)
         base.load_state_dict(m.state_dict())
     out = {"model": args.model, "seed": args.seed, "protocol": "shifted one period; the real valid part plays test; "
@@ -122,7 +115,7 @@ def main(argv=None) -> int:
             model.ii_S = base_state["ii_S"]
             curve.append(score(model))
             if base is not None:
-                curve[-1]["mean_with_foldin"] = score_mean(base, model)
+                curve[-1]["mean_with_foldin"] = score(base, model)
             print(f"  lr {lr} epoch {len(curve)}: {curve[-1]}", flush=True)
             tick[0] += 1
             return {"ndcg@20": float(tick[0])}           # always 'better': the last state stays
