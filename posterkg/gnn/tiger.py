@@ -194,6 +194,14 @@ class TIGER(Recommender):
         weight_decay: float = 0.0
         label_smoothing: float = 0.0   # each code's cross-entropy smoothed towards the uniform
         #                                (torch's cross_entropy(label_smoothing=)); 0 = off
+        # code_softmax: what each ID position's softmax runs over, in training and in decoding.
+        # "full" (the paper's): every code of the position; "trie": the codes that extend the
+        # (teacher-forced / beam) prefix to a real movie, so a movie's probability is a
+        # distribution over movies and decoding renormalises over the same codes; "unseen": the
+        # trie's codes that still lead to a movie the user has not rated (in training: not one of
+        # the window's other movies, as posterkg-seq's mask_seen; in decoding: not one of the
+        # history given to score), the generative analog of leaving seen movies out of the softmax
+        code_softmax: str = "full"
         score_batch: int = 256         # users per beam-search batch
         code_sizes: list = dataclasses.field(default_factory=list)   # per ID position; from the IDs
 
@@ -216,6 +224,12 @@ class TIGER(Recommender):
             raise ValueError(f"tiger: label_smoothing must be in [0, 1), not {c.label_smoothing}")
         if c.inputs == "all" and c.encoder != "causal":
             raise ValueError("tiger: inputs = 'all' needs encoder = 'causal'")
+        if c.code_softmax not in ("full", "trie", "unseen"):
+            raise ValueError(f"tiger: code_softmax must be 'full', 'trie' or 'unseen', not {c.code_softmax!r}")
+        if c.code_softmax == "unseen" and c.encoder != "causal":
+            raise ValueError("tiger: code_softmax = 'unseen' needs encoder = 'causal' (the window's movies)")
+        if c.code_softmax != "full" and float(c.label_smoothing) > 0:
+            raise ValueError("tiger: label_smoothing goes with code_softmax = 'full' only (set one of them off)")
         ids = inputs.semantic_ids
         sizes = [int(s) for s in c.code_sizes]
         self._misfit = False
@@ -380,11 +394,13 @@ class TIGER(Recommender):
         start = self._starts[d]
         return h @ self.tok.weight[start:start + self.cfg.code_sizes[d]].T + self.out_bias[d]
 
-    def train_loss(self, tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced cross-entropy of the target IDs [B, D] given encoder ``tokens``."""
+    def train_loss(self, tokens: torch.Tensor, target: torch.Tensor,
+                   movies: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced cross-entropy of the target IDs [B, D] given encoder ``tokens``
+        (``movies``: the targets' movie indices, needed by ``code_softmax = "trie"``)."""
         memory, mask = self.encode(tokens)
         h = self.decode(memory, mask, target[:, :-1])
-        return self._code_loss(h, target)
+        return self._code_loss(h, target, movies)
 
     def train_loss_windows(self, win: torch.Tensor, wsg: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder "causal": teacher-forced cross-entropy of every position of windows ``win``
@@ -409,14 +425,50 @@ class TIGER(Recommender):
         keep = valid.reshape(-1)
         if not bool(keep.any()):
             return h.sum() * 0.0
-        return self._code_loss(h[keep], target.reshape(B * L, D)[keep])
+        movies = (win[:, 1:] - 1).clamp(min=0).reshape(-1)[keep]
+        others = None
+        if self.cfg.code_softmax == "unseen":
+            # each target's window movies other than itself (-1 = none), [targets, L + 1]
+            others = (win - 1).unsqueeze(1).expand(B, L, L + 1).clone()
+            i = torch.arange(L, device=win.device)
+            others[:, i, i + 1] = -1
+            others = others.reshape(B * L, L + 1)[keep]
+        return self._code_loss(h[keep], target.reshape(B * L, D)[keep], movies, others)
 
-    def _code_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def code_allowed(self, d: int, movies: torch.Tensor, others: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, code_sizes[d]] bool: the codes of ID position ``d`` that the softmax of target
+        ``movies`` [N] runs over under ``code_softmax`` "trie" / "unseen": the children of the
+        target's own depth-``d`` prefix in the trie, less (``others`` [N, W] movie indices, -1 =
+        none) the children whose every movie is among the row's ``others``. The target's own code
+        is always allowed."""
+        t = self.trie().tensors(movies.device)
+        parent = t["node_of"][d][movies]                                         # [N]
+        kids = t["child"][d][parent]                                             # [N, K]
+        ok = kids >= 0
+        if others is not None:
+            o = others.clamp(min=0)
+            under = (others >= 0) & (t["node_of"][d][o] == parent.unsqueeze(1))   # same prefix
+            n_out = torch.zeros(kids.shape, dtype=torch.long, device=kids.device)
+            n_out.scatter_add_(1, self.codes[o, d].clamp(min=0), under.long())
+            ok = ok & (t["counts"][d + 1][kids.clamp(min=0)] - n_out > 0)
+        return ok
+
+    def _code_loss(self, h: torch.Tensor, target: torch.Tensor, movies: torch.Tensor | None = None,
+                   others: torch.Tensor | None = None) -> torch.Tensor:
         """Mean over the D ID positions of the (label-smoothed) cross-entropy of decoder states
-        ``h`` [N, D, dim] against ``target`` codes [N, D]."""
+        ``h`` [N, D, dim] against ``target`` codes [N, D]; with ``code_softmax`` "trie" /
+        "unseen" each softmax runs over :meth:`code_allowed` of the target ``movies`` [N] (and
+        their window's ``others``)."""
         ls = float(self.cfg.label_smoothing)
-        return sum(F.cross_entropy(self.logits(h[:, d], d), target[:, d], label_smoothing=ls)
-                   for d in range(self.D)) / self.D
+        total = 0.0
+        for d in range(self.D):
+            z = self.logits(h[:, d], d)
+            if self.cfg.code_softmax != "full":
+                if movies is None:
+                    raise ValueError("tiger: code_softmax needs the target movies")
+                z = z.masked_fill(~self.code_allowed(d, movies, others), float("-inf"))
+            total = total + F.cross_entropy(z, target[:, d], label_smoothing=ls)
+        return total / self.D
 
     # -- scoring -------------------------------------------------------------------------------
     def _user_rows(self, users: np.ndarray, history):
@@ -470,7 +522,9 @@ class TIGER(Recommender):
             allowed = np.zeros(self.n_movies, bool)
             allowed[np.asarray(candidates, np.int64)] = True
             rows, cols = rows[:0], cols[:0]
-        return beam_search(step, trie, len(u), self.cfg.beam, (rows, cols), device=device, allowed=allowed)
+        renorm = {"full": None, "trie": "trie", "unseen": "left"}[self.cfg.code_softmax]
+        return beam_search(step, trie, len(u), self.cfg.beam, (rows, cols), device=device, allowed=allowed,
+                           renorm=renorm)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, history=None, candidates: np.ndarray | None = None) -> torch.Tensor:
@@ -558,7 +612,8 @@ class TIGER(Recommender):
 
         def step_loss(g):
             tokens = self.history_tokens(flat, g, starts[g])
-            return self.train_loss(tokens, codes[torch.from_numpy(flat[g])].to(device))
+            movies = torch.from_numpy(flat[g])
+            return self.train_loss(tokens, codes[movies].to(device), movies.to(device))
 
         return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
                           epoch_batches=epoch_batches, step_loss=step_loss, row_extra={"targets": n_ep})

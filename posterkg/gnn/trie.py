@@ -12,8 +12,10 @@ when the trie has a child there **and** at least one movie under that child is n
 row's excluded (seen) movies: counts of excluded movies per node are subtracted from the trie's
 counts, so the beam never spends a slot on a prefix that can only end in a seen movie, and every
 finished beam is a real, unseen movie. Scores are the sums of the step log-probabilities the
-``step`` function returns (the model's unconstrained next-code distribution; invalid codes are
-cut, not renormalised).
+``step`` function returns: the model's unconstrained next-code distribution, with invalid codes
+cut, not renormalised (``renorm=None``); or renormalised at every step over the codes that extend
+the prefix in the trie (``"trie"``) or that still lead to an unseen, allowed movie (``"left"``),
+for a model trained with the same softmax (TIGER's ``code_softmax``).
 """
 
 from __future__ import annotations
@@ -103,14 +105,18 @@ StepFn = Callable[[torch.Tensor], torch.Tensor]
 def beam_search(step: StepFn, trie: CodeTrie, batch: int, width: int,
                 seen: tuple[np.ndarray, np.ndarray] | None = None,
                 device: str | torch.device = "cpu",
-                allowed: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                allowed: np.ndarray | None = None,
+                renorm: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Constrained beam search for ``batch`` rows.
 
     ``step(prefix)``: ``prefix`` [batch, W, d] codes chosen so far -> [batch, W, sizes[d]]
     log-probabilities of the next code. ``seen``: (row, movie index) pairs excluded per row.
     ``allowed``: optional bool [n_movies], the only movies that may come out (e.g. the cold-start
-    protocol's candidates). Returns (movies [batch, width] long, -1 where fewer than ``width``
-    unseen movies exist; scores [batch, width], -inf there), best first."""
+    protocol's candidates). ``renorm``: None, "trie" or "left" (module docstring). Returns
+    (movies [batch, width] long, -1 where fewer than ``width`` unseen movies exist; scores
+    [batch, width], -inf there), best first."""
+    if renorm not in (None, "trie", "left"):
+        raise ValueError(f"renorm must be None, 'trie' or 'left', not {renorm!r}")
     t = trie.tensors(device)
     D = trie.depth
     if allowed is None:
@@ -142,6 +148,10 @@ def beam_search(step: StepFn, trie: CodeTrie, batch: int, width: int,
         cand = t["child"][d][node.clamp(min=0)]                                 # [batch, W, K]
         left = remaining[d + 1].gather(1, cand.clamp(min=0).view(batch, -1)).view(batch, W, K)
         ok = (cand >= 0) & (left > 0) & torch.isfinite(score).unsqueeze(-1)
+        if renorm is not None:
+            over = (cand >= 0) if renorm == "trie" else (cand >= 0) & (left > 0)
+            logp = logp.masked_fill(~over, float("-inf"))
+            logp = logp - torch.logsumexp(logp, -1, keepdim=True)   # NaN only where nothing is over (not ok)
         total = torch.where(ok, score.unsqueeze(-1) + logp, torch.full_like(logp, float("-inf")))
         n = min(width, W * K)
         score, idx = torch.topk(total.view(batch, -1), n, dim=1)

@@ -6,6 +6,7 @@ trie, from the code matrix the test wrote, or from the planted order of a synthe
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import shutil
@@ -109,6 +110,36 @@ def test_beam_search_drops_seen_movies_without_wasting_the_beam():
     assert movies[1].tolist() == [1, 4, -1]
 
 
+def test_renormalised_beam_gives_a_distribution_over_the_movies_left():
+    """With ``renorm`` every step is renormalised over the codes that lead somewhere, so with a
+    beam over the whole catalogue the probabilities of the movies that come out sum to 1: over
+    every movie ("trie"), or over the unseen ones ("left"); each movie's score is the product
+    of its codes' renormalised probabilities, computed here from the planted tables."""
+    trie = CodeTrie(np.array(VALID), [3, 3])
+    movies, scores = beam_search(_planted_step, trie, 1, 5, renorm="trie")
+    assert sorted(movies[0].tolist()) == [0, 1, 2, 3, 4]
+    assert float(scores[0].exp().sum()) == pytest.approx(1.0, abs=1e-6)
+    kids = {0: [0, 1], 1: [2], 2: [0, 1]}
+    p0 = np.exp(STEP0) / np.exp(STEP0).sum()
+    want = {m: p0[c0] * np.exp(STEP1[c0][c1]) / np.exp(STEP1[c0][kids[c0]]).sum() for m, (c0, c1) in enumerate(VALID)}
+    got = dict(zip(movies[0].tolist(), scores[0].exp().tolist()))
+    assert got == pytest.approx(want, abs=1e-6)
+    # movie 2 (1, 2) seen: code 1 has nothing left, so "left" renormalises the first step over
+    # codes 0 and 2; the unseen movies' probabilities still sum to 1
+    seen = (np.array([0]), np.array([2]))
+    movies, scores = beam_search(_planted_step, trie, 1, 5, seen, renorm="left")
+    ok = movies[0] >= 0
+    assert sorted(movies[0][ok].tolist()) == [0, 1, 3, 4]
+    assert float(scores[0][ok].exp().sum()) == pytest.approx(1.0, abs=1e-6)
+    q0 = np.exp(STEP0[[0, 2]]) / np.exp(STEP0[[0, 2]]).sum()
+    assert dict(zip(movies[0][ok].tolist(), scores[0][ok].exp().tolist()))[0] == pytest.approx(q0[0] * want[0] / p0[0])
+    # unnormalised (the default) is the plain sum of the step log-probabilities: not a distribution
+    _, raw = beam_search(_planted_step, trie, 1, 5)
+    assert float(raw[0].exp().sum()) < 0.9
+    with pytest.raises(ValueError, match="renorm must be"):
+        beam_search(_planted_step, trie, 1, 5, renorm="all")
+
+
 def test_trie_rejects_duplicate_and_out_of_range_ids():
     with pytest.raises(ValueError, match="share one semantic ID"):
         CodeTrie(np.array([[0, 1], [0, 1]]), [2, 2])
@@ -123,13 +154,14 @@ def _enc(encoder: str) -> dict:
     movie, ``history_input = "movies"``), each optionally "+tie" (``tie_output``) and "+all"
     (``inputs = "all"``: every rated movie with its sign), as model settings."""
     parts = encoder.split("+")
-    unit = next((p for p in parts[1:] if p not in ("tie", "all", "id")), "codes")
+    unit = next((p for p in parts[1:] if p not in ("tie", "all", "id", "trie", "unseen")), "codes")
+    soft = next((p for p in parts if p in ("trie", "unseen")), "full")
     return {"encoder": parts[0], "history_input": unit, "tie_output": "tie" in parts,
-            "inputs": "all" if "all" in parts else "positives", "id_input": "id" in parts}
+            "inputs": "all" if "all" in parts else "positives", "id_input": "id" in parts, "code_softmax": soft}
 
 
 @pytest.mark.parametrize("encoder", ["full", "causal", "causal+movies", "causal+movies+tie", "causal+movies+all",
-                                     "causal+all", "causal+movies+id"])
+                                     "causal+all", "causal+movies+id", "full+trie", "causal+movies+unseen"])
 def test_untrained_model_only_emits_valid_unseen_ids(encoder):
     rng = np.random.default_rng(3)
     n_users, n_movies = 60, 50
@@ -181,7 +213,8 @@ def _cycle_world(n_users=80, n_movies=12, length=7, seed=1):
 
 
 @pytest.mark.parametrize("encoder, epochs", [("full", 8), ("causal", 16), ("causal+movies", 16),
-                                             ("causal+movies+tie", 16)])
+                                             ("causal+movies+tie", 16), ("causal+movies+unseen", 16),
+                                             ("full+trie", 8)])
 def test_tiger_learns_a_planted_order(encoder, epochs):
     """Both encoders. The causal one trains on windows (one step per 16 windows of 4 movies,
     where the full one steps per 16 targets), so it gets more epochs for as many steps."""
@@ -353,6 +386,56 @@ def test_causal_loss_equals_each_prefix_read_alone(history_input, inputs, smooth
     assert fast == pytest.approx(float(np.mean(losses)), abs=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["trie", "unseen"])
+def test_code_softmax_runs_over_the_trie_children_and_leaves_out_the_windows_movies(mode):
+    """``code_softmax``: the window loss equals, target by target, the cross-entropy of each ID
+    position over the codes computed here from the code matrix: the children of the target's own
+    prefix ("trie"), less those whose every movie is one of the window's other movies ("unseen");
+    the decoder states come from each prefix read alone, as in the test above."""
+    rng = np.random.default_rng(8)
+    ratings, n = _cycle_world(n_users=6, n_movies=30, length=9)
+    codes = _random_codes(n, sizes=(3, 4), rng=rng)
+    inputs_ = _inputs(ratings, n, codes)
+    torch.manual_seed(0)
+    model = registry.build("tiger", inputs_, registry.model_config("tiger", {
+        "dim": 16, "layers": 2, "heads": 2, "max_len": 6, "encoder": "causal", "history_input": "movies",
+        "code_softmax": mode}))
+    model.eval()
+    win = torch.tensor([[0, 0, 3, 7, 1, 9, 4], [5, 8, 2, 11, 12, 6, 10], [0, 0, 0, 0, 0, 14, 15]])
+    D = model.D
+    n_cut = 0
+    with torch.no_grad():
+        fast = float(model.train_loss_windows(win))
+        losses = []
+        for b in range(len(win)):
+            window = {int(m) - 1 for m in win[b] if m > 0}
+            for i in range(6):
+                if win[b, i] == 0 or win[b, i + 1] == 0:
+                    continue
+                inp = win[b:b + 1, :-1].clone()
+                inp[:, i + 1:] = 0
+                memory, mask = model.encode(model.window_tokens(inp))
+                movie = int(win[b, i + 1]) - 1
+                target = model.codes[movie].unsqueeze(0)
+                h = model.decode(memory, mask, target[:, :-1])
+                loss = 0.0
+                for d in range(D):
+                    same = [m for m in range(n) if tuple(codes[m, :d]) == tuple(codes[movie, :d])]
+                    if mode == "unseen":
+                        same = [m for m in same if m == movie or m not in window]
+                    allowed = sorted({int(codes[m, d]) for m in same})
+                    n_cut += len({int(codes[m, d]) for m in range(n) if tuple(codes[m, :d]) == tuple(codes[movie, :d])}) - len(allowed)
+                    z = model.logits(h[0, d], d)[allowed]
+                    loss += -float(torch.log_softmax(z, -1)[allowed.index(int(codes[movie, d]))])
+                losses.append(loss / D)
+        full = copy.deepcopy(model)
+        full.cfg = dataclasses.replace(full.cfg, code_softmax="full")
+        plain = float(full.train_loss_windows(win))
+    assert fast == pytest.approx(float(np.mean(losses)), abs=1e-5)
+    assert fast < plain                                   # a softmax over fewer codes
+    assert (n_cut > 0) == (mode == "unseen")              # the windows do share prefixes here
+
+
 def test_causal_encoder_is_a_checked_option():
     ratings, n = _cycle_world(n_users=3)
     with pytest.raises(ValueError, match="encoder must be"):
@@ -371,6 +454,15 @@ def test_causal_encoder_is_a_checked_option():
     with pytest.raises(ValueError, match="id_input needs history_input = 'movies'"):
         registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
                        registry.model_config("tiger", {"encoder": "causal", "history_input": "codes", "id_input": True}))
+    with pytest.raises(ValueError, match="code_softmax must be"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)), registry.model_config("tiger", {"code_softmax": "seen"}))
+    with pytest.raises(ValueError, match="'unseen' needs encoder = 'causal'"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
+                       registry.model_config("tiger", {"encoder": "full", "history_input": "codes",
+                                                       "code_softmax": "unseen"}))
+    with pytest.raises(ValueError, match="label_smoothing goes with code_softmax = 'full'"):
+        registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
+                       registry.model_config("tiger", {"code_softmax": "trie", "label_smoothing": 0.1}))
     with pytest.raises(ValueError, match="inputs = 'all' needs encoder = 'causal'"):
         registry.build("tiger", _inputs(ratings, n, _random_codes(n)),
                        registry.model_config("tiger", {"encoder": "full", "history_input": "codes", "inputs": "all"}))
