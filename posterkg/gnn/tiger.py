@@ -198,9 +198,9 @@ class TIGER(Recommender):
         # "full" (the paper's): every code of the position; "trie": the codes that extend the
         # (teacher-forced / beam) prefix to a real movie, so a movie's probability is a
         # distribution over movies and decoding renormalises over the same codes; "unseen": the
-        # trie's codes that still lead to a movie the user has not rated (in training: not one of
-        # the window's other movies, as posterkg-seq's mask_seen; in decoding: not one of the
-        # history given to score), the generative analog of leaving seen movies out of the softmax
+        # trie's codes that still lead to a movie the user has not rated in training (not one of
+        # the window's other movies, as posterkg-seq's mask_seen leaves them out of its softmax),
+        # decoded as "trie" (the seen movies are cut from the beam either way)
         code_softmax: str = "full"
         score_batch: int = 256         # users per beam-search batch
         code_sizes: list = dataclasses.field(default_factory=list)   # per ID position; from the IDs
@@ -522,7 +522,11 @@ class TIGER(Recommender):
             allowed = np.zeros(self.n_movies, bool)
             allowed[np.asarray(candidates, np.int64)] = True
             rows, cols = rows[:0], cols[:0]
-        renorm = {"full": None, "trie": "trie", "unseen": "left"}[self.cfg.code_softmax]
+        # "unseen" decodes as "trie": the model's distribution over every movie, seen ones cut
+        # without renormalising (as posterkg-seq ranks its logits among unseen movies);
+        # renormalising over the unseen codes (beam_search's "left") lifted movies of mostly-seen
+        # prefixes and scored far worse on valid (docs/tiger.md)
+        renorm = None if self.cfg.code_softmax == "full" else "trie"
         return beam_search(step, trie, len(u), self.cfg.beam, (rows, cols), device=device, allowed=allowed,
                            renorm=renorm)
 

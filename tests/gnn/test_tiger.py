@@ -436,6 +436,32 @@ def test_code_softmax_runs_over_the_trie_children_and_leaves_out_the_windows_mov
     assert (n_cut > 0) == (mode == "unseen")              # the windows do share prefixes here
 
 
+def test_unseen_softmax_decodes_as_the_trie_one():
+    """``code_softmax = "unseen"`` changes training only: decoding renormalises over the trie's
+    children as ``"trie"`` does (seen movies are cut, not renormalised over), so the two give the
+    same beams; with a beam over the whole catalogue the unseen movies' probabilities sum to 1 less
+    the seen movies' mass."""
+    ratings, n = _cycle_world(n_users=5, n_movies=20, length=6)
+    codes = _random_codes(n, sizes=(3, 4), rng=np.random.default_rng(2))
+    inputs_ = _inputs(ratings, n, codes)
+    torch.manual_seed(0)
+    model = registry.build("tiger", inputs_, registry.model_config("tiger", {
+        "dim": 16, "layers": 1, "heads": 2, "max_len": 4, "encoder": "causal", "history_input": "movies",
+        "code_softmax": "unseen", "beam": n}))
+    model.eval()
+    hist = inputs_.data.history("test")
+    users = torch.arange(5)
+    movies, logp = model.generate(users, hist)
+    trie_model = copy.deepcopy(model)
+    trie_model.cfg = dataclasses.replace(model.cfg, code_softmax="trie")
+    m2, l2 = trie_model.generate(users, hist)
+    assert torch.equal(movies, m2) and torch.allclose(logp, l2)
+    _, everything = trie_model.generate(users, None)                # nothing seen: all n movies
+    assert torch.allclose(everything.exp().sum(1), torch.ones(5), atol=1e-5)
+    mass = torch.where(movies >= 0, logp.exp(), torch.zeros_like(logp)).sum(1)
+    assert (mass < 1 - 1e-3).all()                                  # the seen movies keep their mass
+
+
 def test_causal_encoder_is_a_checked_option():
     ratings, n = _cycle_world(n_users=3)
     with pytest.raises(ValueError, match="encoder must be"):
