@@ -105,7 +105,10 @@ _SEQ_PEER = {**_SEQ, "batch_size": 64}
 # the sum of its code embeddings): 1.5x faster per pass, and valid NDCG@20 (seed 0) 0.1937
 # against 0.1861 with poster IDs, 0.1995 against 0.1945 with text IDs. Level on valid at
 # convergence, though faster at first (seed 0, 2026-12-06): IDs with a collab block (poster
-# 0.1958, text 0.1981) and id_input (0.1946, 0.1967). docs/tiger.md
+# 0.1958, text 0.1981) and id_input (0.1946, 0.1967), and each code's softmax over the trie's
+# children (code_softmax "trie": 0.1936, text 0.1987) or also without the window's movies
+# ("unseen": 0.1944, text 0.2020; test seed 0 0.1740 / 0.1809 against 0.1736 / 0.1789; 2026-12-07).
+# docs/tiger.md
 _TIGER = {"lr": 0.003, "epochs": 30, "patience": 3, "batch_size": 32, "min_epochs": 8, "ema": 0.98}
 _TIGER_CFG = {"encoder": "causal", "history_input": "movies"}
 
