@@ -107,7 +107,8 @@ _SEQ_PEER = {**_SEQ, "batch_size": 64}
 # convergence, though faster at first (seed 0, 2026-12-06): IDs with a collab block (poster
 # 0.1958, text 0.1981) and id_input (0.1946, 0.1967), and each code's softmax over the trie's
 # children (code_softmax "trie": 0.1936, text 0.1987) or also without the window's movies
-# ("unseen": 0.1944, text 0.2020; test seed 0 0.1740 / 0.1809 against 0.1736 / 0.1789; 2026-12-07).
+# ("unseen", seeds 0-1: 0.1950, text 0.1993, against 0.1944 / 0.1990; test 0.1747 / 0.1785
+# against 0.1738 / 0.1769; 2026-12-07).
 # docs/tiger.md
 _TIGER = {"lr": 0.003, "epochs": 30, "patience": 3, "batch_size": 32, "min_epochs": 8, "ema": 0.98}
 _TIGER_CFG = {"encoder": "causal", "history_input": "movies"}
