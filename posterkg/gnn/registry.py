@@ -107,8 +107,8 @@ _SEQ_PEER = {**_SEQ, "batch_size": 64}
 # convergence, though faster at first (seed 0, 2026-12-06): IDs with a collab block (poster
 # 0.1958, text 0.1981) and id_input (0.1946, 0.1967), and each code's softmax over the trie's
 # children (code_softmax "trie": 0.1936, text 0.1987) or also without the window's movies
-# ("unseen", seeds 0-1: 0.1950, text 0.1993, against 0.1944 / 0.1990; test 0.1747 / 0.1785
-# against 0.1738 / 0.1769; 2026-12-07).
+# ("unseen", 3 seeds: 0.1957, text 0.1990, against 0.1934 / 0.1986; test 0.1755 / 0.1777
+# against 0.1726 / 0.1771; 2026-12-07; adopting it is left open).
 # docs/tiger.md
 _TIGER = {"lr": 0.003, "epochs": 30, "patience": 3, "batch_size": 32, "min_epochs": 8, "ema": 0.98}
 _TIGER_CFG = {"encoder": "causal", "history_input": "movies"}
