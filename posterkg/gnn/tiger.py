@@ -420,12 +420,13 @@ class TIGER(Recommender):
         # rows that are not targets see every key (no NaN; their loss is dropped)
         mask = self._prefix_mask(tokens, torch.arange(L, device=win.device), ~valid.unsqueeze(-1))
         mask = mask.repeat_interleave(D, dim=2)                           # [B, 1, L * D, L * unit]
-        target = self.codes[(win[:, 1:] - 1).clamp(min=0)]                         # [B, L, D]
+        nxt = (win[:, 1:] - 1).clamp(min=0)                                        # [B, L] next movies
+        target = self.codes[nxt]                                                   # [B, L, D]
         h = self.decode(memory, mask, target[..., :-1].reshape(B * L, D - 1), groups=L)   # [B * L, D, dim]
         keep = valid.reshape(-1)
         if not bool(keep.any()):
             return h.sum() * 0.0
-        movies = (win[:, 1:] - 1).clamp(min=0).reshape(-1)[keep]
+        movies = nxt.reshape(-1)[keep]
         others = None
         if self.cfg.code_softmax == "unseen":
             # each target's window movies other than itself (-1 = none), [targets, L + 1]
@@ -460,12 +461,13 @@ class TIGER(Recommender):
         "unseen" each softmax runs over :meth:`code_allowed` of the target ``movies`` [N] (and
         their window's ``others``)."""
         ls = float(self.cfg.label_smoothing)
+        masked = self.cfg.code_softmax != "full"
+        if masked and movies is None:
+            raise ValueError("tiger: code_softmax needs the target movies")
         total = 0.0
         for d in range(self.D):
             z = self.logits(h[:, d], d)
-            if self.cfg.code_softmax != "full":
-                if movies is None:
-                    raise ValueError("tiger: code_softmax needs the target movies")
+            if masked:
                 z = z.masked_fill(~self.code_allowed(d, movies, others), float("-inf"))
             total = total + F.cross_entropy(z, target[:, d], label_smoothing=ls)
         return total / self.D
