@@ -356,7 +356,11 @@ def test_causal_loss_equals_each_prefix_read_alone(history_input, inputs, smooth
                                                                              "max_len": 6, "encoder": "causal",
                                                                              "history_input": history_input,
                                                                              "inputs": inputs, "id_input": id_input,
-                                                                             "label_smoothing": smoothing}))
+                                                                             "label_smoothing": smoothing,
+                                                                             # the paper's softmax over every
+                                                                             # code, computed by hand below (the
+                                                                             # registry's "unseen": the next test)
+                                                                             "code_softmax": "full"}))
     model.eval()
     shape = model.window_tokens(torch.zeros(1, 6, dtype=torch.long)).shape
     assert shape == ((1, 6 * model.D) if history_input == "codes" else (1, 6, model.D + id_input))
