@@ -5,7 +5,7 @@
     # a variant: model settings after "@" (JSON values), e.g. the one-shot softmax
     .venv/bin/python benchmarks/epoch_speed.py --models lightgcn posterkg-seq posterkg-seq@softmax_chunk=0
     # keys of the training loop's TrainConfig (batch_size, lr, ...) go to training instead
-    .venv/bin/python benchmarks/epoch_speed.py --models sasrec tiger tiger@encoder=full,batch_size=256
+    .venv/bin/python benchmarks/epoch_speed.py --models sasrec tiger tiger@encoder=full,history_input=codes,code_softmax=full,batch_size=256
 
 Each round trains every model for exactly one epoch (no early stopping, no evaluation) in a
 rotated order, so machine noise hits every model alike; prints min and median seconds per epoch

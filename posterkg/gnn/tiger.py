@@ -227,9 +227,11 @@ class TIGER(Recommender):
         if c.code_softmax not in ("full", "trie", "unseen"):
             raise ValueError(f"tiger: code_softmax must be 'full', 'trie' or 'unseen', not {c.code_softmax!r}")
         if c.code_softmax == "unseen" and c.encoder != "causal":
-            raise ValueError("tiger: code_softmax = 'unseen' needs encoder = 'causal' (the window's movies)")
+            raise ValueError("tiger: code_softmax = 'unseen' needs encoder = 'causal' (the window's movies); "
+                             "with encoder = 'full' set code_softmax = 'trie' or 'full'")
         if c.code_softmax != "full" and float(c.label_smoothing) > 0:
-            raise ValueError("tiger: label_smoothing goes with code_softmax = 'full' only (set one of them off)")
+            raise ValueError(f"tiger: label_smoothing goes with code_softmax = 'full' only, not {c.code_softmax!r} "
+                             "(set code_softmax = 'full' or label_smoothing = 0)")
         ids = inputs.semantic_ids
         sizes = [int(s) for s in c.code_sizes]
         self._misfit = False
