@@ -109,7 +109,9 @@ _SEQ_PEER = {**_SEQ, "batch_size": 64}
 # children (code_softmax "trie": 0.1936, text 0.1987). Each code's softmax runs over the trie's
 # children less those whose movies all lie in the target's window (code_softmax "unseen", since
 # 2026-12-07; 3 seeds, valid 0.1957 against 0.1934 with "full", up in every seed; text 0.1990
-# against 0.1986; test 0.1755 / 0.1777 against 0.1726 / 0.1771).
+# against 0.1986; test 0.1755 / 0.1777 against 0.1726 / 0.1771). 4 encoder + 4 decoder layers
+# (3 seeds each, 2026-12-07): valid 0.1974 / 0.2005, test level (0.1761 / 0.1776), 1.7x the
+# time per pass; not adopted.
 # docs/tiger.md
 _TIGER = {"lr": 0.003, "epochs": 30, "patience": 3, "batch_size": 32, "min_epochs": 8, "ema": 0.98}
 _TIGER_CFG = {"encoder": "causal", "history_input": "movies", "code_softmax": "unseen"}
