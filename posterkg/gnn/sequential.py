@@ -307,10 +307,17 @@ class SASRec(Recommender):
         # scores are the mean of theirs, and the collaborative part is chosen once, on the mean.
         # Costs `members` trainings (docs/gnn.md, "Seed ensembles")
         members: int = 1
+        # item_init "svd": before training, the movies' id embeddings start from the top `dim`
+        # eigenvectors of the training ratings' cosine item-item matrix (scaled by the square
+        # roots of their eigenvalues, then to the random init's std 0.02), so training starts
+        # from co-rating structure; "random" (normal, std 0.02) otherwise
+        item_init: str = "random"
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
         c = self.cfg
+        if c.item_init not in ("random", "svd"):
+            raise ValueError(f"item_init must be 'random' or 'svd', not {c.item_init!r}")
         if c.inputs not in ("positives", "all"):
             raise ValueError(f"inputs must be 'positives' or 'all', not {c.inputs!r}")
         if not (c.item_item == -1 or c.item_item >= 0):
@@ -378,6 +385,10 @@ class SASRec(Recommender):
         with torch.no_grad():
             self.item.weight[0].zero_()
             self.sign.weight[0].zero_()
+        if c.item_init == "svd" and getattr(inputs, "data", None) is not None:
+            # at build, from the training part (a continuation or a load overwrites it with the
+            # saved state, as it does the random init)
+            self._svd_init(inputs.data.history("valid"))
         # allowed[i, j]: position i may attend to position j <= i
         self.register_buffer("causal", torch.tril(torch.ones(c.max_len, c.max_len, dtype=torch.bool)),
                              persistent=False)
@@ -446,6 +457,11 @@ class SASRec(Recommender):
 
     # -- user side -------------------------------------------------------------------------------
     @property
+    def per_user(self) -> bool:
+        """Whether the model has a part of its own per user (training needs each window's user)."""
+        return False
+
+    @property
     def uses_time(self) -> bool:
         return bool(self.cfg.time_bias or self.cfg.time_input)
 
@@ -492,7 +508,9 @@ class SASRec(Recommender):
             x = blk(x, m, last_only=last)
         return self.norm(x)
 
-    def user_states(self, tok, sgn, table, last_only: bool = False, ts=None) -> torch.Tensor:
+    def user_states(self, tok, sgn, table, last_only: bool = False, ts=None, users=None) -> torch.Tensor:
+        """Hidden states of the windows ``tok``; ``users`` (the windows' user indices) is read
+        only by models with a per-user part (posterkg-seq's ``user_embedding``)."""
         return self.encode(tok, sgn, table, last_only, ts)
 
     def _batch(self, history, users: np.ndarray, device):
@@ -510,7 +528,8 @@ class SASRec(Recommender):
 
     def _user_scores(self, users: np.ndarray, history, table: torch.Tensor) -> torch.Tensor:
         tok, sgn, ts = self._batch(history, users, table.device)
-        out = self.user_states(tok, sgn, table, last_only=True, ts=ts)[:, -1] @ table.T
+        uu = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(table.device)
+        out = self.user_states(tok, sgn, table, last_only=True, ts=ts, users=uu)[:, -1] @ table.T
         if self.prior_w is not None:
             out = out + self.prior_scores(users, history)
         return out
@@ -695,6 +714,34 @@ class SASRec(Recommender):
         out = torch.from_numpy(np.stack(wins)), torch.from_numpy(np.stack(sgns))
         return (*out, torch.from_numpy(np.stack(tss))) if with_ts else out
 
+    @torch.no_grad()
+    def _svd_init(self, history) -> None:
+        """``item_init = "svd"``: the id embeddings from the top eigenvectors of the cosine
+        item-item matrix of ``history``'s ratings (every rating counts as one), each scaled by
+        the square root of its eigenvalue, the whole table then to std 0.02."""
+        x = history.csr().astype(np.float64)
+        x.data[:] = 1.0
+        gram = torch.from_numpy((x.T @ x).toarray())
+        norm = gram.diagonal().clamp(min=1.0).sqrt()
+        cos = gram / norm.unsqueeze(0) / norm.unsqueeze(1)
+        k = min(int(self.cfg.dim), cos.shape[0])
+        vals, vecs = torch.linalg.eigh(cos)                     # ascending
+        emb = vecs[:, -k:] * vals[-k:].clamp(min=0.0).sqrt()
+        emb = emb * (0.02 / emb.std().clamp(min=1e-12))
+        w = self.item.weight
+        w[1:, :k] = emb.to(w.dtype).to(w.device)
+        w[1:, k:] = 0.0
+
+    def _window_users(self, history) -> torch.Tensor:
+        """The user index of each training window, in ``_train_windows``' order."""
+        pos_only = self.cfg.inputs == "positives"
+        out = []
+        for u in range(history.n_users):
+            a, b = history.indptr[u], history.indptr[u + 1]
+            n = int((history.ratings[a:b] >= 4.0).sum()) if pos_only else int(b - a)
+            out.extend([u] * len(window_spans(n, self.cfg.max_len)))
+        return torch.as_tensor(np.asarray(out, dtype=np.int64))
+
     def _targets(self, win, wsg) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets [B, L, K] of each input position (the movies at t+1 .. t+K within the window)
         and the weight of each one (1 liked, ``neutral_target`` / ``disliked_target`` for the
@@ -734,15 +781,16 @@ class SASRec(Recommender):
                 out.append(mats[b][tok[b]].cumsum(0)[r] + base[b])
         return torch.cat(out) if out else base.new_zeros(0, base.shape[1])
 
-    def train_loss(self, win, wsg, norm: float | None = None, wts=None, prior=None) -> torch.Tensor:
+    def train_loss(self, win, wsg, norm: float | None = None, wts=None, prior=None, users=None) -> torch.Tensor:
         """Cross-entropy over the catalogue: the state at position t predicts each liked movie
         among the next ``horizon`` positions (horizon 1 = classic next-item SASRec). Averaged
         over the batch's targets, or summed and divided by ``norm`` (the epoch's mean number of
         targets per batch: every target weighs the same whatever batch it falls in). ``wts``:
-        the windows' timestamps (models that read time)."""
+        the windows' timestamps (models that read time); ``users``: the windows' user indices
+        (models with a per-user part)."""
         table = self.movie_table(self.graph)
         tok, sgn = win[:, :-1], wsg[:, :-1]
-        h = self.user_states(tok, sgn, table, ts=None if wts is None else wts[:, :-1])   # [B, L, d]
+        h = self.user_states(tok, sgn, table, ts=None if wts is None else wts[:, :-1], users=users)   # [B, L, d]
         tgt, ok = self._targets(win, wsg)
         rows = (ok != 0).any(-1)
         if not bool(rows.any()):
@@ -900,7 +948,12 @@ class SASRec(Recommender):
         win, wsg, *wts = self._train_windows(inputs.data.history("valid"), with_ts=self.uses_time)
         wts = wts[0] if wts else None
         prior = self._prepare_prior(inputs.data.history("valid"), len(win)) if self.prior_w is not None else None
+        wus = self._window_users(inputs.data.history("valid")) if self.per_user else None
+        if wus is not None and len(wus) != len(win):
+            raise RuntimeError(f"{len(wus)} window users for {len(win)} windows")
+        sse = float(getattr(self.cfg, "user_sse", 0.0))
         gen = torch.Generator().manual_seed(train_cfg.seed)
+        sse_gen = torch.Generator().manual_seed(train_cfg.seed + 2)
         self._neg_gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
         opt = torch.optim.Adam(self.trained_parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
         bs = train_cfg.batch_size
@@ -921,8 +974,17 @@ class SASRec(Recommender):
             if prior is not None:
                 base, fold, mats = prior
                 pr = (base[idx].to(device), [mats[int(f)] for f in fold[idx]])
+            us = None
+            if wus is not None:
+                us = wus[idx]
+                if sse > 0:
+                    # stochastic shared embeddings (SSE-PT): a window's user is swapped for a
+                    # random one with probability `user_sse` (a regulariser of the user table)
+                    swap = torch.rand(len(us), generator=sse_gen) < sse
+                    us = torch.where(swap, torch.randint(0, self.n_users, (len(us),), generator=sse_gen), us)
+                us = us.to(device)
             return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm,
-                                   None if wts is None else wts[idx, -keep:].to(device), prior=pr)
+                                   None if wts is None else wts[idx, -keep:].to(device), prior=pr, users=us)
 
         return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
                           epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
@@ -968,6 +1030,7 @@ class PosterKGSeq(SASRec):
         time_buckets: int = 24
         rating_input: bool = False     # half-star rating embedding per token (see SASRec.Config)
         members: int = 1               # an ensemble of this many seeds (see SASRec.Config)
+        item_init: str = "random"      # "svd": id embeddings from the co-rating matrix (see SASRec.Config)
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"
@@ -979,6 +1042,13 @@ class PosterKGSeq(SASRec):
         neg_weight: float = 0.5        # disliked movies subtract with this weight (long term)
         id_dropout: float = 0.0        # training only: each step, this share of movies loses its id
         #                                embedding (content parts alone: concepts, genres, features)
+        # user_embedding: a learned vector per user added to the long-term part (zero-initialised:
+        # training starts from the model without it), as SSE-PT (Wu et al. 2020) gives SASRec a
+        # user embedding; user_sse: the probability that a training window's user is swapped for
+        # a random one (SSE-PT's stochastic shared embeddings, a regulariser). A user the model
+        # was not trained with (index past its table) gets zeros
+        user_embedding: bool = False
+        user_sse: float = 0.0
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
@@ -1022,6 +1092,24 @@ class PosterKGSeq(SASRec):
                                            for k in ["concepts", "genres", *c.features]})
         self.long_map = nn.Linear(c.dim, c.dim)
         self.gate = nn.Linear(2 * c.dim, c.dim)
+        if c.user_embedding and not c.long_term:
+            raise ValueError("user_embedding is a long-term part: it needs long_term")
+        if not 0.0 <= float(c.user_sse) < 1.0:
+            raise ValueError(f"user_sse must be in [0, 1), not {c.user_sse}")
+        self.user = None
+        if c.user_embedding:
+            self.user = nn.Embedding(max(self.n_users, 1), c.dim)
+            nn.init.zeros_(self.user.weight)
+
+    @property
+    def per_user(self) -> bool:
+        return self.user is not None
+
+    def _user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """[B, dim] the users' own vectors; zeros for a user index past the table."""
+        w = self.user.weight
+        known = (users >= 0) & (users < w.shape[0])
+        return w[users.clamp(0, w.shape[0] - 1)] * known.unsqueeze(-1).to(w.dtype)
 
     def feature_rows(self, name: str, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Model rows of dense feature ``name`` for raw rows ``raw`` (movies without the feature,
@@ -1056,7 +1144,7 @@ class PosterKGSeq(SASRec):
             x = x + self.part_gate[name] * lin(getattr(self, f"feat_{name}"))
         return x
 
-    def _parts(self, tok, sgn, table, last_only: bool = False, ts=None):
+    def _parts(self, tok, sgn, table, last_only: bool = False, ts=None, users=None):
         c = self.cfg
         short = self.encode(tok, sgn, table, last_only, ts) if c.short_term else None
         long = None
@@ -1074,6 +1162,10 @@ class PosterKGSeq(SASRec):
                 mean_l = (x * liked).cumsum(1) / liked.cumsum(1).clamp(min=1.0)
                 mean_d = (x * disliked).cumsum(1) / disliked.cumsum(1).clamp(min=1.0)
             long = self.long_map(mean_l - c.neg_weight * mean_d)
+            if self.user is not None:
+                if users is None:
+                    raise ValueError("this model has a vector per user (user_embedding): pass users")
+                long = long + self._user_vectors(users.to(long.device)).unsqueeze(1)
         return short, long
 
     def _fuse(self, short, long):
@@ -1084,8 +1176,8 @@ class PosterKGSeq(SASRec):
         g = torch.sigmoid(self.gate(torch.cat([short, long], -1)))
         return g * short + (1 - g) * long, g
 
-    def user_states(self, tok, sgn, table, last_only: bool = False, ts=None) -> torch.Tensor:
-        short, long = self._parts(tok, sgn, table, last_only, ts)
+    def user_states(self, tok, sgn, table, last_only: bool = False, ts=None, users=None) -> torch.Tensor:
+        short, long = self._parts(tok, sgn, table, last_only, ts, users)
         return self._fuse(short, long)[0]
 
     def _part_vectors(self, users: torch.Tensor, history, graph: Graph | None):
@@ -1094,7 +1186,7 @@ class PosterKGSeq(SASRec):
         with only the short-term part, 0 with only the long-term one)."""
         table = self.movie_table(graph if graph is not None else self.graph)
         tok, sgn, ts = self._batch(history, users.cpu().numpy(), table.device)
-        short, long = self._parts(tok, sgn, table, last_only=True, ts=ts)
+        short, long = self._parts(tok, sgn, table, last_only=True, ts=ts, users=users.to(table.device))
         if short is None or long is None:
             h = (short if long is None else long)[:, -1]
             zero = torch.zeros_like(h)

@@ -1521,3 +1521,94 @@ def test_excluded_one_shot_softmax_counts_a_repeated_target_once():
         (out * torch.tensor([1.0, 0.0])).sum().backward()     # the second target weighs 0 (padding)
         grads.append(h.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_user_embedding_starts_at_zero_then_adds_each_users_own_vector():
+    """posterkg-seq's ``user_embedding``: zero-initialised (the model without it, to the
+    digit), then each user's vector enters the long-term part of that user only; a user index
+    past the table reads zeros; the explanation parts still add up to the score."""
+    inputs = _random_world(n_users=12, max_n=20)
+    hist = inputs.data.history("test")
+    users = torch.arange(inputs.data.n_users)
+    base = {"dim": 16, "max_len": 24, "item_item": 0.0, "mask_seen": False}
+    plain = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", base))
+    own = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {**base, "user_embedding": True}))
+    missing, unexpected = own.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing == ["user.weight"]
+    plain.eval(), own.eval()
+    assert torch.allclose(own.score(users, hist), plain.score(users, hist), atol=1e-6)
+    with torch.no_grad():
+        own.user.weight[3].normal_()
+    got, want = own.score(users, hist), plain.score(users, hist)
+    changed = ~torch.isclose(got, want, atol=1e-4).all(1)
+    assert changed.tolist() == [u == 3 for u in range(len(users))]
+    # by hand: the long-term part of user 3 gains its vector, fused by the gate as before
+    from posterkg.gnn.sequential import _windows
+    tok, sgn, ts = (torch.from_numpy(a) for a in _windows(hist, np.array([3]), 24, False, with_ts=True,
+                                                           stars=own.cfg.rating_input))
+    with torch.no_grad():
+        table = own.movie_table(own.graph)
+        short, long = plain._parts(tok, sgn, table, last_only=True, ts=ts)
+        h, _ = plain._fuse(short, long + own.user.weight[3])
+        assert torch.allclose(got[3], (h[:, -1] @ table.T)[0], atol=1e-5)
+        with pytest.raises(ValueError, match="pass users"):
+            own.user_states(tok, sgn, table, ts=ts)
+        past = own.user_states(tok, sgn, table, ts=ts, users=torch.tensor([10 ** 6]), last_only=True)
+        assert torch.allclose(past, plain.user_states(tok, sgn, table, ts=ts, last_only=True), atol=1e-6)
+    parts = own.explain_parts(users[:5], hist, torch.arange(40))
+    assert torch.allclose(parts["short"] + parts["long"], got[:5], atol=1e-5)
+    with pytest.raises(ValueError, match="long_term"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {
+            **base, "user_embedding": True, "long_term": False}))
+    with pytest.raises(ValueError, match="user_sse"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {
+            **base, "user_embedding": True, "user_sse": 1.0}))
+
+
+def test_each_training_window_knows_its_user_and_the_user_vectors_learn():
+    """The windows' users line up with ``_train_windows`` (every window's movies are its user's),
+    and training moves the user table from zero (with and without SSE's swaps)."""
+    inputs = _random_world(n_users=10, max_n=30)
+    hist = inputs.data.history("valid")
+    for cfg in ({"inputs": "all"}, {"inputs": "positives"}):
+        m = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {
+            "dim": 8, "max_len": 6, "user_embedding": True, **cfg}))
+        win, _ = m._train_windows(hist)
+        wus = m._window_users(hist)
+        assert len(wus) == len(win) > inputs.data.n_users       # several windows per user
+        for w, u in zip(win, wus.tolist()):
+            rated = set((hist.movies[hist.indptr[u]:hist.indptr[u + 1]] + 1).tolist())
+            assert set(w[w > 0].tolist()) <= rated
+    for sse in (0.0, 0.5):
+        torch.manual_seed(0)
+        m = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {
+            "dim": 8, "max_len": 12, "user_embedding": True, "user_sse": sse, "item_item": 0.0}))
+        got = train(inputs, TrainConfig(model="posterkg-seq", epochs=2, batch_size=8, min_epochs=1), model=m)
+        assert got.model.user.weight.abs().sum() > 0
+
+
+def test_svd_item_init_spans_the_top_eigenvectors_of_the_cosine_co_rating_matrix():
+    """``item_init = "svd"``: the id table (padding row aside) is the top-``dim`` eigenvectors
+    of the training part's cosine item-item matrix times the square roots of their eigenvalues,
+    at std 0.02 (checked with numpy, column by column up to sign); the default stays random."""
+    inputs = _random_world(n_users=20, max_n=30)
+    dim = 6
+    m = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"dim": dim, "item_init": "svd"}))
+    hist = inputs.data.history("valid")
+    x = np.zeros((inputs.data.n_users, inputs.data.n_movies))
+    for u in range(inputs.data.n_users):
+        x[u, hist.movies[hist.indptr[u]:hist.indptr[u + 1]]] = 1.0
+    g = x.T @ x
+    d = np.sqrt(np.maximum(np.diag(g), 1.0))
+    vals, vecs = np.linalg.eigh(g / d[:, None] / d[None, :])
+    want = vecs[:, -dim:] * np.sqrt(np.maximum(vals[-dim:], 0.0))
+    want *= 0.02 / want.std(ddof=1)
+    got = m.item.weight.detach().numpy()
+    assert np.all(got[0] == 0)
+    for j in range(dim):
+        a, b = got[1:, j], want[:, j]
+        assert min(np.abs(a - b).max(), np.abs(a + b).max()) < 1e-5, j
+    rand = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"dim": dim}))
+    assert not np.allclose(rand.item.weight.detach().numpy()[1:, 0], got[1:, 0], atol=1e-3)
+    with pytest.raises(ValueError, match="item_init"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"item_init": "pca"}))
