@@ -692,13 +692,8 @@ class SASRec(Recommender):
         signs + 2 (0 = padding); ``with_ts``: and the ratings' timestamps (0 = padding)."""
         L = self.cfg.max_len
         wins, sgns, tss = [], [], []
-        pos_only = self.cfg.inputs == "positives"
         for u in range(history.n_users):
-            a, b = history.indptr[u], history.indptr[u + 1]
-            m, r, t = history.movies[a:b], history.ratings[a:b], history.ts[a:b]
-            if pos_only:
-                keep = r >= 4.0
-                m, r, t = m[keep], r[keep], t[keep]
+            m, r, t = self._window_source(history, u)
             for start, end in window_spans(len(m), L):
                 n = end - start
                 w = np.zeros(L + 1, np.int64)
@@ -718,7 +713,12 @@ class SASRec(Recommender):
     def _svd_init(self, history) -> None:
         """``item_init = "svd"``: the id embeddings from the top eigenvectors of the cosine
         item-item matrix of ``history``'s ratings (every rating counts as one), each scaled by
-        the square root of its eigenvalue, the whole table then to std 0.02."""
+        the square root of its eigenvalue, the whole table then to std 0.02. A dense solve, so
+        bounded like the collaborative part (``item_item_max_movies``, memory)."""
+        if self.n_movies > self.cfg.item_item_max_movies:
+            raise InputError(f"item_init = 'svd' solves a dense {self.n_movies:,}-movie matrix: more than "
+                             f"item_item_max_movies = {self.cfg.item_item_max_movies:,}; use 'random'")
+        check_memory("ease", self.n_movies)
         x = history.csr().astype(np.float64)
         x.data[:] = 1.0
         gram = torch.from_numpy((x.T @ x).toarray())
@@ -734,13 +734,20 @@ class SASRec(Recommender):
 
     def _window_users(self, history) -> torch.Tensor:
         """The user index of each training window, in ``_train_windows``' order."""
-        pos_only = self.cfg.inputs == "positives"
         out = []
         for u in range(history.n_users):
-            a, b = history.indptr[u], history.indptr[u + 1]
-            n = int((history.ratings[a:b] >= 4.0).sum()) if pos_only else int(b - a)
-            out.extend([u] * len(window_spans(n, self.cfg.max_len)))
+            out.extend([u] * len(window_spans(len(self._window_source(history, u)[0]), self.cfg.max_len)))
         return torch.as_tensor(np.asarray(out, dtype=np.int64))
+
+    def _window_source(self, history, u: int):
+        """User ``u``'s (movies, ratings, timestamps) that training windows are cut from: every
+        rating, or only the liked ones with ``inputs = "positives"``."""
+        a, b = history.indptr[u], history.indptr[u + 1]
+        m, r, t = history.movies[a:b], history.ratings[a:b], history.ts[a:b]
+        if self.cfg.inputs == "positives":
+            keep = r >= 4.0
+            m, r, t = m[keep], r[keep], t[keep]
+        return m, r, t
 
     def _targets(self, win, wsg) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets [B, L, K] of each input position (the movies at t+1 .. t+K within the window)

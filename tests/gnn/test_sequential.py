@@ -1612,3 +1612,7 @@ def test_svd_item_init_spans_the_top_eigenvectors_of_the_cosine_co_rating_matrix
     assert not np.allclose(rand.item.weight.detach().numpy()[1:, 0], got[1:, 0], atol=1e-3)
     with pytest.raises(ValueError, match="item_init"):
         registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"item_init": "pca"}))
+    from posterkg.errors import InputError
+    with pytest.raises(InputError, match="item_item_max_movies"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {
+            "item_init": "svd", "item_item_max_movies": 10}))
