@@ -153,11 +153,24 @@ def window_spans(n: int, max_len: int) -> list[tuple[int, int]]:
     """(start, end) of the training windows of a sequence of ``n`` items: at most ``max_len + 1``
     consecutive items each, the most recent chunk first, then earlier ones overlapping it by one
     item, so every item after the first is a target in exactly one window."""
+    return [(a, b) for a, b, _ in window_targets(n, max_len, max_len)]
+
+
+def window_targets(n: int, max_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first) of the training windows of a sequence of ``n`` items with a stride:
+    each window holds at most ``max_len + 1`` consecutive items ``[start, end)``, the most recent
+    first, and its targets are the items ``[first, end)``: the last ``stride`` of them (all down
+    to ``start + 1`` in the earliest window). So every item after the first is a target in
+    exactly one window, and, but in the earliest window, each target reads at least
+    ``max_len - stride`` items before it. ``stride = max_len`` is :func:`window_spans`."""
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"window stride must be in [1, max_len = {max_len}], not {stride}")
     spans, end = [], n
     while end >= 2:
         start = max(0, end - (max_len + 1))
-        spans.append((start, end))
-        end = start + 1 if start > 0 else 0
+        first = start + 1 if start == 0 else max(start + 1, end - stride)
+        spans.append((start, end, first))
+        end = first if start > 0 else 0
     return spans
 
 
@@ -312,12 +325,20 @@ class SASRec(Recommender):
         # roots of their eigenvalues, then to the random init's std 0.02), so training starts
         # from co-rating structure; "random" (normal, std 0.02) otherwise
         item_init: str = "random"
+        # window_stride: training windows of max_len + 1 ratings whose targets are their last
+        # `window_stride` ratings, the ratings before them context only (RecBole-style sliding
+        # windows: each target but those of a user's earliest window reads at least
+        # max_len - window_stride ratings); 0 = max_len: consecutive chunks, every rating a
+        # target, the first targets of an earlier chunk with little before them
+        window_stride: int = 0
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
         c = self.cfg
         if c.item_init not in ("random", "svd"):
             raise ValueError(f"item_init must be 'random' or 'svd', not {c.item_init!r}")
+        if not 0 <= int(c.window_stride) <= int(c.max_len):
+            raise ValueError(f"window_stride must be in [0, max_len = {c.max_len}], not {c.window_stride}")
         if c.inputs not in ("positives", "all"):
             raise ValueError(f"inputs must be 'positives' or 'all', not {c.inputs!r}")
         if not (c.item_item == -1 or c.item_item >= 0):
@@ -694,7 +715,7 @@ class SASRec(Recommender):
         wins, sgns, tss = [], [], []
         for u in range(history.n_users):
             m, r, t = self._window_source(history, u)
-            for start, end in window_spans(len(m), L):
+            for start, end, _ in self._spans(len(m)):
                 n = end - start
                 w = np.zeros(L + 1, np.int64)
                 sg = np.zeros(L + 1, np.int64)
@@ -736,7 +757,19 @@ class SASRec(Recommender):
         """The user index of each training window, in ``_train_windows``' order."""
         out = []
         for u in range(history.n_users):
-            out.extend([u] * len(window_spans(len(self._window_source(history, u)[0]), self.cfg.max_len)))
+            out.extend([u] * len(self._spans(len(self._window_source(history, u)[0]))))
+        return torch.as_tensor(np.asarray(out, dtype=np.int64))
+
+    def _spans(self, n: int) -> list[tuple[int, int, int]]:
+        """(start, end, first target) of the training windows of a user's ``n`` ratings."""
+        L = int(self.cfg.max_len)
+        return window_targets(n, L, int(self.cfg.window_stride) or L)
+
+    def _window_target_counts(self, history) -> torch.Tensor:
+        """How many of each training window's last ratings are targets (``_train_windows``'
+        order; the ratings before them are context only, ``window_stride``)."""
+        out = [end - first for u in range(history.n_users)
+               for _, end, first in self._spans(len(self._window_source(history, u)[0]))]
         return torch.as_tensor(np.asarray(out, dtype=np.int64))
 
     def _window_source(self, history, u: int):
@@ -749,7 +782,7 @@ class SASRec(Recommender):
             m, r, t = m[keep], r[keep], t[keep]
         return m, r, t
 
-    def _targets(self, win, wsg) -> tuple[torch.Tensor, torch.Tensor]:
+    def _targets(self, win, wsg, n_tgt=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets [B, L, K] of each input position (the movies at t+1 .. t+K within the window)
         and the weight of each one (1 liked, ``neutral_target`` / ``disliked_target`` for the
         other signs, 0 where the input position is padding; minus ``disliked_unlikely`` /
@@ -768,6 +801,10 @@ class SASRec(Recommender):
         if self.cfg.neutral_unlikely:
             w = w - float(self.cfg.neutral_unlikely) * (sg == 2).float()
         w = w * (nxt >= 0).float()
+        if n_tgt is not None:
+            # only each window's last n_tgt ratings are targets (window_stride; right-aligned)
+            col = torch.arange(nxt.shape[1], device=nxt.device).unsqueeze(0)
+            w = w * (col >= nxt.shape[1] - n_tgt.to(nxt.device).unsqueeze(1)).float()
         pad_t = torch.cat([nxt, torch.full((nxt.shape[0], K - 1), -1, dtype=nxt.dtype)], 1)
         pad_w = torch.cat([w, torch.zeros(nxt.shape[0], K - 1)], 1)
         tgt = pad_t.unfold(1, K, 1)[:, :L]
@@ -788,17 +825,19 @@ class SASRec(Recommender):
                 out.append(mats[b][tok[b]].cumsum(0)[r] + base[b])
         return torch.cat(out) if out else base.new_zeros(0, base.shape[1])
 
-    def train_loss(self, win, wsg, norm: float | None = None, wts=None, prior=None, users=None) -> torch.Tensor:
+    def train_loss(self, win, wsg, norm: float | None = None, wts=None, prior=None, users=None,
+                   n_tgt=None) -> torch.Tensor:
         """Cross-entropy over the catalogue: the state at position t predicts each liked movie
         among the next ``horizon`` positions (horizon 1 = classic next-item SASRec). Averaged
         over the batch's targets, or summed and divided by ``norm`` (the epoch's mean number of
         targets per batch: every target weighs the same whatever batch it falls in). ``wts``:
         the windows' timestamps (models that read time); ``users``: the windows' user indices
-        (models with a per-user part)."""
+        (models with a per-user part); ``n_tgt``: how many of each window's last ratings are
+        targets (``window_stride``; None: all)."""
         table = self.movie_table(self.graph)
         tok, sgn = win[:, :-1], wsg[:, :-1]
         h = self.user_states(tok, sgn, table, ts=None if wts is None else wts[:, :-1], users=users)   # [B, L, d]
-        tgt, ok = self._targets(win, wsg)
+        tgt, ok = self._targets(win, wsg, n_tgt)
         rows = (ok != 0).any(-1)
         if not bool(rows.any()):
             return h.sum() * 0.0
@@ -923,7 +962,7 @@ class SASRec(Recommender):
         # each window's user and first position, in _train_windows' order
         users, starts = [], []
         for u in range(history.n_users):
-            for start, _ in window_spans(int(history.indptr[u + 1] - history.indptr[u]), c.max_len):
+            for start, _, _ in self._spans(len(self._window_source(history, u)[0])):
                 users.append(u)
                 starts.append(start)
         users, starts = np.asarray(users, np.int64), np.asarray(starts, np.int64)
@@ -958,6 +997,9 @@ class SASRec(Recommender):
         wus = self._window_users(inputs.data.history("valid")) if self.per_user else None
         if wus is not None and len(wus) != len(win):
             raise RuntimeError(f"{len(wus)} window users for {len(win)} windows")
+        ntg = None
+        if int(self.cfg.window_stride) and int(self.cfg.window_stride) < int(self.cfg.max_len):
+            ntg = self._window_target_counts(inputs.data.history("valid"))
         sse = float(getattr(self.cfg, "user_sse", 0.0))
         gen = torch.Generator().manual_seed(train_cfg.seed)
         sse_gen = torch.Generator().manual_seed(train_cfg.seed + 2)
@@ -967,7 +1009,8 @@ class SASRec(Recommender):
         n_batches = (len(win) + bs - 1) // bs
         lengths = (win > 0).sum(1)
         norm = None
-        n_targets = sum(float(self._targets(win[a:a + 1024], wsg[a:a + 1024])[1].clamp(min=0).sum())
+        n_targets = sum(float(self._targets(win[a:a + 1024], wsg[a:a + 1024],
+                                            None if ntg is None else ntg[a:a + 1024])[1].clamp(min=0).sum())
                         for a in range(0, len(win), 1024))
         if self.cfg.bucket:
             # bucketed batches differ in size (short windows together): weigh every target alike
@@ -991,7 +1034,8 @@ class SASRec(Recommender):
                     us = torch.where(swap, torch.randint(0, self.n_users, (len(us),), generator=sse_gen), us)
                 us = us.to(device)
             return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm,
-                                   None if wts is None else wts[idx, -keep:].to(device), prior=pr, users=us)
+                                   None if wts is None else wts[idx, -keep:].to(device), prior=pr, users=us,
+                                   n_tgt=None if ntg is None else ntg[idx])
 
         return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
                           epoch_batches=lambda: _batches(lengths, bs, gen, bucket=self.cfg.bucket),
@@ -1038,6 +1082,7 @@ class PosterKGSeq(SASRec):
         rating_input: bool = False     # half-star rating embedding per token (see SASRec.Config)
         members: int = 1               # an ensemble of this many seeds (see SASRec.Config)
         item_init: str = "random"      # "svd": id embeddings from the co-rating matrix (see SASRec.Config)
+        window_stride: int = 0         # sliding training windows (see SASRec.Config); 0 = chunks
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"

@@ -1616,3 +1616,58 @@ def test_svd_item_init_spans_the_top_eigenvectors_of_the_cosine_co_rating_matrix
     with pytest.raises(InputError, match="item_item_max_movies"):
         registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {
             "item_init": "svd", "item_item_max_movies": 10}))
+
+
+def test_window_targets_cover_every_rating_once_with_the_context_the_stride_leaves():
+    from posterkg.gnn.sequential import window_spans, window_targets
+
+    for n in range(0, 40):
+        for L in (1, 2, 5, 8):
+            chunks = window_targets(n, L, L)
+            assert window_spans(n, L) == [(a, b) for a, b, _ in chunks]
+            assert all(f == a + 1 for a, _, f in chunks)            # chunks: every rating a target
+            for stride in range(1, L + 1):
+                spans = window_targets(n, L, stride)
+                targets = sorted(t for _, b, f in spans for t in range(f, b))
+                assert targets == list(range(1, n)), (n, L, stride)
+                for a, b, f in spans:
+                    assert 0 <= a < f <= b - 1 and b - a <= L + 1
+                    assert a == 0 or (b - f <= stride and f - a >= L - stride + 1)
+    assert window_targets(450, 200, 100) == [(249, 450, 350), (149, 350, 250), (49, 250, 150), (0, 150, 1)]
+    with pytest.raises(ValueError, match="stride"):
+        window_targets(10, 4, 5)
+
+
+def test_strided_windows_train_on_each_liked_rating_once_with_more_context():
+    """``window_stride``: the (user, target) pairs the loss sees are the chunked windows' pairs,
+    each once, and a target outside a user's earliest window reads at least max_len - stride
+    ratings before it."""
+    inputs = _random_world(n_users=12, max_n=30)
+    hist = inputs.data.history("valid")
+    L = 8
+
+    def pairs(model):
+        win, wsg = model._train_windows(hist)
+        wus = model._window_users(hist)
+        n_tgt = model._window_target_counts(hist) if model.cfg.window_stride else None
+        tgt, ok = model._targets(win, wsg, n_tgt)
+        got, context = [], []
+        for w in range(len(win)):
+            for p in np.flatnonzero(ok[w, :, 0].numpy() > 0):
+                got.append((int(wus[w]), int(tgt[w, p, 0])))
+                context.append(int((win[w, :p + 1] > 0).sum()))
+        return sorted(got), context, len(win)
+
+    chunked = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"dim": 8, "max_len": L}))
+    slid = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {
+        "dim": 8, "max_len": L, "window_stride": 3}))
+    want, ctx_chunked, n_chunked = pairs(chunked)
+    got, ctx_slid, n_slid = pairs(slid)
+    assert got == want and len(got) > 0 and n_slid > n_chunked
+    assert sum(ctx_slid) > sum(ctx_chunked)
+    assert len(slid._window_target_counts(hist)) == n_slid
+    # training runs on the strided windows and its loss is normalised over the same targets
+    res = train(inputs, TrainConfig(model="posterkg-seq", epochs=1, batch_size=8, min_epochs=1), model=slid)
+    assert res.history[0]["targets"] == len(got)
+    with pytest.raises(ValueError, match="window_stride"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"max_len": L, "window_stride": L + 1}))
