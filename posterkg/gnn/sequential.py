@@ -156,6 +156,20 @@ def window_spans(n: int, max_len: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b, _ in window_targets(n, max_len, max_len)]
 
 
+def crop_mask(win: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """[B, L + 1] bool: the cells of left-padded windows ``win`` (0 = padding) to keep when each
+    window, with probability ``p``, loses a uniformly drawn number (0 to its length - 2) of its
+    oldest ratings. A dropped rating becomes padding in every array of the window (movie, sign,
+    time): neither context nor a target."""
+    n = (win > 0).sum(1)
+    hit = torch.rand(len(win), generator=gen) < p
+    drop = (torch.rand(len(win), generator=gen) * (n - 1).clamp(min=0).float()).long()
+    drop = torch.where(hit, drop, torch.zeros_like(drop))
+    # a window's ratings start at column L + 1 - n; its first `drop` of them go
+    col = torch.arange(win.shape[1]).unsqueeze(0)
+    return col >= (win.shape[1] - n + drop).unsqueeze(1)
+
+
 def window_targets(n: int, max_len: int, stride: int) -> list[tuple[int, int, int]]:
     """(start, end, first) of the training windows of a sequence of ``n`` items with a stride:
     each window holds at most ``max_len + 1`` consecutive items ``[start, end)``, the most recent
@@ -331,12 +345,19 @@ class SASRec(Recommender):
         # max_len - window_stride ratings); 0 = max_len: consecutive chunks, every rating a
         # target, the first targets of an earlier chunk with little before them
         window_stride: int = 0
+        # crop: training only; each step, each window is cropped with this probability: it loses
+        # a uniformly drawn number of its oldest ratings (as context and as targets; at least 2
+        # stay), so the same targets are seen with varied context across epochs (the crop
+        # augmentation of CL4SRec, Xie et al. 2022); 0 = off
+        crop: float = 0.0
 
     def __init__(self, inputs: ModelInputs, cfg=None):
         super().__init__(inputs, cfg)
         c = self.cfg
         if c.item_init not in ("random", "svd"):
             raise ValueError(f"item_init must be 'random' or 'svd', not {c.item_init!r}")
+        if not 0.0 <= float(c.crop) < 1.0:
+            raise ValueError(f"crop must be in [0, 1), not {c.crop}")
         if not 0 <= int(c.window_stride) <= int(c.max_len):
             raise ValueError(f"window_stride must be in [0, max_len = {c.max_len}], not {c.window_stride}")
         if c.inputs not in ("positives", "all"):
@@ -1003,6 +1024,8 @@ class SASRec(Recommender):
         sse = float(getattr(self.cfg, "user_sse", 0.0))
         gen = torch.Generator().manual_seed(train_cfg.seed)
         sse_gen = torch.Generator().manual_seed(train_cfg.seed + 2)
+        crop_gen = torch.Generator().manual_seed(train_cfg.seed + 3)
+        crop = float(self.cfg.crop)
         self._neg_gen = torch.Generator(device=device).manual_seed(train_cfg.seed + 1)
         opt = torch.optim.Adam(self.trained_parameters(), lr=train_cfg.lr, weight_decay=self.cfg.weight_decay)
         bs = train_cfg.batch_size
@@ -1033,8 +1056,15 @@ class SASRec(Recommender):
                     swap = torch.rand(len(us), generator=sse_gen) < sse
                     us = torch.where(swap, torch.randint(0, self.n_users, (len(us),), generator=sse_gen), us)
                 us = us.to(device)
-            return self.train_loss(win[idx, -keep:].to(device), wsg[idx, -keep:].to(device), norm,
-                                   None if wts is None else wts[idx, -keep:].to(device), prior=pr, users=us,
+            bw, bs_, bt = win[idx, -keep:], wsg[idx, -keep:], None if wts is None else wts[idx, -keep:]
+            if crop > 0:
+                if prior is not None:
+                    raise ConfigError("crop does not go with ii_prior (the prior counts every rating of the window)")
+                kept = crop_mask(bw, crop, crop_gen)
+                bw, bs_ = bw * kept, bs_ * kept
+                bt = None if bt is None else bt * kept
+            return self.train_loss(bw.to(device), bs_.to(device), norm,
+                                   None if bt is None else bt.to(device), prior=pr, users=us,
                                    n_tgt=None if ntg is None else ntg[idx])
 
         return fit_epochs(self, train_cfg, valid_fn, opt, n_batches=n_batches, verbose=verbose,
@@ -1083,6 +1113,7 @@ class PosterKGSeq(SASRec):
         members: int = 1               # an ensemble of this many seeds (see SASRec.Config)
         item_init: str = "random"      # "svd": id embeddings from the co-rating matrix (see SASRec.Config)
         window_stride: int = 0         # sliding training windows (see SASRec.Config); 0 = chunks
+        crop: float = 0.0              # training-time crops of the windows' oldest ratings (see SASRec.Config)
         concepts: bool = True          # movie side: visual concepts (graph `has` edges)
         genres: bool = True            # movie side: MovieLens genres (graph `genre` edges)
         features: list = dataclasses.field(default_factory=list)   # dense: "poster", "text"

@@ -1671,3 +1671,46 @@ def test_strided_windows_train_on_each_liked_rating_once_with_more_context():
     assert res.history[0]["targets"] == len(got)
     with pytest.raises(ValueError, match="window_stride"):
         registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {"max_len": L, "window_stride": L + 1}))
+
+
+def test_crop_drops_a_drawn_number_of_each_hit_windows_oldest_ratings():
+    from posterkg.gnn.sequential import crop_mask
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 12, 400)
+    win = torch.zeros(400, 12, dtype=torch.int64)
+    for i, n in enumerate(lengths):
+        win[i, 12 - n:] = torch.arange(1, n + 1)
+    g = torch.Generator().manual_seed(0)
+    kept = crop_mask(win, 0.5, g)
+    out = win * kept
+    n_out = (out > 0).sum(1).numpy()
+    for i, n in enumerate(lengths):
+        row = out[i].numpy()
+        # still one run of the window's newest ratings, right-aligned, at least 2 kept when n >= 2
+        assert np.array_equal(row[12 - n_out[i]:], np.arange(n - n_out[i] + 1, n + 1))
+        assert n_out[i] >= min(n, 2) and n_out[i] <= n
+        assert kept[i].tolist() == [c >= 12 - n_out[i] for c in range(12)]
+    cropped = n_out < lengths
+    assert 0.3 < cropped.mean() < 0.5                    # p = 0.5, less the draws of 0
+    assert torch.equal(crop_mask(win, 0.0, g), win > 0)  # p = 0: every rating kept
+
+
+def test_cropped_training_reads_crops_and_leaves_scoring_alone():
+    """``crop``: off, training is the same to the digit; on, it trains from the cropped windows
+    (a different model), and scoring still reads whole windows."""
+    inputs = _random_world(n_users=12, max_n=30)
+    base = {"dim": 8, "max_len": 12, "item_item": 0.0}
+
+    def trained(**over):
+        torch.manual_seed(0)
+        m = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {**base, **over}), seed=0)
+        return train(inputs, TrainConfig(model="posterkg-seq", epochs=2, batch_size=8, min_epochs=1), model=m).model
+
+    plain, zero, cropped = trained(), trained(crop=0.0), trained(crop=0.5)
+    users = torch.arange(inputs.data.n_users)
+    hist = inputs.data.history("valid")
+    assert torch.equal(plain.score(users, hist), zero.score(users, hist))
+    assert not torch.allclose(plain.score(users, hist), cropped.score(users, hist), atol=1e-4)
+    with pytest.raises(ValueError, match="crop"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {**base, "crop": 1.0}))
