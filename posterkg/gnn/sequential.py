@@ -337,7 +337,8 @@ class SASRec(Recommender):
         # item_init "svd": before training, the movies' id embeddings start from the top `dim`
         # eigenvectors of the training ratings' cosine item-item matrix (scaled by the square
         # roots of their eigenvalues, then to the random init's std 0.02), so training starts
-        # from co-rating structure; "random" (normal, std 0.02) otherwise
+        # from co-rating structure (every member of an ensemble from the same table); "random"
+        # (normal, std 0.02) otherwise
         item_init: str = "random"
         # window_stride: training windows of max_len + 1 ratings whose targets are their last
         # `window_stride` ratings, the ratings before them context only (RecBole-style sliding
@@ -358,6 +359,8 @@ class SASRec(Recommender):
             raise ValueError(f"item_init must be 'random' or 'svd', not {c.item_init!r}")
         if not 0.0 <= float(c.crop) < 1.0:
             raise ValueError(f"crop must be in [0, 1), not {c.crop}")
+        if c.crop and c.ii_prior:
+            raise ValueError("crop does not go with ii_prior (the prior counts every rating of the window)")
         if not 0 <= int(c.window_stride) <= int(c.max_len):
             raise ValueError(f"window_stride must be in [0, max_len = {c.max_len}], not {c.window_stride}")
         if c.inputs not in ("positives", "all"):
@@ -1058,8 +1061,6 @@ class SASRec(Recommender):
                 us = us.to(device)
             bw, bs_, bt = win[idx, -keep:], wsg[idx, -keep:], None if wts is None else wts[idx, -keep:]
             if crop > 0:
-                if prior is not None:
-                    raise ConfigError("crop does not go with ii_prior (the prior counts every rating of the window)")
                 kept = crop_mask(bw, crop, crop_gen)
                 bw, bs_ = bw * kept, bs_ * kept
                 bt = None if bt is None else bt * kept

@@ -1714,3 +1714,5 @@ def test_cropped_training_reads_crops_and_leaves_scoring_alone():
     assert not torch.allclose(plain.score(users, hist), cropped.score(users, hist), atol=1e-4)
     with pytest.raises(ValueError, match="crop"):
         registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {**base, "crop": 1.0}))
+    with pytest.raises(ValueError, match="ii_prior"):
+        registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {**base, "crop": 0.5, "ii_prior": 1.0}))
