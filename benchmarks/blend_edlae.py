@@ -29,14 +29,12 @@ WEIGHTS = (0.05, 0.075, 0.1, 0.15, 0.2)
 
 
 def edlae(gram: torch.Tensor, l2: float, p: float) -> torch.Tensor:
-    """EDLAE's item-item matrix (zero diagonal) from the float64 Gram matrix; p = 0: EASE."""
-    diag = torch.arange(gram.shape[0])
-    gg = gram.clone()
-    gg[diag, diag] += l2 + p / (1.0 - p) * torch.diagonal(gram)
-    inv = torch.linalg.inv(gg)
-    b = -inv / torch.diagonal(inv).unsqueeze(0)
-    b[diag, diag] = 0.0
-    return b.float()
+    """EDLAE's item-item matrix (zero diagonal) from the float64 Gram matrix: EASE's solve
+    (:func:`~posterkg.gnn.neighbours.ease_matrix`) with ``p / (1 - p) * G_ii`` more on each
+    diagonal entry; p = 0: EASE."""
+    from posterkg.gnn.neighbours import ease_matrix
+
+    return ease_matrix(gram + torch.diag(p / (1.0 - p) * torch.diagonal(gram)), l2)
 
 
 def main() -> int:

@@ -688,9 +688,7 @@ class SASRec(Recommender):
         if not c.item_item:
             return info
         try:
-            if self.n_movies > c.item_item_max_movies:
-                raise InputError(f"{self.n_movies:,} movies > item_item_max_movies = {c.item_item_max_movies:,}")
-            check_memory("ease", self.n_movies)
+            self._check_dense_solve()
         except InputError as e:
             if verbose:
                 print(f"{self.name}: collaborative part skipped: {e}", flush=True)
@@ -760,13 +758,8 @@ class SASRec(Recommender):
         item-item matrix of ``history``'s ratings (every rating counts as one), each scaled by
         the square root of its eigenvalue, the whole table then to std 0.02. A dense solve, so
         bounded like the collaborative part (``item_item_max_movies``, memory)."""
-        if self.n_movies > self.cfg.item_item_max_movies:
-            raise InputError(f"item_init = 'svd' solves a dense {self.n_movies:,}-movie matrix: more than "
-                             f"item_item_max_movies = {self.cfg.item_item_max_movies:,}; use 'random'")
-        check_memory("ease", self.n_movies)
-        x = history.csr().astype(np.float64)
-        x.data[:] = 1.0
-        gram = torch.from_numpy((x.T @ x).toarray())
+        self._check_dense_solve("item_init = 'svd' (use 'random'): ")
+        gram = gram_matrix(history)
         norm = gram.diagonal().clamp(min=1.0).sqrt()
         cos = gram / norm.unsqueeze(0) / norm.unsqueeze(1)
         k = min(int(self.cfg.dim), cos.shape[0])
@@ -777,24 +770,28 @@ class SASRec(Recommender):
         w[1:, :k] = emb.to(w.dtype).to(w.device)
         w[1:, k:] = 0.0
 
-    def _window_users(self, history) -> torch.Tensor:
-        """The user index of each training window, in ``_train_windows``' order."""
-        out = []
-        for u in range(history.n_users):
-            out.extend([u] * len(self._spans(len(self._window_source(history, u)[0]))))
-        return torch.as_tensor(np.asarray(out, dtype=np.int64))
+    def _check_dense_solve(self, what: str = "") -> None:
+        """An EASE-sized dense solve over the catalogue (the collaborative part, ``ii_prior``,
+        the SVD start): InputError past ``item_item_max_movies`` or where the dense matrix does
+        not fit in memory (``what`` prefixes the message)."""
+        n, cap = self.n_movies, self.cfg.item_item_max_movies
+        if n > cap:
+            raise InputError(f"{what}{n:,} movies > item_item_max_movies = {cap:,}")
+        check_memory("ease", n)
+
+    def _window_layout(self, history) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per training window, in ``_train_windows``' order: its user, the index of its first
+        rating in the user's window source, and how many of its last ratings are targets (the
+        ratings before them are context only, ``window_stride``)."""
+        rows = [(u, start, end - first) for u in range(history.n_users)
+                for start, end, first in self._spans(len(self._window_source(history, u)[0]))]
+        out = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        return out[:, 0], out[:, 1], out[:, 2]
 
     def _spans(self, n: int) -> list[tuple[int, int, int]]:
         """(start, end, first target) of the training windows of a user's ``n`` ratings."""
         L = int(self.cfg.max_len)
         return window_targets(n, L, int(self.cfg.window_stride) or L)
-
-    def _window_target_counts(self, history) -> torch.Tensor:
-        """How many of each training window's last ratings are targets (``_train_windows``'
-        order; the ratings before them are context only, ``window_stride``)."""
-        out = [end - first for u in range(history.n_users)
-               for _, end, first in self._spans(len(self._window_source(history, u)[0]))]
-        return torch.as_tensor(np.asarray(out, dtype=np.int64))
 
     def _window_source(self, history, u: int):
         """User ``u``'s (movies, ratings, timestamps) that training windows are cut from: every
@@ -961,19 +958,18 @@ class SASRec(Recommender):
         finally:
             self._seq_cache = None
 
-    def _prepare_prior(self, history, n_windows: int):
+    def _prepare_prior(self, history, layout):
         """``ii_prior``: solve EASE (lambda ``ii_prior_l2``) on every user's rows of ``history``
         into ``prior_S`` (scoring), and on each half of the users (even / odd index, lambda / 2)
         for training, where a user's windows read the other half's matrix, so no position's prior
-        has seen the user's own ratings. Returns, per training window (``_train_windows``' order),
+        has seen the user's own ratings. ``layout``: :meth:`_window_layout` of ``history``.
+        Returns, per training window (``_train_windows``' order),
         the prior of the user's ratings before the window [n_windows, N], the fold of its
         matrix, and the two [N + 1, N] matrices (row 0 for padding)."""
         import scipy.sparse as sp
 
         c, n = self.cfg, self.n_movies
-        if n > c.item_item_max_movies:
-            raise InputError(f"ii_prior: {n:,} movies > item_item_max_movies = {c.item_item_max_movies:,}")
-        check_memory("ease", n)
+        self._check_dense_solve("ii_prior: ")
         device = self.prior_w.device
         x = history.csr().astype(np.float64)
         lam = float(c.ii_prior_l2)
@@ -984,14 +980,7 @@ class SASRec(Recommender):
         # the matrix of fold f's users, read by the other fold's windows
         mats = [torch.cat([torch.zeros(1, n), ease_matrix(g, lam / 2.0)]).to(device) for g in grams]
         # each window's user and first position, in _train_windows' order
-        users, starts = [], []
-        for u in range(history.n_users):
-            for start, _, _ in self._spans(len(self._window_source(history, u)[0])):
-                users.append(u)
-                starts.append(start)
-        users, starts = np.asarray(users, np.int64), np.asarray(starts, np.int64)
-        if len(users) != n_windows:
-            raise RuntimeError(f"ii_prior: {len(users)} window origins for {n_windows} windows")
+        users, starts, _ = layout
         fold = torch.from_numpy(1 - half[users])
         base = torch.zeros(len(users), n)
         later = np.flatnonzero(starts > 0)
@@ -1017,13 +1006,14 @@ class SASRec(Recommender):
         device = next(self.parameters()).device
         win, wsg, *wts = self._train_windows(inputs.data.history("valid"), with_ts=self.uses_time)
         wts = wts[0] if wts else None
-        prior = self._prepare_prior(inputs.data.history("valid"), len(win)) if self.prior_w is not None else None
-        wus = self._window_users(inputs.data.history("valid")) if self.per_user else None
-        if wus is not None and len(wus) != len(win):
-            raise RuntimeError(f"{len(wus)} window users for {len(win)} windows")
+        layout = self._window_layout(inputs.data.history("valid"))
+        if len(layout[0]) != len(win):
+            raise RuntimeError(f"{len(layout[0])} window origins for {len(win)} windows")
+        prior = self._prepare_prior(inputs.data.history("valid"), layout) if self.prior_w is not None else None
+        wus = torch.from_numpy(layout[0]) if self.per_user else None
         ntg = None
         if int(self.cfg.window_stride) and int(self.cfg.window_stride) < int(self.cfg.max_len):
-            ntg = self._window_target_counts(inputs.data.history("valid"))
+            ntg = torch.from_numpy(layout[2])
         sse = float(getattr(self.cfg, "user_sse", 0.0))
         gen = torch.Generator().manual_seed(train_cfg.seed)
         sse_gen = torch.Generator().manual_seed(train_cfg.seed + 2)

@@ -1391,7 +1391,7 @@ def test_ii_prior_reads_the_other_halfs_ease_over_everything_rated_before_each_t
     m = registry.build(kind, inputs, registry.model_config(kind, {
         "dim": 8, "max_len": 6, "dropout": 0.0, "time_bias": False, "ii_prior": 1.5, "ii_prior_l2": 4.0}))
     win, wsg = m._train_windows(hist)
-    base, fold, mats = m._prepare_prior(hist, len(win))
+    base, fold, mats = m._prepare_prior(hist, m._window_layout(hist))
     n = inputs.n_movies
     x = np.zeros((inputs.n_users, n))
     x[hist.users, hist.movies] = 1.0
@@ -1442,7 +1442,7 @@ def test_ii_prior_training_loss_and_scores_add_the_learned_weight_times_ease(chu
     m = registry.build(kind, inputs, cfg)
     _away_from_zero(m)
     win, wsg = m._train_windows(hist)
-    base, fold, mats = m._prepare_prior(hist, len(win))
+    base, fold, mats = m._prepare_prior(hist, m._window_layout(hist))
     pr = (base, [mats[int(f)] for f in fold])
     loss = m.train_loss(win, wsg, prior=pr)
     table = m.movie_table(m.graph)
@@ -1574,7 +1574,7 @@ def test_each_training_window_knows_its_user_and_the_user_vectors_learn():
         m = registry.build("posterkg-seq", inputs, registry.model_config("posterkg-seq", {
             "dim": 8, "max_len": 6, "user_embedding": True, **cfg}))
         win, _ = m._train_windows(hist)
-        wus = m._window_users(hist)
+        wus = m._window_layout(hist)[0]
         assert len(wus) == len(win) > inputs.data.n_users       # several windows per user
         for w, u in zip(win, wus.tolist()):
             rated = set((hist.movies[hist.indptr[u]:hist.indptr[u + 1]] + 1).tolist())
@@ -1648,8 +1648,8 @@ def test_strided_windows_train_on_each_liked_rating_once_with_more_context():
 
     def pairs(model):
         win, wsg = model._train_windows(hist)
-        wus = model._window_users(hist)
-        n_tgt = model._window_target_counts(hist) if model.cfg.window_stride else None
+        wus = model._window_layout(hist)[0]
+        n_tgt = torch.from_numpy(model._window_layout(hist)[2]) if model.cfg.window_stride else None
         tgt, ok = model._targets(win, wsg, n_tgt)
         got, context = [], []
         for w in range(len(win)):
@@ -1665,7 +1665,7 @@ def test_strided_windows_train_on_each_liked_rating_once_with_more_context():
     got, ctx_slid, n_slid = pairs(slid)
     assert got == want and len(got) > 0 and n_slid > n_chunked
     assert sum(ctx_slid) > sum(ctx_chunked)
-    assert len(slid._window_target_counts(hist)) == n_slid
+    assert len(slid._window_layout(hist)[2]) == n_slid
     # training runs on the strided windows and its loss is normalised over the same targets
     res = train(inputs, TrainConfig(model="posterkg-seq", epochs=1, batch_size=8, min_epochs=1), model=slid)
     assert res.history[0]["targets"] == len(got)
